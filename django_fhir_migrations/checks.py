@@ -1,0 +1,1 @@
+"""Django system checks (`manage.py check`); filled in by the checks issue."""

@@ -1,0 +1,141 @@
+"""Batch and transaction bundles that a migration fills with `with ctx.batch() as b:`.
+
+Entries are collected and sent every BUNDLE_SIZE entries, so memory stays flat however many
+resources a migration touches. A transaction is all-or-nothing per bundle: a failed bundle
+raises at once and stops the migration (bundles sent before it stay written). A batch applies
+each entry on its own; failed entries are collected with the resource they concern and raised
+together when the block ends (or handled by the caller with `raise_errors=False`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import BundleError
+from .fhir.client import outcome_text
+
+if TYPE_CHECKING:
+    from .context import MigrationContext
+
+logger = logging.getLogger("django_fhir_migrations")
+
+
+@dataclass
+class BundleFailure:
+    method: str
+    url: str
+    status: str
+    diagnostics: str
+    resource: Mapping[str, Any] | None
+
+    def describe(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+class BundleWriter:
+    def __init__(self, ctx: MigrationContext, kind: str, *, size: int | None = None,
+                 raise_errors: bool = True):
+        assert kind in ("batch", "transaction")
+        self.ctx = ctx
+        self.kind = kind
+        self.size = size or ctx.settings.bundle_size
+        self.raise_errors = raise_errors
+        self.entries: list[dict[str, Any]] = []
+        self.failures: list[BundleFailure] = []
+        self.sent_bundles = 0
+        self.written = 0
+
+    # --- collecting entries --------------------------------------------------------------
+
+    def create(self, resource: Any, *, if_none_exist: str | None = None) -> None:
+        data = self.ctx.as_json(resource)
+        request = {"method": "POST", "url": data["resourceType"]}
+        if if_none_exist:
+            request["ifNoneExist"] = if_none_exist
+        self._add(request, data)
+
+    def update(self, resource: Any, *, check_version: bool = True) -> None:
+        data = self.ctx.as_json(resource)
+        request = {"method": "PUT", "url": f"{data['resourceType']}/{data['id']}"}
+        version = (data.get("meta") or {}).get("versionId")
+        if check_version:
+            if not version:
+                raise ValueError(
+                    f"{request['url']}: a version-aware update needs meta.versionId from a read; "
+                    "pass check_version=False to overwrite whatever is there"
+                )
+            request["ifMatch"] = f'W/"{version}"'
+        self._add(request, data)
+
+    def conditional_update(self, resource: Any, query: str) -> None:
+        data = self.ctx.as_json(resource)
+        self._add({"method": "PUT", "url": f"{data['resourceType']}?{query}"}, data)
+
+    def delete(self, resource_type: str, resource_id: str | None = None) -> None:
+        url = resource_type if resource_id is None else f"{resource_type}/{resource_id}"
+        self._add({"method": "DELETE", "url": url}, None)
+
+    def _add(self, request: dict[str, Any], resource: dict[str, Any] | None) -> None:
+        entry: dict[str, Any] = {"request": request}
+        if resource is not None:
+            entry["resource"] = {k: v for k, v in resource.items() if k != "meta"}
+            if self.kind == "transaction" and request["method"] == "POST":
+                entry["fullUrl"] = f"urn:uuid:{self.ctx.new_uuid()}"
+        self.entries.append(entry)
+        if len(self.entries) >= self.size:
+            self.flush()
+
+    # --- sending -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        if not self.entries:
+            return
+        entries, self.entries = self.entries, []
+        bundle = {"resourceType": "Bundle", "type": self.kind, "entry": entries}
+        if self.ctx.dry_run:
+            self.ctx.show_write("POST", f"({self.kind} of {len(entries)} entries)", None)
+            for entry in entries:
+                self.ctx.show_write(entry["request"]["method"], entry["request"]["url"],
+                                    entry.get("resource"))
+            return
+        # A transaction failing as a whole answers 4xx with an OperationOutcome: that raises
+        # through the connection as FhirServerError, which we turn into a BundleError.
+        from .errors import FhirServerError
+
+        try:
+            reply = self.ctx.connection.request("POST", "", json=bundle, idempotent=False)
+        except FhirServerError as exc:
+            if self.kind == "transaction":
+                raise BundleError("transaction", [(f"bundle of {len(entries)} entries",
+                                                   exc.status or "error", str(exc))]) from None
+            raise
+        self.sent_bundles += 1
+        self._check(entries, reply.body or {})
+
+    def _check(self, entries: list[dict[str, Any]], response: Mapping[str, Any]) -> None:
+        results = response.get("entry") or []
+        for entry, result in zip(entries, results, strict=False):
+            status = str((result.get("response") or {}).get("status", ""))
+            if status[:1] in ("2", "3"):
+                self.written += 1
+                continue
+            diagnostics = outcome_text((result.get("response") or {}).get("outcome"))
+            failure = BundleFailure(entry["request"]["method"], entry["request"]["url"], status,
+                                    diagnostics, entry.get("resource"))
+            logger.error("%s entry failed: %s -> %s %s", self.kind, failure.describe(), status,
+                         diagnostics)
+            self.failures.append(failure)
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            return  # the migration already failed; do not send half a block
+        self.flush()
+        if self.failures and self.raise_errors:
+            raise BundleError(self.kind, [(f.describe(), f.status, f.diagnostics)
+                                          for f in self.failures])

@@ -1,0 +1,260 @@
+"""`ctx`, what `upgrade(ctx)` and `downgrade(ctx)` get: the right way to change data, made easy.
+
+It carries the SMART on FHIR client (`ctx.client`, `ctx.server`) and helpers: `search` that
+follows `link[next]` page by page (constant memory), `count`, `read`, version-aware `update`,
+`create`/`delete`/`patch`, conditional create/update, `batch()`/`transaction()` bundles, a logger,
+a progress bar and `dry_run`. Every write goes through `_write`, so `--dry-run` intercepts them
+all: it prints what would be sent and sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from typing import IO, Any, TypeVar
+
+from fhirclient.models.fhirelementfactory import FHIRElementFactory
+
+from .bundles import BundleWriter
+from .config import Settings
+from .fhir.client import FhirConnection, Reply
+
+T = TypeVar("T")
+
+script_logger = logging.getLogger("django_fhir_migrations.scripts")
+
+
+class MigrationContext:
+    def __init__(self, connection: FhirConnection, settings: Settings, *, dry_run: bool = False,
+                 script: Any = None, direction: str = "upgrade", stdout: IO[str] | None = None):
+        self.connection = connection
+        self.settings = settings
+        self.dry_run = dry_run
+        self.script = script
+        self.direction = direction
+        self.stdout = stdout or sys.stdout
+        self.log = script_logger
+        self.dry_run_writes: list[tuple[str, str]] = []
+        # Last version of resources this migration has seen, for dry-run diffs. Bounded: memory
+        # must not grow with the number of resources a migration walks through.
+        self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    # --- the SMART on FHIR client --------------------------------------------------------
+
+    @property
+    def client(self):
+        return self.connection.client
+
+    @property
+    def server(self):
+        return self.connection.server
+
+    @property
+    def revision(self) -> str | None:
+        return self.script.revision if self.script is not None else None
+
+    # --- reading -------------------------------------------------------------------------
+
+    def search(self, resource_type: str, *, as_dict: bool = False,
+               params: Mapping[str, Any] | None = None, **search: Any) -> Iterator[Any]:
+        """Every resource of `resource_type` matching the search, across all pages.
+
+        Pages are fetched one at a time by following `link[next]`, never by offset arithmetic,
+        so memory holds one page at most. Yields fhirclient models, or dicts with as_dict=True.
+        Only resources that matched are yielded (included resources are skipped).
+        """
+        query = dict(params or {})
+        query.update(search)
+        query.setdefault("_count", self.settings.page_size)
+        for page in self.connection.iter_pages(resource_type, query):
+            for entry in page.get("entry", []):
+                if (entry.get("search") or {}).get("mode", "match") != "match":
+                    continue
+                resource = entry.get("resource")
+                if resource is None:
+                    continue
+                self._remember(resource)
+                yield resource if as_dict else self.to_model(resource)
+
+    def count(self, resource_type: str, *, params: Mapping[str, Any] | None = None,
+              **search: Any) -> int:
+        query = dict(params or {})
+        query.update(search)
+        query["_summary"] = "count"
+        reply = self.connection.get(resource_type, query)
+        return int((reply.body or {}).get("total", 0))
+
+    def read(self, resource_type: str, resource_id: str, *, as_dict: bool = False,
+             missing_ok: bool = False) -> Any:
+        reply = self.connection.get(f"{resource_type}/{resource_id}",
+                                    allow=(404, 410) if missing_ok else ())
+        if reply.status in (404, 410):
+            return None
+        return self._result(reply.body or {}, as_dict)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def create(self, resource: Any) -> Any:
+        data = self.as_json(resource)
+        reply = self._write("POST", data["resourceType"], data)
+        return self._returned(resource, data, reply)
+
+    def conditional_create(self, resource: Any, query: str | Mapping[str, str]) -> Any:
+        """Create unless a resource matches `query` (If-None-Exist); returns the one that is."""
+        data = self.as_json(resource)
+        reply = self._write("POST", data["resourceType"], data,
+                            headers={"If-None-Exist": _query(query)})
+        return self._returned(resource, data, reply)
+
+    def update(self, resource: Any, *, check_version: bool = True) -> Any:
+        """PUT the resource. Version-aware by default: refused (412) if it changed since read."""
+        data = self.as_json(resource)
+        path = f"{data['resourceType']}/{data['id']}"
+        headers = {}
+        if check_version:
+            version = (data.get("meta") or {}).get("versionId")
+            if not version:
+                raise ValueError(
+                    f"{path}: a version-aware update needs meta.versionId from a read; pass "
+                    "check_version=False to overwrite whatever is there"
+                )
+            headers["If-Match"] = f'W/"{version}"'
+        reply = self._write("PUT", path, data, headers=headers)
+        return self._returned(resource, data, reply)
+
+    def conditional_update(self, resource: Any, query: str | Mapping[str, str]) -> Any:
+        data = self.as_json(resource)
+        data_without_id = {k: v for k, v in data.items() if k != "id"}
+        reply = self._write("PUT", f"{data['resourceType']}?{_query(query)}", data_without_id)
+        return self._returned(resource, data, reply)
+
+    def patch(self, resource_type: str, resource_id: str, operations: list[dict[str, Any]],
+              *, version: str | None = None) -> Any:
+        """JSON Patch (RFC 6902) the resource; optionally only if it is still at `version`."""
+        headers = {"Content-Type": "application/json-patch+json"}
+        if version:
+            headers["If-Match"] = f'W/"{version}"'
+        reply = self._write("PATCH", f"{resource_type}/{resource_id}", operations, headers=headers)
+        return reply.body if reply is not None else None
+
+    def delete(self, resource_or_type: Any, resource_id: str | None = None) -> None:
+        if resource_id is None and not isinstance(resource_or_type, str):
+            data = self.as_json(resource_or_type)
+            resource_or_type, resource_id = data["resourceType"], data["id"]
+        path = resource_or_type if resource_id is None else f"{resource_or_type}/{resource_id}"
+        self._write("DELETE", path, None)
+
+    def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
+        self._write("DELETE", f"{resource_type}?{_query(query)}", None)
+
+    def batch(self, *, size: int | None = None, raise_errors: bool = True) -> BundleWriter:
+        return BundleWriter(self, "batch", size=size, raise_errors=raise_errors)
+
+    def transaction(self, *, size: int | None = None) -> BundleWriter:
+        return BundleWriter(self, "transaction", size=size)
+
+    def _write(self, method: str, path: str, body: Any, headers: Mapping[str, str] | None = None
+               ) -> Reply | None:
+        if self.dry_run:
+            self.show_write(method, path, body)
+            return None
+        return self.connection.request(method, path, json=body, headers=headers)
+
+    def show_write(self, method: str, path: str, body: Any) -> None:
+        """Print one intercepted write: method, URL and what it changes."""
+        summary = self._summarize(method, path, body)
+        self.dry_run_writes.append((method, path))
+        self.stdout.write(f"  [dry-run] {method} {path}{summary}\n")
+
+    def _summarize(self, method: str, path: str, body: Any) -> str:
+        if not isinstance(body, Mapping):
+            return f" ({len(body)} patch operations)" if isinstance(body, list) else ""
+        key = f"{body.get('resourceType')}/{body.get('id')}"
+        before = self._seen.get(key)
+        if method == "PUT" and before is not None:
+            changed = sorted(
+                k for k in set(before) | set(body)
+                if k != "meta" and before.get(k) != body.get(k)
+            )
+            return f": changes {', '.join(changed)}" if changed else ": no changes"
+        fields = [k for k in body if k not in ("resourceType", "id", "meta")]
+        return f": {body.get('resourceType', 'resource')} with {', '.join(fields)}" if fields else ""
+
+    # --- progress and output ---------------------------------------------------------------
+
+    def progress(self, iterable: Iterable[T], total: int | None = None,
+                 desc: str | None = None) -> Iterator[T]:
+        """A tqdm bar on a terminal; otherwise a log line every 10 seconds (no bar in CI logs)."""
+        desc = desc or (self.script.name if self.script is not None else "progress")
+        isatty = getattr(self.stdout, "isatty", lambda: False)()
+        if isatty:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                pass
+            else:
+                yield from tqdm(iterable, total=total, desc=desc, file=self.stdout)
+                return
+        started = last = time.monotonic()
+        count = 0
+        for count, item in enumerate(iterable, 1):
+            yield item
+            now = time.monotonic()
+            if now - last >= 10:
+                last = now
+                of = f"/{total}" if total else ""
+                self.log.info("%s: %d%s done (%.0f/s)", desc, count, of, count / (now - started))
+        self.log.info("%s: %d done in %.1fs", desc, count, time.monotonic() - started)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def as_json(resource: Any) -> dict[str, Any]:
+        if isinstance(resource, Mapping):
+            data = dict(resource)
+        elif hasattr(resource, "as_json"):
+            data = resource.as_json()
+        else:
+            raise TypeError(f"expected a FHIR resource (dict or fhirclient model), got {resource!r}")
+        if "resourceType" not in data:
+            raise ValueError("the resource has no resourceType")
+        return data
+
+    @staticmethod
+    def to_model(data: Mapping[str, Any]) -> Any:
+        return FHIRElementFactory.instantiate(data["resourceType"], dict(data))
+
+    @staticmethod
+    def new_uuid() -> str:
+        return str(uuid.uuid4())
+
+    def _result(self, data: dict[str, Any], as_dict: bool) -> Any:
+        self._remember(data)
+        return data if as_dict else self.to_model(data)
+
+    def _returned(self, original: Any, sent: dict[str, Any], reply: Reply | None) -> Any:
+        as_dict = isinstance(original, Mapping)
+        if reply is None or not reply.body or reply.body.get("resourceType") != sent["resourceType"]:
+            return original
+        return self._result(reply.body, as_dict)
+
+    def _remember(self, resource: Mapping[str, Any]) -> None:
+        if not self.dry_run:
+            return
+        key = f"{resource.get('resourceType')}/{resource.get('id')}"
+        self._seen[key] = dict(resource)
+        self._seen.move_to_end(key)
+        while len(self._seen) > 1000:
+            self._seen.popitem(last=False)
+
+
+def _query(query: str | Mapping[str, str]) -> str:
+    if isinstance(query, str):
+        return query
+    from urllib.parse import urlencode
+
+    return urlencode(query)

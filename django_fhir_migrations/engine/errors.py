@@ -1,0 +1,282 @@
+"""Every error the engine raises on purpose.
+
+Each class keeps the facts as attributes (tests assert on those) and builds a one-paragraph
+message from them that tells the user what is wrong and what to do. Front ends catch
+`FhirMigrationError` and print the message; anything else is a bug and shows a traceback.
+Messages never contain credentials: they name files, revisions, settings and URLs only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+class FhirMigrationError(Exception):
+    """Base class: a problem the user can act on. `exit_code` is what front ends exit with."""
+
+    exit_code = 1
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+class ConfigurationError(FhirMigrationError):
+    def __init__(self, setting: str, problem: str):
+        self.setting = setting
+        self.problem = problem
+        super().__init__(f"Setting {setting}: {problem}")
+
+
+# --- scripts and the revision graph -----------------------------------------------------
+
+
+class ScriptError(FhirMigrationError):
+    """A migration file that cannot be used as it is."""
+
+    def __init__(self, path: Path | str, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"Migration script {self.path}: {problem}")
+
+
+class RevisionError(FhirMigrationError):
+    """The scripts do not form one valid chain (or a target names nothing)."""
+
+
+def _describe(scripts: Iterable) -> str:
+    return ", ".join(f"{s.revision} ({s.path})" for s in scripts)
+
+
+class DuplicateRevisionError(RevisionError):
+    def __init__(self, revision: str, paths: Sequence[Path]):
+        self.revision = revision
+        self.paths = list(paths)
+        files = " and ".join(str(p) for p in self.paths)
+        super().__init__(
+            f"Revision {revision} is declared by more than one script: {files}. "
+            "Every script needs its own revision id; give one of them a new uuid4 hex and fix "
+            "the down_revision of any script that pointed at it."
+        )
+
+
+class DanglingRevisionError(RevisionError):
+    def __init__(self, missing: Sequence[tuple]):
+        # missing: (script, parent revision it names that no script declares)
+        self.missing = list(missing)
+        self.revisions = [s.revision for s, _ in self.missing]
+        self.paths = [s.path for s, _ in self.missing]
+        parts = "; ".join(
+            f"{s.path} (revision {s.revision}) has down_revision {parent!r}, which no script declares"
+            for s, parent in self.missing
+        )
+        super().__init__(
+            f"{parts}. Point down_revision at an existing revision (or None for the first script)."
+        )
+
+
+class CycleError(RevisionError):
+    def __init__(self, cycle: Sequence):
+        self.cycle = list(cycle)
+        self.revisions = [s.revision for s in self.cycle]
+        self.paths = [s.path for s in self.cycle]
+        path = " -> ".join(f"{s.revision} ({s.path.name})" for s in self.cycle)
+        super().__init__(
+            f"The down_revision links form a cycle: {path} -> {self.cycle[0].revision}. "
+            "Break it by pointing one of these scripts' down_revision further down the chain."
+        )
+
+
+class MultipleRootsError(RevisionError):
+    def __init__(self, roots: Sequence):
+        self.roots = list(roots)
+        self.revisions = [s.revision for s in self.roots]
+        super().__init__(
+            f"More than one script has down_revision = None: {_describe(self.roots)}. "
+            "Only the first migration may start the chain; set the others' down_revision to "
+            "the revision they follow."
+        )
+
+
+class MultipleHeadsError(RevisionError):
+    def __init__(self, heads: Sequence):
+        self.heads = list(heads)
+        self.revisions = [s.revision for s in self.heads]
+        super().__init__(
+            f"The migration history has more than one head: {_describe(self.heads)}. "
+            "Two scripts were created on the same parent. Run `fhirmakemigration --merge NAME` "
+            "to join them (or point one's down_revision at the other)."
+        )
+
+
+class UnknownTargetError(RevisionError):
+    def __init__(self, target: str):
+        self.target = target
+        super().__init__(
+            f"No migration matches {target!r}. Give a revision id (or a unique prefix of one), "
+            "a migration name, 'head', or for a downgrade 'zero'."
+        )
+
+
+class AmbiguousTargetError(RevisionError):
+    def __init__(self, target: str, candidates: Sequence):
+        self.target = target
+        self.candidates = list(candidates)
+        super().__init__(
+            f"{target!r} matches more than one migration: {_describe(self.candidates)}. "
+            "Give more characters of the revision id."
+        )
+
+
+# --- state on the server ----------------------------------------------------------------
+
+
+class StateError(FhirMigrationError):
+    """The state resource on the server cannot be trusted as it is."""
+
+
+class UnknownStateRevisionError(StateError):
+    def __init__(self, state_id: str, revisions: Sequence[str], resource_url: str):
+        self.state_id = state_id
+        self.revisions = list(revisions)
+        self.resource_url = resource_url
+        listed = ", ".join(self.revisions)
+        super().__init__(
+            f"The migration state {state_id!r} on the server ({resource_url}) records "
+            f"revision(s) {listed}, but no migration script declares them. The state was left "
+            "untouched. Deploy the code that has those scripts, check that STATE_ID / "
+            "MIGRATION_RESOURCE_ID names the right state, or, if they are gone for good, run "
+            "`fhirreset` and `fhirmigrate --fake` up to where the data really is."
+        )
+
+
+class CorruptStateError(StateError):
+    def __init__(self, state_id: str, problem: str, resource_url: str = ""):
+        self.state_id = state_id
+        self.problem = problem
+        self.resource_url = resource_url
+        where = f" ({resource_url})" if resource_url else ""
+        super().__init__(
+            f"The migration state {state_id!r} on the server{where} cannot be read: {problem}. "
+            "Nothing was changed. Repair or delete that Basic resource by hand."
+        )
+
+
+class ChecksumMismatchError(StateError):
+    def __init__(self, drifted: Sequence):
+        self.drifted = list(drifted)  # scripts whose source changed after being applied
+        self.revisions = [s.revision for s in self.drifted]
+        files = ", ".join(f"{s.path} ({s.revision})" for s in self.drifted)
+        super().__init__(
+            f"Applied migration(s) were edited after they ran: {files}. Their upgrade will not run "
+            "again, so the edit has no effect on data already migrated. Revert the edit and put "
+            "the change in a new migration, or pass --ignore-checksums to proceed anyway."
+        )
+
+
+class IrreversibleMigrationError(FhirMigrationError):
+    def __init__(self, script):
+        self.script = script
+        self.revision = script.revision
+        super().__init__(
+            f"Migration {script.name} ({script.revision}, {script.path}) is marked irreversible; "
+            "it cannot be downgraded. Nothing was reverted."
+        )
+
+
+# --- lock -------------------------------------------------------------------------------
+
+
+class LockError(FhirMigrationError):
+    pass
+
+
+class LockTimeoutError(LockError):
+    exit_code = 3
+
+    def __init__(self, state_id: str, holder: str, waited: float):
+        self.state_id = state_id
+        self.holder = holder
+        self.waited = waited
+        super().__init__(
+            f"Timed out after {waited:.0f}s waiting for the migration lock on state {state_id!r}, "
+            f"held by {holder}. Try again later, raise --lock-timeout, or, if that process is "
+            "gone, break the lock with `fhirmigrate --break-lock`."
+        )
+
+
+class LeaseLostError(LockError):
+    def __init__(self, state_id: str, detail: str):
+        self.state_id = state_id
+        self.detail = detail
+        super().__init__(
+            f"This process lost the migration lock on state {state_id!r} ({detail}). It stopped "
+            "without recording anything further; run fhirmigrate again to continue."
+        )
+
+
+# --- talking to the FHIR server ---------------------------------------------------------
+
+
+class FhirServerError(FhirMigrationError):
+    """The FHIR server could not be used for a request."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+class ServerUnreachableError(FhirServerError):
+    pass
+
+
+class AuthenticationError(FhirServerError):
+    pass
+
+
+class NotAFhirServerError(FhirServerError):
+    pass
+
+
+class ResourceNotFoundError(FhirServerError):
+    pass
+
+
+class VersionConflictError(FhirServerError):
+    """A version-aware write was refused: someone else changed the resource since our read."""
+
+
+# --- running migrations -----------------------------------------------------------------
+
+
+class MigrationFailedError(FhirMigrationError):
+    def __init__(self, script, direction: str, error: BaseException):
+        self.script = script
+        self.revision = script.revision
+        self.direction = direction
+        self.error = error
+        super().__init__(
+            f"Migration {script.name} ({script.revision}, {script.path}) failed during "
+            f"{direction}: {type(error).__name__}: {error}. It was not recorded and nothing after "
+            "it ran. Fix it and run the command again to continue from here."
+        )
+
+
+class BundleError(FhirMigrationError):
+    """A batch or transaction bundle written through ctx did not fully succeed."""
+
+    def __init__(self, kind: str, failures: Sequence[tuple[str, int | str, str]]):
+        # failures: (entry description, status, diagnostics)
+        self.kind = kind
+        self.failures = list(failures)
+        shown = "; ".join(f"{what}: {status} {diag}".strip() for what, status, diag in self.failures[:10])
+        more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
+        super().__init__(f"{kind} bundle: {len(self.failures)} entr(y/ies) failed: {shown}{more}")
+
+
+class WriterError(FhirMigrationError):
+    def __init__(self, name: str, problem: str):
+        self.name = name
+        self.problem = problem
+        super().__init__(f"Cannot create migration {name!r}: {problem}")

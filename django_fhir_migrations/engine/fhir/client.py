@@ -1,0 +1,296 @@
+"""The connection to one FHIR server: fhirclient's `FHIRClient` plus one requests session.
+
+fhirclient (the SMART on FHIR client the design asks for) owns the session and the resource
+models; its own request helpers cannot send `If-Match`, `If-None-Exist` or `Prefer`, so every
+request goes through `FhirConnection.request`, which uses that same session and adds base URL,
+timeouts, TLS verification, auth, retries and one error vocabulary. Each response's body is
+parsed once here.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from fhirclient import client as fhirclient_client
+
+from ..config import Settings
+from ..errors import (
+    AuthenticationError,
+    FhirServerError,
+    NotAFhirServerError,
+    ResourceNotFoundError,
+    ServerUnreachableError,
+    VersionConflictError,
+)
+from .auth import SmartBackendAuth, build_auth
+from .retries import IDEMPOTENT_METHODS, RetryPolicy
+
+logger = logging.getLogger("django_fhir_migrations")
+
+FHIR_JSON = "application/fhir+json"
+APP_ID = "django-fhir-migrations"
+
+
+@dataclass
+class Reply:
+    status: int
+    url: str
+    headers: Mapping[str, str]
+    body: dict[str, Any] | None = field(repr=False)
+
+    @property
+    def version_id(self) -> str | None:
+        """The version a write produced or a read returned (ETag, else meta.versionId)."""
+        etag = self.headers.get("ETag")
+        if etag:
+            return etag.removeprefix("W/").strip('"')
+        meta = (self.body or {}).get("meta") or {}
+        return meta.get("versionId")
+
+    @property
+    def location(self) -> str | None:
+        return self.headers.get("Content-Location") or self.headers.get("Location")
+
+
+def version_from_location(location: str | None) -> tuple[str | None, str | None]:
+    """'.../Basic/12/_history/3' -> ('12', '3')."""
+    if not location:
+        return None, None
+    parts = urlsplit(location).path.rstrip("/").split("/")
+    if "_history" in parts:
+        index = parts.index("_history")
+        return parts[index - 1], (parts[index + 1] if index + 1 < len(parts) else None)
+    return parts[-1], None
+
+
+class FhirConnection:
+    def __init__(self, settings: Settings, *, user_agent: str | None = None):
+        from ... import __version__
+
+        self.settings = settings
+        self.base_url = settings.require_base_url().rstrip("/") + "/"
+        self.client = fhirclient_client.FHIRClient(
+            settings={"app_id": APP_ID, "api_base": self.base_url}
+        )
+        self.server = self.client.server
+        self.session: requests.Session = self.server.session
+        self.session.verify = settings.verify_tls
+        self.session.headers.update(
+            {"User-Agent": user_agent or f"{APP_ID}/{__version__}", "Accept": FHIR_JSON}
+        )
+        self.session.auth = build_auth(settings.auth, self.base_url, self.session, settings.timeout)
+        self.policy = RetryPolicy(retries=settings.retries)
+        self.timeout = settings.timeout
+        self.request_count = 0
+        self.observers: list[Callable[[str, str, int | None], None]] = []
+
+    def close(self) -> None:
+        self.session.close()
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    # --- the one request path ---------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = None,
+        allow: tuple[int, ...] = (),
+    ) -> Reply:
+        """Send one request with retries; raise a FhirServerError subclass unless it succeeded.
+
+        `allow` lists error statuses the caller handles itself (e.g. 404 on a read).
+        """
+        method = method.upper()
+        url = self.url(path)
+        send_headers = {"Accept": FHIR_JSON}
+        if json is not None:
+            send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+        send_headers.update(headers or {})
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS or "If-None-Exist" in send_headers
+        data = jsonlib.dumps(json) if json is not None else None
+        refreshed_token = False
+        attempt = 0
+        while True:
+            self.request_count += 1
+            try:
+                response = self.session.request(
+                    method, url, data=data, params=params, headers=send_headers,
+                    timeout=self.timeout,
+                )
+            except requests.RequestException as exc:
+                if attempt < self.policy.retries and self.policy.retry_exception(exc, idempotent):
+                    wait = self.policy.delay(attempt)
+                    logger.warning("%s %s failed (%s); retrying in %.1fs", method, url,
+                                   _exception_reason(exc), wait)
+                    attempt += 1
+                    time.sleep(wait)
+                    continue
+                self._notify(method, url, None)
+                raise self._unreachable(method, url, exc, attempt) from None
+            self._notify(method, url, response.status_code)
+            status = response.status_code
+            if status == 401 and isinstance(self.session.auth, SmartBackendAuth) and not refreshed_token:
+                # An expired or revoked token: fetch a new one once, then give up.
+                self.session.auth.invalidate()
+                refreshed_token = True
+                continue
+            if (
+                status >= 400
+                and attempt < self.policy.retries
+                and self.policy.retry_status(status, idempotent)
+            ):
+                wait = self.policy.delay(attempt, response)
+                logger.warning("%s %s answered %s; retrying in %.1fs", method, url, status, wait)
+                attempt += 1
+                time.sleep(wait)
+                continue
+            return self._reply(method, url, response, allow)
+
+    def _notify(self, method: str, url: str, status: int | None) -> None:
+        for observer in self.observers:
+            observer(method, url, status)
+
+    def _unreachable(self, method: str, url: str, exc: requests.RequestException, attempt: int
+                     ) -> FhirServerError:
+        tries = f" after {attempt + 1} attempts" if attempt else ""
+        if isinstance(exc, requests.exceptions.SSLError):
+            return ServerUnreachableError(
+                f"TLS verification failed for the FHIR server at {self.base_url} ({method} {url}). "
+                "Fix the certificate or point VERIFY_TLS at the CA bundle.", url=url,
+            )
+        if isinstance(exc, requests.Timeout):
+            return ServerUnreachableError(
+                f"The FHIR server at {self.base_url} did not answer {method} {url} within "
+                f"{self.timeout:g}s{tries}. Check that it is up, or raise TIMEOUT.", url=url,
+            )
+        return ServerUnreachableError(
+            f"Cannot reach the FHIR server at {self.base_url} ({method} {url}: "
+            f"{_exception_reason(exc)}){tries}. Check BASE_URL / FHIR_BASE_URL and that the "
+            "server is running.", url=url,
+        )
+
+    def _reply(self, method: str, url: str, response: requests.Response, allow: tuple[int, ...]
+               ) -> Reply:
+        status = response.status_code
+        body = None
+        text = response.content
+        content_type = response.headers.get("Content-Type", "")
+        if text:
+            if "json" not in content_type:
+                raise NotAFhirServerError(
+                    f"{method} {url} answered {status} with {content_type or 'no content type'}, "
+                    f"not FHIR JSON. Is {self.base_url} the base URL of a FHIR server (often "
+                    "ending in /fhir)?", url=url, status=status,
+                )
+            try:
+                body = response.json()
+            except ValueError:
+                raise NotAFhirServerError(
+                    f"{method} {url} answered {status} with a body that is not valid JSON. "
+                    f"Is {self.base_url} the base URL of a FHIR server?", url=url, status=status,
+                ) from None
+            if not isinstance(body, dict):
+                raise NotAFhirServerError(
+                    f"{method} {url} answered with JSON that is not a FHIR resource.",
+                    url=url, status=status,
+                )
+        reply = Reply(status=status, url=url, headers=response.headers, body=body)
+        if status < 400 or status in allow:
+            return reply
+        detail = outcome_text(body)
+        if status in (401, 403):
+            what = "refused the credentials" if status == 401 else "denied permission"
+            raise AuthenticationError(
+                f"The FHIR server {what} ({status}) for {method} {url}"
+                f"{': ' + detail if detail else ''}. Check the AUTH setting and the client's "
+                "access rights.", url=url, status=status,
+            )
+        if status == 404:
+            raise ResourceNotFoundError(
+                f"{method} {url}: not found (404){': ' + detail if detail else ''}.",
+                url=url, status=status,
+            )
+        if status in (409, 412):
+            raise VersionConflictError(
+                f"{method} {url}: the server refused the write because the resource changed "
+                f"since it was read ({status}){': ' + detail if detail else ''}.",
+                url=url, status=status,
+            )
+        raise FhirServerError(
+            f"{method} {url} failed with {status} {response.reason}"
+            f"{': ' + detail if detail else ''}.", url=url, status=status,
+        )
+
+    # --- conveniences ---------------------------------------------------------------------
+
+    def get(self, path: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Reply:
+        return self.request("GET", path, params=params, **kwargs)
+
+    def check_fhir_base(self) -> dict[str, Any]:
+        """Fetch the CapabilityStatement: the one proof that BASE_URL is a FHIR server."""
+        reply = self.get("metadata")
+        body = reply.body or {}
+        if body.get("resourceType") != "CapabilityStatement":
+            raise NotAFhirServerError(
+                f"{self.url('metadata')} did not return a CapabilityStatement. Is {self.base_url} "
+                "the base URL of a FHIR server?", url=reply.url,
+            )
+        return body
+
+    def iter_pages(self, path: str, params: Mapping[str, Any] | None = None
+                   ) -> Iterator[dict[str, Any]]:
+        """Yield each page (a searchset Bundle), following `link[next]` to the end."""
+        reply = self.get(path, params)
+        while True:
+            bundle = reply.body or {}
+            if bundle.get("resourceType") != "Bundle":
+                raise NotAFhirServerError(
+                    f"GET {reply.url} did not return a Bundle.", url=reply.url
+                )
+            yield bundle
+            next_url = next(
+                (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"),
+                None,
+            )
+            if not next_url:
+                return
+            reply = self.get(next_url)
+
+
+def outcome_text(body: Mapping[str, Any] | None) -> str:
+    """The human text of an OperationOutcome, if the body is one."""
+    if not body or body.get("resourceType") != "OperationOutcome":
+        return ""
+    texts = []
+    for issue in body.get("issue", []):
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        if text:
+            texts.append(text)
+    return "; ".join(texts)[:500]
+
+
+def _exception_reason(exc: requests.RequestException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "Connection reset", "Connection aborted", "RemoteDisconnected",
+                   "Max retries exceeded"):
+        if marker in text:
+            return marker.lower() if marker != "RemoteDisconnected" else "server closed the connection"
+    return type(exc).__name__

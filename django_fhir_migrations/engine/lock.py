@@ -1,0 +1,182 @@
+"""A lease on the state resource, so one process at a time migrates a given state.
+
+The lease is an extension of the state resource itself (holder, started-at, ttl). Taking,
+renewing and releasing it are version-aware writes; so is every state change made while holding
+it. Expiry is judged on the server's clock only (the resource's `meta.lastUpdated` against the
+`Date` header), so hosts with skewed clocks agree. A background thread renews the lease while a
+long migration runs.
+
+Fencing: a write refused with 412 is never retried blindly. The holder re-reads the resource;
+if the lease there is no longer its own token, it has lost the lease and stops without recording
+anything. Only when the lease is still its own (the refused write raced its own earlier write
+whose answer was lost on the network) is the change re-applied to the fresh copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .errors import FhirServerError, LeaseLostError, LockTimeoutError, VersionConflictError
+from .recorder import LockInfo, MigrationState, StateRecorder, isoformat, utcnow
+
+logger = logging.getLogger("django_fhir_migrations")
+
+Mutation = Callable[[MigrationState], MigrationState]
+
+
+def current_user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no login name in some containers
+        return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+class MigrationLock:
+    poll_interval = 1.0
+
+    def __init__(self, recorder: StateRecorder, *, ttl: float, command: str = "",
+                 user: str | None = None, on_wait: Callable[[LockInfo], None] | None = None):
+        self.recorder = recorder
+        self.ttl = ttl
+        self.token = uuid.uuid4().hex
+        self.command = command
+        self.user = user or current_user()
+        self.on_wait = on_wait
+        self.state: MigrationState | None = None
+        self.lost: str | None = None  # why, once the lease is lost
+        self._mutex = threading.RLock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.started_at = isoformat(utcnow())
+
+    @property
+    def holder(self) -> str:
+        return f"{self.user}@{socket.gethostname()} (pid {os.getpid()})"
+
+    def _info(self) -> LockInfo:
+        return LockInfo(
+            token=self.token, host=socket.gethostname(), pid=os.getpid(), user=self.user,
+            started_at=self.started_at, ttl=self.ttl, renewed_at=isoformat(utcnow()),
+            command=self.command,
+        )
+
+    # --- taking the lease ----------------------------------------------------------------
+
+    def acquire(self, state: MigrationState, timeout: float) -> MigrationState:
+        """Take the lease, waiting up to `timeout` seconds. Returns the state as now written."""
+        deadline = time.monotonic() + timeout
+        announced: str | None = None
+        while True:
+            if not state.exists:
+                created, won = self.recorder.create(state.with_lock(self._info()))
+                if won:
+                    return self._hold(created)
+                state = created
+                continue
+            if state.lock is None or state.lock_expired():
+                if state.lock is not None:
+                    logger.warning("Taking over the expired migration lock of %s on state %r",
+                                   state.lock.describe(), state.state_id)
+                try:
+                    written = self.recorder.write(state.with_lock(self._info()))
+                except VersionConflictError:
+                    state = self.recorder.reread(state)
+                    continue
+                return self._hold(written)
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(state.state_id, state.lock.describe(), timeout)
+            if announced != state.lock.token:
+                announced = state.lock.token
+                logger.info("Waiting for the migration lock on state %r held by %s",
+                            state.state_id, state.lock.describe())
+                if self.on_wait:
+                    self.on_wait(state.lock)
+            remaining = deadline - time.monotonic()
+            time.sleep(max(0.05, min(remaining, self.poll_interval * (0.5 + random.random()))))
+            state = self.recorder.reread(state)
+
+    def _hold(self, state: MigrationState) -> MigrationState:
+        self.state = state
+        logger.debug("Took the migration lock on state %r as %s", state.state_id, self.holder)
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew_loop, name="fhir-migrations-lease",
+                                         daemon=True)
+        self._renewer.start()
+        return state
+
+    # --- fenced writes -------------------------------------------------------------------
+
+    def update(self, mutation: Mutation, *, release: bool = False) -> MigrationState:
+        """Apply `mutation` to the state and write it, only while the lease is ours.
+
+        Every write also renews the lease (or, with `release`, removes it).
+        """
+        with self._mutex:
+            self.check()
+            assert self.state is not None
+            for _ in range(5):
+                lease = None if release else self._info()
+                candidate = mutation(self.state).with_lock(lease)
+                try:
+                    self.state = self.recorder.write(candidate)
+                    return self.state
+                except VersionConflictError:
+                    fresh = self.recorder.reread(self.state)
+                    if fresh.lock is None or fresh.lock.token != self.token:
+                        holder = fresh.lock.describe() if fresh.lock else "nobody"
+                        self._lose(f"the lease is now held by {holder}")
+                    self.state = fresh  # our own earlier write landed; apply the change again
+            self._lose("the state kept changing under this process")
+            raise AssertionError("unreachable")
+
+    def check(self) -> None:
+        if self.lost:
+            raise LeaseLostError(self.recorder.state_id, self.lost)
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        self._stop.set()
+        logger.error("Lost the migration lock on state %r: %s", self.recorder.state_id, why)
+        raise LeaseLostError(self.recorder.state_id, why)
+
+    # --- renewal and release ---------------------------------------------------------------
+
+    def _renew_loop(self) -> None:
+        interval = max(1.0, self.ttl / 3)
+        while not self._stop.wait(interval):
+            try:
+                self.update(lambda state: state)
+                logger.debug("Renewed the migration lock on state %r", self.recorder.state_id)
+            except LeaseLostError:
+                return
+            except FhirServerError as exc:  # try again next tick; the lease outlives one miss
+                logger.warning("Could not renew the migration lock: %s", exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.recorder.connection.timeout + 5)
+        if self.lost or self.state is None:
+            return
+        try:
+            self.update(lambda state: state, release=True)
+        except (LeaseLostError, FhirServerError) as exc:
+            logger.warning("Could not release the migration lock (it will expire): %s", exc)
+        finally:
+            self.lost = self.lost or "released"
+
+    def __enter__(self) -> MigrationLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()

@@ -1,0 +1,415 @@
+"""The only code that reads or writes the migration state on the FHIR server.
+
+One FHIR R4 `Basic` per project, found by `identifier = http://fhir.migration.system|<STATE_ID>`,
+modelled with fhirclient's `Basic`. As the seed tool wrote it, `code.coding[0]` holds the head
+(`{system: http://our.migration.system, code: <revision or "None">}`); we keep writing that so
+the old tool still reads the head. Our additions are extensions under one base URL
+(`EXTENSION_BASE`): one `applied-migration` per applied revision, in the order applied, and
+the `migration-lock` lease (see lock.py). Keeping state and lease in one resource means every
+state write is fenced by the lease: a write made with a stale version is refused (412).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from fhirclient.models.basic import Basic
+from fhirclient.models.fhirabstractbase import FHIRValidationError
+
+from .errors import CorruptStateError, ResourceNotFoundError, UnknownStateRevisionError
+from .fhir.client import FhirConnection, Reply, version_from_location
+from .graph import RevisionGraph
+
+STATE_SYSTEM = "http://fhir.migration.system"
+HEAD_SYSTEM = "http://our.migration.system"
+NO_HEAD = "None"
+EXTENSION_BASE = "http://fhir.migration.system/StructureDefinition/"
+APPLIED_EXTENSION = EXTENSION_BASE + "applied-migration"
+LOCK_EXTENSION = EXTENSION_BASE + "migration-lock"
+OUR_EXTENSIONS = (APPLIED_EXTENSION, LOCK_EXTENSION)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_datetime(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    revision: str
+    name: str = ""
+    applied_at: str | None = None
+    duration_ms: int | None = None
+    checksum: str | None = None
+    applied_by: str | None = None
+    fake: bool = False
+
+    def to_extension(self) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = [{"url": "revision", "valueString": self.revision}]
+        if self.name:
+            parts.append({"url": "name", "valueString": self.name})
+        if self.applied_at:
+            parts.append({"url": "appliedAt", "valueDateTime": self.applied_at})
+        if self.duration_ms is not None:
+            parts.append({"url": "durationMs", "valueInteger": int(self.duration_ms)})
+        if self.checksum:
+            parts.append({"url": "checksum", "valueString": self.checksum})
+        if self.applied_by:
+            parts.append({"url": "appliedBy", "valueString": self.applied_by})
+        if self.fake:
+            parts.append({"url": "fake", "valueBoolean": True})
+        return {"url": APPLIED_EXTENSION, "extension": parts}
+
+    @classmethod
+    def from_extension(cls, ext: dict[str, Any]) -> AppliedMigration:
+        values = _sub_values(ext)
+        revision = values.get("revision")
+        if not isinstance(revision, str) or not revision:
+            raise ValueError("an applied-migration extension has no revision")
+        return cls(
+            revision=revision,
+            name=values.get("name") or "",
+            applied_at=values.get("appliedAt"),
+            duration_ms=values.get("durationMs"),
+            checksum=values.get("checksum"),
+            applied_by=values.get("appliedBy"),
+            fake=bool(values.get("fake", False)),
+        )
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    token: str
+    host: str
+    pid: int
+    user: str
+    started_at: str
+    ttl: float
+    renewed_at: str
+    command: str = ""
+
+    def describe(self) -> str:
+        return (f"{self.user}@{self.host} (pid {self.pid}, {self.command or 'fhir migrations'}, "
+                f"since {self.started_at})")
+
+    def to_extension(self) -> dict[str, Any]:
+        renewed = parse_datetime(self.renewed_at) or utcnow()
+        expires = isoformat(datetime.fromtimestamp(renewed.timestamp() + self.ttl, timezone.utc))
+        return {
+            "url": LOCK_EXTENSION,
+            "extension": [
+                {"url": "token", "valueString": self.token},
+                {"url": "host", "valueString": self.host},
+                {"url": "pid", "valueInteger": self.pid},
+                {"url": "user", "valueString": self.user},
+                {"url": "command", "valueString": self.command or "fhir migrations"},
+                {"url": "startedAt", "valueDateTime": self.started_at},
+                {"url": "renewedAt", "valueDateTime": self.renewed_at},
+                {"url": "ttlSeconds", "valueInteger": int(round(self.ttl))},
+                {"url": "expiresAt", "valueDateTime": expires},
+            ],
+        }
+
+    @classmethod
+    def from_extension(cls, ext: dict[str, Any]) -> LockInfo:
+        values = _sub_values(ext)
+        if not values.get("token"):
+            raise ValueError("the migration-lock extension has no token")
+        return cls(
+            token=values["token"],
+            host=values.get("host", "?"),
+            pid=int(values.get("pid") or 0),
+            user=values.get("user", "?"),
+            started_at=values.get("startedAt", "?"),
+            ttl=float(values.get("ttlSeconds") or 60),
+            renewed_at=values.get("renewedAt", values.get("startedAt", "")),
+            command=values.get("command", ""),
+        )
+
+
+def _sub_values(ext: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for sub in ext.get("extension", []):
+        for key, value in sub.items():
+            if key.startswith("value"):
+                values[sub.get("url")] = value
+    return values
+
+
+@dataclass
+class MigrationState:
+    """One read of the state resource. `resource` is the fhirclient Basic it came from."""
+
+    state_id: str
+    resource: Basic | None = None
+    version_id: str | None = None
+    head: str | None = None
+    applied: list[AppliedMigration] = field(default_factory=list)
+    lock: LockInfo | None = None
+    last_updated: datetime | None = None
+    server_time: datetime | None = None  # the server's clock when this was read (Date header)
+
+    @property
+    def exists(self) -> bool:
+        return self.resource is not None
+
+    @property
+    def resource_id(self) -> str | None:
+        return self.resource.id if self.resource is not None else None
+
+    @property
+    def has_applied_list(self) -> bool:
+        return bool(self.applied)
+
+    def applied_record(self, revision: str) -> AppliedMigration | None:
+        return next((a for a in self.applied if a.revision == revision), None)
+
+    def lock_expired(self) -> bool:
+        """Judged on the server's clock alone (last write vs. Date header): no host skew."""
+        if self.lock is None:
+            return True
+        now = self.server_time or utcnow()
+        last = self.last_updated or parse_datetime(self.lock.renewed_at) or now
+        return (now - last).total_seconds() > self.lock.ttl
+
+    # --- what is applied -----------------------------------------------------------------
+
+    def applied_revisions(self, graph: RevisionGraph) -> set[str]:
+        """The applied set, adopting a seed-tool state (head only) as "the head and its ancestors".
+
+        Raises UnknownStateRevisionError when the state names revisions no script declares.
+        """
+        named = [a.revision for a in self.applied]
+        if self.head:
+            named.append(self.head)
+        unknown = sorted({r for r in named if r not in graph})
+        if unknown:
+            raise UnknownStateRevisionError(self.state_id, unknown, self.describe_location())
+        if self.head is None:
+            return set()
+        listed = {a.revision for a in self.applied}
+        if listed and graph.top(listed) == self.head:
+            return listed
+        # Written by the seed tool (or moved by it since we last wrote): it applies linearly
+        # up to its head, so the head and everything below it is applied.
+        return graph.ancestors(self.head)
+
+    def applied_entries(self, graph: RevisionGraph) -> list[AppliedMigration]:
+        """The applied list to write back: recorded entries in order, then adopted ones."""
+        applied = self.applied_revisions(graph)
+        entries = [a for a in self.applied if a.revision in applied]
+        listed = {a.revision for a in entries}
+        for script in graph.in_order(applied - listed):
+            entries.append(AppliedMigration(revision=script.revision, name=script.name,
+                                            applied_by="adopted from an earlier state"))
+        return entries
+
+    def adopted_from_head(self, graph: RevisionGraph) -> bool:
+        if self.head is None:
+            return False
+        listed = {a.revision for a in self.applied}
+        return not listed or graph.top(listed) != self.head
+
+    def describe_location(self) -> str:
+        if self.resource_id:
+            return f"Basic/{self.resource_id}"
+        return f"Basic?identifier={STATE_SYSTEM}|{self.state_id}"
+
+    # --- changes (return a new state; the recorder writes it) -----------------------------
+
+    def with_applied(self, applied: list[AppliedMigration], head: str | None) -> MigrationState:
+        return replace(self, applied=list(applied), head=head)
+
+    def with_lock(self, lock: LockInfo | None) -> MigrationState:
+        return replace(self, lock=lock)
+
+    def to_json(self) -> dict[str, Any]:
+        """The resource to send: whatever else the resource holds is kept as it was."""
+        base = self.resource.as_json() if self.resource is not None else {"resourceType": "Basic"}
+        data = copy.deepcopy(base)
+        data.pop("meta", None)
+        identifiers = data.get("identifier") or []
+        if not any(i.get("system") == STATE_SYSTEM and i.get("value") == self.state_id
+                   for i in identifiers):
+            identifiers.append({"system": STATE_SYSTEM, "value": self.state_id})
+        data["identifier"] = identifiers
+        code = data.get("code") or {}
+        codings = list(code.get("coding") or [])
+        head_coding = {"system": HEAD_SYSTEM, "code": self.head or NO_HEAD}
+        if codings:
+            codings[0] = head_coding
+        else:
+            codings = [head_coding]
+        code["coding"] = codings
+        code.setdefault("text", "FHIR data migration state")
+        data["code"] = code
+        others = [e for e in data.get("extension", []) if e.get("url") not in OUR_EXTENSIONS]
+        ours = [a.to_extension() for a in self.applied]
+        if self.lock is not None:
+            ours.append(self.lock.to_extension())
+        if others or ours:
+            data["extension"] = others + ours
+        else:
+            data.pop("extension", None)
+        # Validate through fhirclient's model before anything is sent.
+        return Basic(data).as_json()
+
+
+class StateRecorder:
+    def __init__(self, connection: FhirConnection, state_id: str):
+        self.connection = connection
+        self.state_id = state_id
+
+    @property
+    def search_params(self) -> dict[str, str]:
+        return {"identifier": f"{STATE_SYSTEM}|{self.state_id}"}
+
+    def read(self) -> MigrationState:
+        """Find the state by its identifier (one request). A missing state is an empty one."""
+        reply = self.connection.get("Basic", self.search_params)
+        bundle = reply.body or {}
+        if bundle.get("resourceType") != "Bundle":
+            raise CorruptStateError(self.state_id, "the search for it did not return a Bundle")
+        matches = [
+            e.get("resource") for e in bundle.get("entry", [])
+            if (e.get("search") or {}).get("mode", "match") == "match"
+            and (e.get("resource") or {}).get("resourceType") == "Basic"
+        ]
+        if len(matches) > 1:
+            ids = ", ".join(f"Basic/{m.get('id')}" for m in matches)
+            raise CorruptStateError(
+                self.state_id, f"more than one Basic resource carries its identifier ({ids})"
+            )
+        if not matches:
+            return MigrationState(self.state_id, server_time=_server_time(reply))
+        return self._parse(matches[0], reply)
+
+    def reread(self, state: MigrationState) -> MigrationState:
+        """Read by id: not subject to search indexing delays."""
+        if not state.exists:
+            return self.read()
+        reply = self.connection.get(f"Basic/{state.resource_id}", allow=(404, 410))
+        if reply.status in (404, 410):
+            return MigrationState(self.state_id, server_time=_server_time(reply))
+        return self._parse(reply.body or {}, reply)
+
+    def create(self, state: MigrationState) -> tuple[MigrationState, bool]:
+        """Conditional create: of many processes racing to create the state, one wins.
+
+        Returns (state, created). When it already existed, the state returned is a fresh read.
+        """
+        body = state.to_json()
+        reply = self.connection.request(
+            "POST", "Basic", json=body,
+            headers={"If-None-Exist": f"identifier={STATE_SYSTEM}|{self.state_id}",
+                     "Prefer": "return=representation"},
+        )
+        if reply.status == 201:
+            return self._written(state, body, reply), True
+        return self.read(), False
+
+    def write(self, state: MigrationState) -> MigrationState:
+        """Version-aware update. Raises VersionConflictError if the state changed since read."""
+        if not state.exists or not state.version_id:
+            raise CorruptStateError(self.state_id, "it has no id or version to update against")
+        body = state.to_json()
+        body["id"] = state.resource_id
+        reply = self.connection.request(
+            "PUT", f"Basic/{state.resource_id}", json=body,
+            headers={"If-Match": f'W/"{state.version_id}"', "Prefer": "return=representation"},
+        )
+        return self._written(state, body, reply)
+
+    def delete(self, state: MigrationState) -> None:
+        if state.exists:
+            try:
+                self.connection.request("DELETE", f"Basic/{state.resource_id}")
+            except ResourceNotFoundError:
+                pass
+
+    # --- parsing ---------------------------------------------------------------------------
+
+    def _written(self, state: MigrationState, body: dict[str, Any], reply: Reply) -> MigrationState:
+        if reply.body and reply.body.get("resourceType") == "Basic":
+            return self._parse(reply.body, reply)
+        resource_id, version = version_from_location(reply.location)
+        body = dict(body, id=resource_id or body.get("id"),
+                    meta={"versionId": reply.version_id or version})
+        return self._parse(body, reply)
+
+    def _parse(self, data: dict[str, Any], reply: Reply) -> MigrationState:
+        location = f"Basic/{data.get('id')}"
+        try:
+            resource = Basic(data)
+        except (FHIRValidationError, Exception) as exc:  # fhirclient raises bare Exception too
+            raise CorruptStateError(
+                self.state_id, f"it is not a valid FHIR Basic resource ({_first_line(exc)})", location
+            ) from None
+        head = None
+        codings = (data.get("code") or {}).get("coding") or []
+        if codings:
+            code = codings[0].get("code")
+            if not isinstance(code, str) or not code.strip():
+                raise CorruptStateError(self.state_id, "code.coding[0] has no code", location)
+            head = None if code == NO_HEAD else code
+        else:
+            raise CorruptStateError(self.state_id, "it has no code.coding[0] naming the head", location)
+        applied: list[AppliedMigration] = []
+        lock = None
+        try:
+            for ext in data.get("extension", []):
+                if ext.get("url") == APPLIED_EXTENSION:
+                    applied.append(AppliedMigration.from_extension(ext))
+                elif ext.get("url") == LOCK_EXTENSION:
+                    lock = LockInfo.from_extension(ext)
+        except (ValueError, TypeError) as exc:
+            raise CorruptStateError(self.state_id, str(exc), location) from None
+        seen: set[str] = set()
+        for entry in applied:
+            if entry.revision in seen:
+                raise CorruptStateError(
+                    self.state_id, f"revision {entry.revision} is listed as applied twice", location
+                )
+            seen.add(entry.revision)
+        meta = data.get("meta") or {}
+        return MigrationState(
+            state_id=self.state_id,
+            resource=resource,
+            version_id=reply.version_id if reply.body is data else meta.get("versionId"),
+            head=head,
+            applied=applied,
+            lock=lock,
+            last_updated=parse_datetime(meta.get("lastUpdated")),
+            server_time=_server_time(reply),
+        )
+
+
+def _server_time(reply: Reply) -> datetime | None:
+    value = reply.headers.get("Date")
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

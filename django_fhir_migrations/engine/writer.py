@@ -1,0 +1,100 @@
+"""Render a new migration script and write it next to the others.
+
+The name becomes the file name (`<name>.py`, as the seed tool did), so it must be a plain
+Python identifier, not a keyword, not already used. The new script's down_revision is the head
+of the graph (or, for a merge, the tuple of all heads). The file is created exclusively: two
+people generating at once cannot overwrite each other.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ScriptLocation
+from .errors import WriterError
+from .recorder import isoformat, utcnow
+
+MAX_NAME_LENGTH = 80
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED = {"head", "heads", "zero", "base", "none", "true", "false"}
+
+TEMPLATE = '''"""{message}
+
+Revision: {revision}   Revises: {revises}   Created: {created}
+"""
+
+revision = "{revision}"
+down_revision = {down_revision}
+{extra}
+
+def upgrade(ctx):
+    """Change the data. `ctx` has search/read/create/update/delete/batch/transaction helpers."""
+    pass
+
+
+def downgrade(ctx):
+    """Undo what upgrade() did."""
+    pass
+'''
+
+
+@dataclass(frozen=True)
+class NewScript:
+    path: Path
+    revision: str
+    down_revisions: tuple[str, ...]
+
+
+def validate_name(name: str, existing: set[str]) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise WriterError(name, "a migration needs a name, e.g. add_mrn_identifier.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise WriterError(name[:40] + "...", f"names are limited to {MAX_NAME_LENGTH} characters.")
+    if not _NAME.match(name):
+        raise WriterError(
+            name, "use letters, digits and underscores only, not starting with a digit "
+            "(the name becomes the file name, so no '/', '.', '-' or spaces)."
+        )
+    if keyword.iskeyword(name) or name.lower() in _RESERVED or name.startswith("_"):
+        raise WriterError(
+            name, "that word is reserved (Python keywords, names starting with '_', "
+            f"and {', '.join(sorted(_RESERVED))} are not allowed)."
+        )
+    if name in existing:
+        raise WriterError(name, "a migration with that name already exists.")
+    return name
+
+
+def render(name: str, revision: str, down_revisions: tuple[str, ...], message: str = "") -> str:
+    if not down_revisions:
+        down = "None"
+    elif len(down_revisions) == 1:
+        down = f'"{down_revisions[0]}"'
+    else:
+        down = "(" + ", ".join(f'"{r}"' for r in down_revisions) + ")"
+    return TEMPLATE.format(
+        message=message or name.replace("_", " ").capitalize() + ".",
+        revision=revision,
+        revises=", ".join(down_revisions) or "None",
+        created=isoformat(utcnow()),
+        down_revision=down,
+        extra="" if len(down_revisions) < 2 else "\n# Merges the heads above; usually nothing to do.",
+    )
+
+
+def write_script(location: ScriptLocation, name: str, down_revisions: tuple[str, ...],
+                 message: str = "") -> NewScript:
+    revision = uuid.uuid4().hex
+    path = location.path / f"{name}.py"
+    location.path.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(render(name, revision, down_revisions, message))
+    except FileExistsError:
+        raise WriterError(name, f"{path} already exists.") from None
+    return NewScript(path=path, revision=revision, down_revisions=down_revisions)

@@ -1,0 +1,118 @@
+"""What every fhir* management command shares: settings, output styling, errors, prompts.
+
+Commands are shells (as Django's own `migrate`): they parse flags, build the engine's Project,
+call it, and print. An engine error becomes a CommandError: Django prints its one-paragraph
+message and exits non-zero, and shows the traceback only with --traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from ..conf import get_settings
+from ..engine import FhirMigrationError, Project, Reporter
+from ..engine.config import Settings
+
+LOGGER = "django_fhir_migrations"
+
+
+class StyledReporter(Reporter):
+    def __init__(self, command: BaseCommand, verbosity: int):
+        super().__init__(command.stdout, verbosity)
+        self.command = command
+        self.styles = {
+            "heading": command.style.MIGRATE_HEADING,
+            "success": command.style.SUCCESS,
+            "warning": command.style.WARNING,
+            "error": command.style.ERROR,
+        }
+
+    def style(self, kind: str, text: str) -> str:
+        styler = self.styles.get(kind)
+        return styler(text) if styler else text
+
+    def _write(self, kind: str, text: str, level: int) -> None:
+        if self.verbosity >= level:
+            stream = self.command.stderr if kind == "error" else self.command.stdout
+            stream.write(self.style(kind, text))
+
+
+class FhirCommand(BaseCommand):
+    # Our own checks would stop a command with a less specific message; commands validate
+    # what they need themselves and explain it.
+    requires_system_checks: list[str] = []
+    command_name = "fhir"
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        self._configure_logging(options.get("verbosity", 1))
+        return super().execute(*args, **options)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        verbosity = options.get("verbosity", 1)
+        try:
+            project = Project(self.settings(options), reporter=StyledReporter(self, verbosity),
+                              command=f"manage.py {self.command_name}", source=self.source())
+        except FhirMigrationError as exc:
+            raise CommandError(str(exc), returncode=exc.exit_code) from exc
+        try:
+            exit_code = self.run(project, **options)
+        except FhirMigrationError as exc:
+            raise CommandError(str(exc), returncode=exc.exit_code) from exc
+        finally:
+            project.close()
+        if exit_code:
+            sys.exit(exit_code)
+
+    def run(self, project: Project, **options: Any) -> int:
+        raise NotImplementedError
+
+    def settings(self, options: dict[str, Any]) -> Settings:
+        return get_settings()
+
+    @staticmethod
+    def source() -> str:
+        from django.conf import settings
+
+        return getattr(settings, "ROOT_URLCONF", "") .split(".")[0] or "django project"
+
+    def confirm(self, options: dict[str, Any]):
+        """A yes/no prompt, or None (meaning yes) with --noinput."""
+        if not options.get("interactive", True):
+            return None
+
+        def ask(question: str) -> bool:
+            self.stdout.write(question)
+            try:
+                answer = input("Type 'yes' to continue, or 'no' to cancel: ")
+            except EOFError:
+                self.stderr.write("No answer (stdin closed); use --noinput to confirm without asking.")
+                return False
+            return answer.strip().lower() == "yes"
+
+        return ask
+
+    @staticmethod
+    def _configure_logging(verbosity: int) -> None:
+        """-v 2 shows the engine's INFO log lines on stderr, -v 3 its DEBUG lines too."""
+        logger = logging.getLogger(LOGGER)
+        if verbosity < 2 or logger.handlers or logging.getLogger().handlers:
+            return
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.INFO)
+
+
+def add_lock_timeout(parser) -> None:
+    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                        help="How long to wait for another process's migration lock "
+                             "(default: LOCK_TIMEOUT setting).")
+
+
+def add_noinput(parser) -> None:
+    parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
+                        help="Do not ask for confirmation; answer yes.")

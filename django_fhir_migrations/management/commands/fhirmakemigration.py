@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import CommandError
+
+from ...conf import app_script_folder
+from ...engine import Project
+from ..base import FhirCommand
+
+
+class Command(FhirCommand):
+    help = "Create a new FHIR data migration script whose down_revision is the current head."
+    command_name = "fhirmakemigration"
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("name", nargs="?", default=None,
+                            help="The migration's name (becomes <name>.py).")
+        parser.add_argument("--app", default=None,
+                            help="Put the script in this app's fhir_migrations/ folder.")
+        parser.add_argument("--merge", action="store_true",
+                            help="Create a merge script whose down_revision is every head.")
+        parser.add_argument("--no-check", action="store_false", dest="check",
+                            help="Do not ask the server whether every migration is applied.")
+        parser.add_argument("-m", "--message", default="", help="First line of the docstring.")
+
+    def run(self, project: Project, **options: Any) -> int:
+        location = None
+        if options["app"]:
+            try:
+                location = app_script_folder(options["app"])
+            except LookupError:
+                raise CommandError(f"No installed app with label {options['app']!r}.") from None
+        name = options["name"]
+        if not name:
+            if not options["merge"]:
+                raise CommandError("Give the migration a name, e.g. fhirmakemigration add_mrn.")
+            heads = project.loader.valid_graph(allow_multiple_heads=True).heads
+            name = "merge_" + "_".join(node.revision[:8] for node in heads)
+        project.make_migration(name, location=location, merge=options["merge"],
+                               check=options["check"], message=options["message"])
+        return 0

@@ -1,0 +1,56 @@
+"""Package metadata for django-fhir-migrations (the build system is declared in pyproject.toml)."""
+
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "django_fhir_migrations" / "__init__.py").read_text()
+).group(1)
+
+setup(
+    name="django-fhir-migrations",
+    version=VERSION,
+    description="Versioned data migrations for FHIR servers, the Django/Alembic way.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["django_fhir_migrations", "django_fhir_migrations.*"]),
+    include_package_data=True,
+    package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*"]},
+    zip_safe=False,
+    python_requires=">=3.10",
+    install_requires=[
+        "django>=4.2,<6.0",
+        "requests>=2.28,<3",
+        "fhirclient>=4.1,<5",
+    ],
+    extras_require={
+        "flask": ["flask>=2.2,<4"],
+        "smart": ["pyjwt>=2.6,<3", "cryptography>=41"],
+        "progress": ["tqdm>=4.60,<5"],
+        "test": [
+            "pytest>=7.4,<10",
+            "pytest-django>=4.5,<5",
+            "flask>=2.2,<4",
+            "pyjwt>=2.6,<3",
+            "cryptography>=41",
+            "tqdm>=4.60,<5",
+            "ruff>=0.5",
+        ],
+        "browser": ["playwright>=1.40,<2"],
+        "bench": ["carebundle>=0.5,<1", "tqdm>=4.60,<5"],
+    },
+    entry_points={"console_scripts": ["fhir-migrations=django_fhir_migrations.cli:main"]},
+    classifiers=[
+        "Framework :: Django",
+        "Framework :: Django :: 4.2",
+        "Framework :: Django :: 5.0",
+        "Framework :: Django :: 5.1",
+        "Framework :: Django :: 5.2",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Medical Science Apps.",
+    ],
+)

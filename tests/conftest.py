@@ -1,0 +1,78 @@
+"""Fixtures: the FHIR server (FHIR_BASE_URL, or the local HAPI started once per session),
+one isolated namespace per test, a scripts folder, and Django settings pointing at both."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import requests
+
+from .helpers import FhirNamespace, ScriptsDir
+
+
+@pytest.fixture(scope="session")
+def fhir_base_url():
+    """Any FHIR server given by FHIR_BASE_URL; otherwise the local HAPI, started here."""
+    given = os.environ.get("FHIR_BASE_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    from .hapi import launcher
+
+    started = launcher.ensure_running()
+    try:
+        yield launcher.base_url()
+    finally:
+        if started:
+            launcher.stop()
+
+
+@pytest.fixture
+def fhir(fhir_base_url):
+    token = uuid.uuid4().hex[:12]
+    session = requests.Session()
+    namespace = FhirNamespace(
+        base_url=fhir_base_url,
+        state_id=f"test-{token}",
+        system=f"urn:django-fhir-migrations:test:{token}",
+        http=session,
+    )
+    yield namespace
+    try:
+        namespace.cleanup()
+    except requests.RequestException:
+        pass
+    session.close()
+
+
+@pytest.fixture
+def scripts(tmp_path):
+    folder = tmp_path / "fhir_scripts"
+    folder.mkdir()
+    return ScriptsDir(folder)
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No FHIR_*/MIGRATION_* variables from the outside world leak into a test."""
+    for name in list(os.environ):
+        if name.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) or name == "FHIR_BASE_URL":
+            monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def fhir_settings(settings, fhir, scripts, clean_env):
+    """Django settings for a test that talks to the server in its own namespace."""
+    settings.FHIR_MIGRATIONS = {
+        "BASE_URL": fhir.base_url,
+        "STATE_ID": fhir.state_id,
+        "SCRIPTS_DIRS": [str(scripts.path)],
+        "LOCK_TIMEOUT": 20,
+        "LOCK_TTL": 10,
+        "RETRIES": 2,
+        "TIMEOUT": 30,
+    }
+    return settings.FHIR_MIGRATIONS

@@ -1,0 +1,160 @@
+"""Test helpers: write migration scripts, talk plain HTTP to the server, run commands."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+_AUTO = object()
+
+
+def indent(body: str) -> str:
+    return textwrap.indent(textwrap.dedent(body).strip() or "pass", "    ")
+
+
+@dataclass
+class ScriptsDir:
+    """A folder of migration scripts; `add` chains each new script after the previous one."""
+
+    path: Path
+    revisions: list[str] = field(default_factory=list)
+
+    def add(self, name: str, *, upgrade: str = "pass", downgrade: str = "pass",
+            revision: str | None = None, down: Any = _AUTO, header: str = "",
+            takes_ctx: bool = True) -> str:
+        revision = revision or uuid.uuid4().hex
+        if down is _AUTO:
+            down = self.revisions[-1] if self.revisions else None
+        arg = "ctx" if takes_ctx else ""
+        source = (
+            f'"""{name}."""\n{header}\n'
+            f"revision = {revision!r}\n"
+            f"down_revision = {down!r}\n\n\n"
+            f"def upgrade({arg}):\n{indent(upgrade)}\n\n\n"
+            f"def downgrade({arg}):\n{indent(downgrade)}\n"
+        )
+        self.write(name, source)
+        self.revisions.append(revision)
+        return revision
+
+    def write(self, name: str, source: str) -> Path:
+        path = self.path / f"{name}.py"
+        path.write_text(source)
+        # Same-second rewrites must still look new to the import cache (mtime + size).
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+        return path
+
+
+@dataclass
+class FhirNamespace:
+    """One test's own corner of the server: its own state id and identifier system."""
+
+    base_url: str
+    state_id: str
+    system: str
+    http: requests.Session
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+    def get(self, path: str, **params: Any) -> dict[str, Any]:
+        reply = self.http.get(self.url(path), params=params,
+                              headers={"Accept": "application/fhir+json"}, timeout=30)
+        reply.raise_for_status()
+        return reply.json()
+
+    def search(self, resource_type: str, **params: Any) -> list[dict[str, Any]]:
+        """Every match, following next links (plain HTTP, independent of the tool)."""
+        params.setdefault("_count", 200)
+        bundle = self.get(resource_type, **params)
+        found = []
+        while True:
+            found += [e["resource"] for e in bundle.get("entry", [])
+                      if e.get("search", {}).get("mode", "match") == "match"]
+            nxt = next((link["url"] for link in bundle.get("link", [])
+                        if link["relation"] == "next"), None)
+            if not nxt:
+                return found
+            bundle = self.http.get(nxt, headers={"Accept": "application/fhir+json"},
+                                   timeout=30).json()
+
+    def state(self) -> dict[str, Any] | None:
+        """The state resource as plain HTTP sees it."""
+        matches = self.search("Basic", identifier=f"http://fhir.migration.system|{self.state_id}")
+        assert len(matches) <= 1, matches
+        return matches[0] if matches else None
+
+    def state_head(self) -> str | None:
+        state = self.state()
+        return state["code"]["coding"][0]["code"] if state else None
+
+    def applied(self) -> list[str]:
+        state = self.state() or {}
+        revisions = []
+        for ext in state.get("extension", []):
+            if ext["url"].endswith("/applied-migration"):
+                revisions += [e["valueString"] for e in ext["extension"] if e["url"] == "revision"]
+        return revisions
+
+    def patients(self) -> list[dict[str, Any]]:
+        return self.search("Patient", identifier=f"{self.system}|")
+
+    def patient_code(self, value: str) -> str:
+        """Python source of a Patient (dict) tagged with this namespace's system."""
+        return (f"{{'resourceType': 'Patient', 'identifier': [{{'system': {self.system!r}, "
+                f"'value': {value!r}}}], 'name': [{{'family': {value!r}}}]}}")
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        return [e for e in self.search("AuditEvent", _sort="-date", _count=200)
+                if self.state_id in str(e.get("entity", ""))]
+
+    def cleanup(self) -> None:
+        for patient in self.patients():
+            self.http.delete(self.url(f"Patient/{patient['id']}"), timeout=30)
+        state = self.state()
+        if state:
+            self.http.delete(self.url(f"Basic/{state['id']}"), timeout=30)
+
+
+def call(command: str, *args: str, stdin: str | None = None, **options: Any) -> tuple[int, str, str]:
+    """Run a management command in-process; returns (exit code, stdout, stderr) like a shell."""
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    old_stdin = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.StringIO(stdin)
+    try:
+        call_command(command, *args, stdout=out, stderr=err, **options)
+    except CommandError as exc:
+        code = exc.returncode
+        err.write(f"CommandError: {exc}\n")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.stdin = old_stdin
+    return code, out.getvalue(), err.getvalue()
+
+
+def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
+    )
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout, input=stdin)
