@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Everything they need (virtualenv, packages, the HAPI FHIR server) is built here on demand.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= test
+STAMP := $(VENV)/.installed-$(EXTRAS)-$(shell cat setup.py | sha1sum | cut -c1-10)
+PYTEST_ARGS ?=
+
+.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test lint demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+hapi-build: venv
+	$(PY) -m tests.hapi build
+
+hapi-start: venv
+	$(PY) -m tests.hapi start
+
+hapi-stop: venv
+	$(PY) -m tests.hapi stop
+
+hapi-status: venv
+	$(PY) -m tests.hapi status
+
+lint: venv
+	$(PY) -m ruff check .
+
+# The test session starts the local HAPI (unless FHIR_BASE_URL names a server, or one already
+# answers) and stops it at the end.
+test: venv hapi-build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: venv hapi-build
+	$(PY) example_project/demo.py
+
+bench: venv hapi-build
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hapi tests/hapi/target

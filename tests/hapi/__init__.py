@@ -1,0 +1,1 @@
+"""The local HAPI FHIR JPA server used by tests, CI and the demo (see launcher.py, README.md)."""

@@ -1,0 +1,176 @@
+"""Build (only when needed), start, wait for, and stop the local HAPI FHIR JPA server.
+
+    python -m tests.hapi start     # build if the jar is missing or older than pom.xml/src
+    python -m tests.hapi status
+    python -m tests.hapi stop      # stops the server this launcher started (by its pid)
+
+The server runs in the background; its log is `.hapi/hapi.log` and its pid `.hapi/hapi.pid`
+at the repository root. HAPI_PORT (default 8080) picks the port, HAPI_XMX the heap,
+HAPI_START_TIMEOUT how long to wait for `/fhir/metadata`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+JAR = HERE / "target" / "hapi-test-server.jar"
+RUN_DIR = REPO / ".hapi"
+PID_FILE = RUN_DIR / "hapi.pid"
+LOG_FILE = RUN_DIR / "hapi.log"
+
+
+class LauncherError(RuntimeError):
+    pass
+
+
+def port() -> int:
+    return int(os.environ.get("HAPI_PORT", "8080"))
+
+
+def base_url() -> str:
+    return f"http://127.0.0.1:{port()}/fhir"
+
+
+def is_up(timeout: float = 2.0) -> bool:
+    try:
+        reply = requests.get(f"{base_url()}/metadata", timeout=timeout,
+                             headers={"Accept": "application/fhir+json"})
+    except requests.RequestException:
+        return False
+    return reply.status_code == 200 and '"CapabilityStatement"' in reply.text
+
+
+def needs_build() -> bool:
+    if not JAR.exists() or not (JAR.parent / "lib").is_dir():
+        return True
+    built = JAR.stat().st_mtime
+    sources = [HERE / "pom.xml", *(p for p in (HERE / "src").rglob("*") if p.is_file())]
+    return any(p.stat().st_mtime > built for p in sources)
+
+
+def build() -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise LauncherError("Maven (mvn) is not on PATH; it is needed to build the HAPI server.")
+    print(f"Building the HAPI FHIR server ({HERE / 'pom.xml'}) ...", flush=True)
+    started = time.monotonic()
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "-DskipTests", "package"],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        raise LauncherError(f"Building the HAPI server failed (mvn exit {result.returncode}):\n{tail}")
+    print(f"Built in {time.monotonic() - started:.0f}s.", flush=True)
+
+
+def _pid() -> int | None:
+    try:
+        pid = int(PID_FILE.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return pid
+
+
+def start(timeout: float | None = None) -> bool:
+    """Start the server unless it already answers. Returns True if this call started it."""
+    if is_up():
+        print(f"HAPI FHIR is already answering at {base_url()}", flush=True)
+        return False
+    if _pid():
+        stop()
+    if needs_build():
+        build()
+    RUN_DIR.mkdir(exist_ok=True)
+    timeout = timeout or float(os.environ.get("HAPI_START_TIMEOUT", "240"))
+    java = shutil.which("java")
+    if java is None:
+        raise LauncherError("Java (java) is not on PATH; Java 17 is needed to run the HAPI server.")
+    command = [
+        java, f"-Xmx{os.environ.get('HAPI_XMX', '1536m')}", "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1" if os.environ.get("HAPI_FAST_JIT") else "-XX:+UseStringDeduplication",
+        "-Djava.awt.headless=true", f"-Dhapi.port={port()}", "-jar", str(JAR),
+    ]
+    log = open(LOG_FILE, "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=RUN_DIR,
+                               start_new_session=True)
+    PID_FILE.write_text(str(process.pid))
+    started = time.monotonic()
+    print(f"Starting HAPI FHIR (pid {process.pid}, log {LOG_FILE}) ...", flush=True)
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise LauncherError(f"The HAPI server exited with status {process.returncode} while "
+                                f"starting. Last log lines:\n{log_tail()}")
+        if is_up():
+            print(f"HAPI FHIR is up at {base_url()} after {time.monotonic() - started:.1f}s",
+                  flush=True)
+            return True
+        time.sleep(1)
+    stop()
+    raise LauncherError(f"The HAPI server did not answer {base_url()}/metadata within {timeout:.0f}s. "
+                        f"Last log lines:\n{log_tail()}")
+
+
+def stop() -> None:
+    pid = _pid()
+    if pid is None:
+        PID_FILE.unlink(missing_ok=True)
+        return
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(40):
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    PID_FILE.unlink(missing_ok=True)
+    print(f"Stopped HAPI FHIR (pid {pid}).", flush=True)
+
+
+def ensure_running() -> bool:
+    return start()
+
+
+def log_tail(lines: int = 40) -> str:
+    try:
+        return "\n".join(LOG_FILE.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def main(argv: list[str]) -> int:
+    action = argv[0] if argv else "status"
+    try:
+        if action == "start":
+            start()
+        elif action == "stop":
+            stop()
+        elif action == "build":
+            build() if needs_build() else print("The HAPI server is up to date.")
+        elif action == "status":
+            up = is_up()
+            print(f"HAPI FHIR at {base_url()}: {'up' if up else 'down'} (pid {_pid() or '-'})")
+            return 0 if up else 1
+        else:
+            print("usage: python -m tests.hapi start|stop|status|build", file=sys.stderr)
+            return 2
+    except LauncherError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
