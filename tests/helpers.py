@@ -152,6 +152,7 @@ def call(command: str, *args: str, stdin: str | None = None, **options: Any) -> 
 def run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 300, stdin: str | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ)
+    full_env.pop("DJANGO_SETTINGS_MODULE", None)  # pytest-django's; the child has its own
     full_env.update(env or {})
     full_env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO)] + ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else [])
