@@ -1,0 +1,161 @@
+"""`ctx`, the migration author's toolkit, against the real server."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from django_fhir_migrations.engine.config import Settings
+from django_fhir_migrations.engine.context import MigrationContext
+from django_fhir_migrations.engine.errors import BundleError, VersionConflictError
+from django_fhir_migrations.engine.fhir.client import FhirConnection
+
+from .helpers import call
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture
+def make_ctx(fhir, clean_env):
+    connections = []
+
+    def build(**options):
+        dry_run = options.pop("dry_run", False)
+        values = {"BASE_URL": fhir.base_url, "STATE_ID": fhir.state_id}
+        values.update(options)
+        settings = Settings.build(values, environ={})
+        connection = FhirConnection(settings)
+        connections.append(connection)
+        return MigrationContext(connection, settings, dry_run=dry_run, stdout=io.StringIO())
+
+    yield build
+    for connection in connections:
+        connection.close()
+
+
+def patient(fhir, value):
+    return {"resourceType": "Patient", "identifier": [{"system": fhir.system, "value": value}]}
+
+
+def seed_patients(fhir, count):
+    entries = [{"resource": patient(fhir, f"p{i:03d}"), "request": {"method": "POST", "url": "Patient"}}
+               for i in range(count)]
+    reply = fhir.http.post(fhir.base_url, json={"resourceType": "Bundle", "type": "batch", "entry": entries},
+                           headers={"Content-Type": "application/fhir+json"}, timeout=60)
+    reply.raise_for_status()
+
+
+def test_search_follows_next_links_page_by_page(fhir, make_ctx):
+    seed_patients(fhir, 10)
+    ctx = make_ctx(PAGE_SIZE=3)
+    results = ctx.search("Patient", identifier=f"{fhir.system}|")
+    first = next(results)
+    assert ctx.connection.request_count == 1  # lazily: one page fetched so far
+    rest = list(results)
+    assert ctx.connection.request_count == 4  # 10 matches / 3 per page
+    assert type(first).__name__ == "Patient"  # fhirclient models by default
+    values = {first.identifier[0].value} | {p.identifier[0].value for p in rest}
+    assert values == {f"p{i:03d}" for i in range(10)}
+    as_dicts = list(ctx.search("Patient", identifier=f"{fhir.system}|", as_dict=True))
+    assert all(isinstance(p, dict) for p in as_dicts) and len(as_dicts) == 10
+    assert ctx.count("Patient", identifier=f"{fhir.system}|") == 10
+
+
+def test_update_is_version_aware(fhir, make_ctx):
+    ctx = make_ctx()
+    created = ctx.create(patient(fhir, "v"))
+    assert created["meta"]["versionId"] == "1"
+    stale = dict(created)
+    changed = ctx.update(dict(created, gender="male"))
+    assert changed["meta"]["versionId"] == "2"
+    with pytest.raises(VersionConflictError):
+        ctx.update(dict(stale, gender="female"))
+    assert ctx.read("Patient", created["id"], as_dict=True)["gender"] == "male"
+    with pytest.raises(ValueError, match="meta.versionId"):
+        ctx.update({"resourceType": "Patient", "id": created["id"]})
+    forced = ctx.update(dict(stale, gender="female"), check_version=False)
+    assert forced["gender"] == "female"
+
+
+def test_conditional_create_update_patch_and_delete(fhir, make_ctx):
+    ctx = make_ctx()
+    query = {"identifier": f"{fhir.system}|cond"}
+    one = ctx.conditional_create(patient(fhir, "cond"), query)
+    two = ctx.conditional_create(patient(fhir, "cond"), query)
+    assert one["id"] == two["id"]
+    ctx.conditional_update(dict(patient(fhir, "cond"), gender="other"), query)
+    assert ctx.read("Patient", one["id"], as_dict=True)["gender"] == "other"
+    ctx.patch("Patient", one["id"], [{"op": "add", "path": "/active", "value": True}])
+    model = ctx.read("Patient", one["id"])
+    assert model.active is True
+    ctx.delete(model)
+    assert ctx.read("Patient", one["id"], missing_ok=True) is None
+
+
+def test_batch_flushes_every_bundle_size(fhir, make_ctx):
+    ctx = make_ctx(BUNDLE_SIZE=4)
+    bundles = []
+    ctx.connection.observers.append(
+        lambda method, url, status: bundles.append(url) if method == "POST" and url.rstrip("/") == fhir.base_url else None
+    )
+    with ctx.batch() as batch:
+        for i in range(10):
+            batch.create(patient(fhir, f"b{i}"))
+        assert len(bundles) == 2  # flushed at 4 and 8, two entries still waiting
+    assert len(bundles) == 3
+    assert batch.written == 10
+    assert len(fhir.patients()) == 10
+
+
+def test_batch_reports_failed_entries_with_their_resource(fhir, make_ctx):
+    ctx = make_ctx()
+    created = ctx.create(patient(fhir, "stale"))
+    with pytest.raises(BundleError) as info:
+        with ctx.batch() as batch:
+            batch.create(patient(fhir, "fine"))
+            batch.update(dict(created, meta={"versionId": "99"}))
+    assert f"PUT Patient/{created['id']}" in str(info.value)
+    assert len(info.value.failures) == 1
+    assert len(fhir.patients()) == 2  # the good entry of the batch was applied
+
+
+def test_transaction_is_all_or_nothing_and_stops_the_migration(fhir_settings, fhir, scripts):
+    existing = fhir.http.post(fhir.url("Patient"), json=patient(fhir, "existing"),
+                              headers={"Content-Type": "application/fhir+json"}, timeout=30).json()
+    scripts.add("tx", upgrade=(
+        "with ctx.transaction() as tx:\n"
+        f"    tx.create({patient(fhir, 'new')!r})\n"
+        f"    tx.update(dict({existing!r}, gender='other', meta={{'versionId': '42'}}))\n"
+    ))
+    code, _, err = call("fhirmigrate")
+    assert code != 0 and "transaction" in err
+    assert [p["identifier"][0]["value"] for p in fhir.patients()] == ["existing"]
+    assert fhir.applied() == []
+
+
+def test_dry_run_prints_every_write_and_sends_none(fhir, make_ctx):
+    seed_patients(fhir, 2)
+    ctx = make_ctx(dry_run=True)
+    for found in ctx.search("Patient", identifier=f"{fhir.system}|", as_dict=True):
+        found["gender"] = "unknown"
+        ctx.update(found)
+    ctx.create(patient(fhir, "never"))
+    with ctx.batch() as batch:
+        batch.create(patient(fhir, "never-either"))
+    ctx.delete("Patient", "whatever")
+    printed = ctx.stdout.getvalue()
+    assert printed.count("[dry-run] PUT Patient/") == 2 and "changes gender" in printed
+    assert "[dry-run] POST Patient" in printed and "[dry-run] DELETE Patient/whatever" in printed
+    values = sorted(p["identifier"][0]["value"] for p in fhir.patients())
+    assert values == ["p000", "p001"]
+    assert all("gender" not in p for p in fhir.patients())
+
+
+def test_progress_logs_quietly_when_not_a_terminal(make_ctx, caplog):
+    ctx = make_ctx()
+    with caplog.at_level(logging.INFO, logger="django_fhir_migrations.scripts"):
+        assert list(ctx.progress(range(5), total=5, desc="walk")) == [0, 1, 2, 3, 4]
+    assert any("walk: 5 done" in r.getMessage() for r in caplog.records)
+    assert ctx.stdout.getvalue() == ""
