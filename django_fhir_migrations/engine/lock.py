@@ -83,6 +83,9 @@ class MigrationLock:
                     return self._hold(created)
                 state = created
                 continue
+            if state.lock is not None and state.lock.token == self.token:
+                # Our own write landed although its answer was lost (and the retry was refused).
+                return self._hold(state)
             if state.lock is None or state.lock_expired():
                 if state.lock is not None:
                     logger.warning("Taking over the expired migration lock of %s on state %r",

@@ -1,0 +1,144 @@
+"""Faults between the tool and the server: what is safe is retried, nothing is recorded that did
+not finish, nothing is recorded twice, and giving up is explained."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from .fault_proxy import Fault, FaultProxy
+from .helpers import call
+
+pytestmark = pytest.mark.server
+
+STATE_READ = r"^/fhir/Basic\?identifier="
+STATE_WRITE = r"^/fhir/Basic/[^/?]+$"
+
+
+@pytest.fixture
+def proxy(fhir_base_url):
+    running = FaultProxy(fhir_base_url).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def via_proxy(fhir_settings, settings, proxy):
+    settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, RETRIES=3, TIMEOUT=5)
+    return proxy
+
+
+def add_creates(scripts, fhir, *names):
+    return [scripts.add(n, upgrade=f"ctx.create({fhir.patient_code(n)})") for n in names]
+
+
+def values(fhir):
+    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
+
+
+def test_503_with_retry_after_on_the_state_read_is_retried(via_proxy, fhir, scripts):
+    add_creates(scripts, fhir, "one")
+    via_proxy.add(Fault("GET", STATE_READ, "status", times=2, status=503, retry_after="1"))
+    started = time.monotonic()
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert time.monotonic() - started >= 2  # Retry-After was honoured, twice
+    assert via_proxy.count("GET", STATE_READ, "status") == 2
+    assert values(fhir) == ["one"] and len(fhir.applied()) == 1
+
+
+def test_429_on_a_plain_create_is_retried_because_it_was_not_processed(via_proxy, fhir, scripts):
+    add_creates(scripts, fhir, "one")
+    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "status", status=429, retry_after="1"))
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert via_proxy.count("POST", r"^/fhir/Patient$") == 2
+    assert values(fhir) == ["one"]
+
+
+def test_lost_answer_to_the_state_write_still_records_exactly_once(via_proxy, fhir, scripts):
+    revisions = add_creates(scripts, fhir, "one", "two")
+    # PUT #1 takes the lock; PUT #2 records "one": the server stores it, the answer is lost.
+    via_proxy.add(Fault("PUT", STATE_WRITE, "drop-response", skip=1))
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert via_proxy.count("PUT", STATE_WRITE, "drop-response") == 1
+    assert fhir.applied() == revisions
+    assert values(fhir) == ["one", "two"]
+
+
+def test_lost_answer_to_taking_the_lock_is_recognised_as_our_own(via_proxy, fhir, scripts):
+    add_creates(scripts, fhir, "one")
+    assert call("fhirmigrate")[0] == 0
+    add_creates(scripts, fhir, "two")
+    via_proxy.add(Fault("PUT", STATE_WRITE, "drop-response"))
+    code, _, err = call("fhirmigrate", "--lock-timeout", "3")
+    assert code == 0, err
+    assert values(fhir) == ["one", "two"] and len(fhir.applied()) == 2
+
+
+def test_lost_answer_to_a_plain_post_is_not_retried_and_not_recorded(via_proxy, fhir, scripts):
+    add_creates(scripts, fhir, "one")
+    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "drop-response"))
+    code, _, err = call("fhirmigrate")
+    assert code != 0
+    assert "one" in err and "was not recorded" in err and "Traceback" not in err
+    assert via_proxy.count("POST", r"^/fhir/Patient$") == 1  # never sent twice
+    assert fhir.applied() == []
+    state = fhir.state()
+    assert not any(e["url"].endswith("/migration-lock") for e in state.get("extension", []))
+
+
+def test_dropped_and_slow_reads_mid_migration_are_retried(via_proxy, fhir, scripts, settings):
+    settings.FHIR_MIGRATIONS = dict(settings.FHIR_MIGRATIONS, TIMEOUT=1, PAGE_SIZE=2)
+    for i in range(5):
+        fhir.http.post(fhir.url("Patient"), json=eval(fhir.patient_code(f"seed{i}")),  # noqa: S307
+                       headers={"Content-Type": "application/fhir+json"}, timeout=30)
+    scripts.add("walk", upgrade=(
+        f"seen = [p['id'] for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True)]\n"
+        "assert len(seen) == 5, seen"
+    ))
+    via_proxy.add(Fault("GET", r"_getpages", "drop-request"),
+                  Fault("GET", r"^/fhir/Patient\?", "delay", delay=2.5))
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert via_proxy.count("GET", r"_getpages", "drop-request") == 1
+    assert via_proxy.count("GET", r"^/fhir/Patient\?", "delay") == 1
+    assert len(fhir.applied()) == 1
+
+
+def test_a_server_that_keeps_failing_ends_with_a_clear_message(via_proxy, fhir, scripts):
+    add_creates(scripts, fhir, "one")
+    via_proxy.add(Fault("GET", STATE_READ, "status", times=-1, status=503, retry_after="0"))
+    started = time.monotonic()
+    code, _, err = call("fhirmigrate")
+    assert code != 0
+    assert "503" in err and "Traceback" not in err
+    assert time.monotonic() - started < 30
+    assert via_proxy.count("GET", STATE_READ) == 4  # the first try and RETRIES=3
+    assert values(fhir) == [] and fhir.state() is None
+
+
+def test_failure_mid_run_keeps_what_finished_and_records_nothing_else(via_proxy, fhir, scripts):
+    first, _, _ = add_creates(scripts, fhir, "one", "two", "three")
+    # "two"'s create keeps answering 503: retried, then given up; "three" never runs.
+    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "status", skip=1, times=-1, status=503, retry_after="0"))
+    code, _, err = call("fhirmigrate")
+    assert code != 0 and "two" in err
+    assert fhir.applied() == [first]
+    assert values(fhir) == ["one"]
+
+
+def test_a_server_that_is_down_fails_fast(fhir_settings, settings, fhir, scripts):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=f"http://127.0.0.1:{closed_port}/fhir")
+    add_creates(scripts, fhir, "one")
+    started = time.monotonic()
+    code, _, err = call("fhirmigrate")
+    assert code != 0
+    assert "Cannot reach the FHIR server" in err and "connection refused" in err
+    assert time.monotonic() - started < 15
