@@ -286,12 +286,13 @@ class MigrationExecutor:
         if not drifted:
             return
         error = ChecksumMismatchError(drifted)
+        import logging
+
+        # Logged either way: drift is worth a WARNING in the logs even when it stops the run.
+        logging.getLogger("django_fhir_migrations").warning("%s", error)
         if fatal:
             raise error
         self.reporter.warning(f"Warning: {error}")
-        import logging
-
-        logging.getLogger("django_fhir_migrations").warning("%s", error)
 
     def _warn_out_of_order(self, graph: RevisionGraph, applied: set[str],
                            plan: list[MigrationScript]) -> None:

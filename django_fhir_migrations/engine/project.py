@@ -66,10 +66,10 @@ class Project:
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         return self.executor.break_lock(confirm)
 
-    def status(self, *, offline: bool = False) -> ProjectStatus:
+    def status(self, *, offline: bool = False, audit_events: int = 0) -> ProjectStatus:
         connection = None if offline else self.connection
         return build_status(self.loader, connection, self.settings.base_url or "",
-                            self.settings.state_id)
+                            self.settings.state_id, audit_events=audit_events)
 
     def make_migration(self, name: str, *, location: ScriptLocation | None = None,
                        merge: bool = False, check: bool = True, message: str = "") -> NewScript:
