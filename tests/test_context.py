@@ -97,9 +97,12 @@ def test_conditional_create_update_patch_and_delete(fhir, make_ctx):
 def test_batch_flushes_every_bundle_size(fhir, make_ctx):
     ctx = make_ctx(BUNDLE_SIZE=4)
     bundles = []
-    ctx.connection.observers.append(
-        lambda method, url, status: bundles.append(url) if method == "POST" and url.rstrip("/") == fhir.base_url else None
-    )
+
+    def count_bundles(method, url, status):
+        if method == "POST" and url.rstrip("/") == fhir.base_url:
+            bundles.append(url)
+
+    ctx.connection.observers.append(count_bundles)
     with ctx.batch() as batch:
         for i in range(10):
             batch.create(patient(fhir, f"b{i}"))
