@@ -75,10 +75,18 @@ class MigrationLock:
     def acquire(self, state: MigrationState, timeout: float) -> MigrationState:
         """Take the lease, waiting up to `timeout` seconds. Returns the state as now written."""
         deadline = time.monotonic() + timeout
+        self._timeout = timeout
         announced: str | None = None
         while True:
             if not state.exists:
-                created, won = self.recorder.create(state.with_lock(self._info()))
+                try:
+                    created, won = self.recorder.create(state.with_lock(self._info()))
+                except VersionConflictError:
+                    # Another process is creating the state right now (HAPI answers 409 to the
+                    # loser of two simultaneous conditional creates): look again shortly.
+                    self._pause(deadline, state)
+                    state = self.recorder.read()
+                    continue
                 if won:
                     return self._hold(created)
                 state = created
@@ -93,7 +101,7 @@ class MigrationLock:
                 try:
                     written = self.recorder.write(state.with_lock(self._info()))
                 except VersionConflictError:
-                    state = self.recorder.reread(state)
+                    state = self.recorder.reread(state)  # lost the race: the winner holds it now
                     continue
                 return self._hold(written)
             if time.monotonic() >= deadline:
@@ -104,9 +112,15 @@ class MigrationLock:
                             state.state_id, state.lock.describe())
                 if self.on_wait:
                     self.on_wait(state.lock)
-            remaining = deadline - time.monotonic()
-            time.sleep(max(0.05, min(remaining, self.poll_interval * (0.5 + random.random()))))
+            self._pause(deadline, state)
             state = self.recorder.reread(state)
+
+    def _pause(self, deadline: float, state: MigrationState) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            holder = state.lock.describe() if state.lock else "another process creating the state"
+            raise LockTimeoutError(state.state_id, holder, self._timeout)
+        time.sleep(max(0.05, min(remaining, self.poll_interval * (0.5 + random.random()))))
 
     def _hold(self, state: MigrationState) -> MigrationState:
         self.state = state

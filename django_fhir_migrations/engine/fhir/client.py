@@ -85,7 +85,8 @@ class FhirConnection:
         self.session.headers.update(
             {"User-Agent": user_agent or f"{APP_ID}/{__version__}", "Accept": FHIR_JSON}
         )
-        self.session.auth = build_auth(settings.auth, self.base_url, self.session, settings.timeout)
+        self.session.auth = build_auth(settings.auth, self.base_url, self.session, settings.timeout,
+                                       retries=settings.retries)
         self.policy = RetryPolicy(retries=settings.retries)
         self.timeout = settings.timeout
         self.request_count = 0
@@ -148,7 +149,7 @@ class FhirConnection:
             status = response.status_code
             if status == 401 and isinstance(self.session.auth, SmartBackendAuth) and not refreshed_token:
                 # An expired or revoked token: fetch a new one once, then give up.
-                self.session.auth.invalidate()
+                self.session.auth.invalidate(response.request.headers.get("Authorization"))
                 refreshed_token = True
                 continue
             if (
@@ -189,54 +190,53 @@ class FhirConnection:
     def _reply(self, method: str, url: str, response: requests.Response, allow: tuple[int, ...]
                ) -> Reply:
         status = response.status_code
-        body = None
-        text = response.content
-        content_type = response.headers.get("Content-Type", "")
-        if text:
-            if "json" not in content_type:
-                raise NotAFhirServerError(
-                    f"{method} {url} answered {status} with {content_type or 'no content type'}, "
-                    f"not FHIR JSON. Is {self.base_url} the base URL of a FHIR server (often "
-                    "ending in /fhir)?", url=url, status=status,
-                )
-            try:
-                body = response.json()
-            except ValueError:
-                raise NotAFhirServerError(
-                    f"{method} {url} answered {status} with a body that is not valid JSON. "
-                    f"Is {self.base_url} the base URL of a FHIR server?", url=url, status=status,
-                ) from None
-            if not isinstance(body, dict):
-                raise NotAFhirServerError(
-                    f"{method} {url} answered with JSON that is not a FHIR resource.",
-                    url=url, status=status,
-                )
-        reply = Reply(status=status, url=url, headers=response.headers, body=body)
-        if status < 400 or status in allow:
-            return reply
+        body, not_fhir = _parse_body(response)
         detail = outcome_text(body)
         if status in (401, 403):
+            # Before any body check: a login wall answers HTML, and it is still an auth problem.
             what = "refused the credentials" if status == 401 else "denied permission"
             raise AuthenticationError(
                 f"The FHIR server {what} ({status}) for {method} {url}"
                 f"{': ' + detail if detail else ''}. Check the AUTH setting and the client's "
                 "access rights.", url=url, status=status,
             )
+        reply = Reply(status=status, url=url, headers=response.headers, body=body)
+        if status in allow:
+            return reply
+        if not_fhir:
+            raise NotAFhirServerError(
+                f"{method} {url} answered {status} with {not_fhir}, not FHIR JSON. Is "
+                f"{self.base_url} the base URL of a FHIR server (often ending in /fhir)?",
+                url=url, status=status,
+            )
+        if status < 400:
+            return reply
         if status == 404:
+            if not detail and self._type_level(url):
+                raise NotAFhirServerError(
+                    f"{method} {url} answered 404 without a FHIR OperationOutcome. Is "
+                    f"{self.base_url} the base URL of a FHIR server (often ending in /fhir)?",
+                    url=url, status=status,
+                )
             raise ResourceNotFoundError(
                 f"{method} {url}: not found (404){': ' + detail if detail else ''}.",
                 url=url, status=status,
             )
         if status in (409, 412):
             raise VersionConflictError(
-                f"{method} {url}: the server refused the write because the resource changed "
-                f"since it was read ({status}){': ' + detail if detail else ''}.",
+                f"{method} {url}: the server refused the write because it conflicts with a "
+                f"concurrent change ({status}){': ' + detail if detail else ''}.",
                 url=url, status=status,
             )
         raise FhirServerError(
             f"{method} {url} failed with {status} {response.reason}"
             f"{': ' + detail if detail else ''}.", url=url, status=status,
         )
+
+    def _type_level(self, url: str) -> bool:
+        """A request on the base or on a resource type (search, create), not on one resource."""
+        rest = url[len(self.base_url):] if url.startswith(self.base_url) else url
+        return "/" not in rest.split("?", 1)[0].strip("/")
 
     # --- conveniences ---------------------------------------------------------------------
 
@@ -272,6 +272,22 @@ class FhirConnection:
             if not next_url:
                 return
             reply = self.get(next_url)
+
+
+def _parse_body(response: requests.Response) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object, "") or (None, what the body was instead of FHIR JSON)."""
+    if not response.content:
+        return None, ""
+    content_type = response.headers.get("Content-Type", "")
+    if "json" not in content_type:
+        return None, content_type.split(";")[0] or "no content type"
+    try:
+        body = response.json()
+    except ValueError:
+        return None, "a body that is not valid JSON"
+    if not isinstance(body, dict):
+        return None, "JSON that is not a FHIR resource"
+    return body, ""
 
 
 def outcome_text(body: Mapping[str, Any] | None) -> str:

@@ -1,0 +1,6 @@
+revision = "mup00000000000000000000000000002"
+down_revision = "base0000000000000000000000000001"
+
+
+def downgrade(ctx):
+    pass

@@ -1,0 +1,10 @@
+revision = 20261126
+down_revision = "base0000000000000000000000000001"
+
+
+def upgrade(ctx):
+    pass
+
+
+def downgrade(ctx):
+    pass
