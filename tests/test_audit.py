@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
+import sys
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +24,7 @@ from django_fhir_migrations.engine.audit import EVENT_SYSTEM, recent_events
 from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 
-from .helpers import call
+from .helpers import REPO, call, run
 
 pytestmark = pytest.mark.server
 
@@ -325,3 +327,25 @@ def test_checksum_drift_is_logged_at_warning(fhir_settings, fhir, scripts, caplo
     drift = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING
              and one in r.getMessage() and "edited" in r.getMessage()]
     assert len(drift) == 2  # once when it stopped the run, once when it was let through
+
+
+def test_the_documented_logging_config_works(tmp_path):
+    """docs/logging.md's LOGGING dict, loaded by dictConfig in a fresh process, shows our records."""
+    doc = (REPO / "docs" / "logging.md").read_text()
+    block = re.search(r"```python\n(LOGGING = \{.*?\n\})\n```", doc, re.S).group(1)
+    program = block + """
+import logging, logging.config
+from django_fhir_migrations.engine.audit import Actor, AuditTrail
+logging.config.dictConfig(LOGGING)
+AuditTrail(None, Actor.current("deploy", "manage.py fhirmigrate", "shop")).record(
+    "applied", detail="add_mrn", duration=1.5)
+logging.getLogger("django_fhir_migrations.scripts").info("patched 12 patients")
+logging.getLogger("django_fhir_migrations").debug("not shown at INFO")
+"""
+    result = run([sys.executable, "-c", program], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "fhir-migrations.log").read_text()
+    for output in (result.stderr, written):
+        assert "INFO django_fhir_migrations: Migration applied: add_mrn in 1.50s by deploy@" in output
+        assert "INFO django_fhir_migrations.scripts: patched 12 patients" in output
+        assert "not shown" not in output
