@@ -7,7 +7,6 @@ message and exits non-zero, and shows the traceback only with --traceback.
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -16,8 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ..conf import get_settings
 from ..engine import FhirMigrationError, Project, Reporter
 from ..engine.config import Settings
-
-LOGGER = "django_fhir_migrations"
+from ..runner import configure_logging
 
 
 class StyledReporter(Reporter):
@@ -97,22 +95,4 @@ class FhirCommand(BaseCommand):
 
     @staticmethod
     def _configure_logging(verbosity: int) -> None:
-        """-v 2 shows the engine's INFO log lines on stderr, -v 3 its DEBUG lines too."""
-        logger = logging.getLogger(LOGGER)
-        if verbosity < 2 or logger.handlers or logging.getLogger().handlers:
-            return
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.INFO)
-
-
-def add_lock_timeout(parser) -> None:
-    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
-                        help="How long to wait for another process's migration lock "
-                             "(default: LOCK_TIMEOUT setting).")
-
-
-def add_noinput(parser) -> None:
-    parser.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
-                        help="Do not ask for confirmation; answer yes.")
+        configure_logging(verbosity)

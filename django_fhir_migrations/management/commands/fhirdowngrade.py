@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...arguments import DOWNGRADE, add_arguments
 from ...engine import Project
-from ..base import FhirCommand, add_lock_timeout, add_noinput
+from ..base import FhirCommand
 
 
 class Command(FhirCommand):
@@ -12,16 +13,7 @@ class Command(FhirCommand):
     command_name = "fhirdowngrade"
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("target", nargs="?", default=None,
-                            help="Revision, prefix or name to keep as the new head, or 'zero'.")
-        parser.add_argument("--steps", type=int, default=None, help="Revert this many migrations.")
-        parser.add_argument("--plan", action="store_true", help="Print the plan; change nothing.")
-        parser.add_argument("--fake", action="store_true",
-                            help="Record the migrations as reverted without running them.")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Run the downgrades with writes printed instead of sent.")
-        add_lock_timeout(parser)
-        add_noinput(parser)
+        add_arguments(parser, DOWNGRADE)
 
     def run(self, project: Project, **options: Any) -> int:
         outcome = project.downgrade(

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
+from ...arguments import MAKEMIGRATION, add_arguments
 from ...conf import app_script_folder
 from ...engine import Project
 from ..base import FhirCommand
@@ -14,15 +15,9 @@ class Command(FhirCommand):
     command_name = "fhirmakemigration"
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("name", nargs="?", default=None,
-                            help="The migration's name (becomes <name>.py).")
+        add_arguments(parser, MAKEMIGRATION)
         parser.add_argument("--app", default=None,
                             help="Put the script in this app's fhir_migrations/ folder.")
-        parser.add_argument("--merge", action="store_true",
-                            help="Create a merge script whose down_revision is every head.")
-        parser.add_argument("--no-check", action="store_false", dest="check",
-                            help="Do not ask the server whether every migration is applied.")
-        parser.add_argument("-m", "--message", default="", help="First line of the docstring.")
 
     def run(self, project: Project, **options: Any) -> int:
         location = None

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...arguments import MIGRATE, add_arguments
 from ...engine import Project
-from ..base import FhirCommand, add_lock_timeout, add_noinput
+from ..base import FhirCommand
 
 
 class Command(FhirCommand):
@@ -11,22 +12,7 @@ class Command(FhirCommand):
     command_name = "fhirmigrate"
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("target", nargs="?", default=None,
-                            help="Revision (or unique prefix), migration name, or 'head'.")
-        parser.add_argument("--plan", action="store_true", help="Print the plan; change nothing.")
-        parser.add_argument("--fake", action="store_true",
-                            help="Record the migrations as applied without running them.")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Run the migrations with every write printed instead of sent; "
-                                 "record nothing.")
-        parser.add_argument("--check", action="store_true",
-                            help="Exit with status 1 if any migration is unapplied (deploy gate).")
-        parser.add_argument("--ignore-checksums", action="store_true",
-                            help="Proceed even if applied scripts were edited since they ran.")
-        parser.add_argument("--break-lock", action="store_true",
-                            help="Remove another process's migration lock (asks first), then stop.")
-        add_lock_timeout(parser)
-        add_noinput(parser)
+        add_arguments(parser, MIGRATE)
 
     def run(self, project: Project, **options: Any) -> int:
         if options["break_lock"]:

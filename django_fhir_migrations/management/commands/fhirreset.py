@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...arguments import RESET, add_arguments
 from ...engine import Project
-from ..base import FhirCommand, add_lock_timeout, add_noinput
+from ..base import FhirCommand
 
 
 class Command(FhirCommand):
@@ -12,8 +13,7 @@ class Command(FhirCommand):
     command_name = "fhirreset"
 
     def add_arguments(self, parser) -> None:
-        add_lock_timeout(parser)
-        add_noinput(parser)
+        add_arguments(parser, RESET)
 
     def run(self, project: Project, **options: Any) -> int:
         confirm = self.confirm(options)

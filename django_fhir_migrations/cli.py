@@ -1,0 +1,233 @@
+"""`fhir-migrations`: the migration commands without Django, for CI jobs and non-Django projects.
+
+    fhir-migrations makemigration NAME    fhir-migrations migrate [TARGET]
+    fhir-migrations downgrade [TARGET]    fhir-migrations reset
+    fhir-migrations showmigrations
+
+Same arguments, flags and exit codes as the Django commands (fhirmakemigration, fhirmigrate,
+...; the flags come from arguments.py for both). Configuration comes from the environment, as
+for the seed tool and twelve-factor deploys (FHIR_BASE_URL, MIGRATION_SCRIPTS_DIR,
+MIGRATION_RESOURCE_ID, FHIR_MIGRATIONS_*), and `--base-url`, `--scripts-dir`, `--state-id` win
+over it. Stdlib argparse only; Django is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import textwrap
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
+
+from . import __version__, runner
+from .arguments import (
+    DOWNGRADE,
+    MAKEMIGRATION,
+    MIGRATE,
+    RESET,
+    SCRIPTS_FOLDER,
+    SHOWMIGRATIONS,
+    VERBOSITY,
+    Arg,
+    add_arguments,
+)
+from .engine import FhirMigrationError, Project, Settings
+from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
+
+PROG = "fhir-migrations"
+SOURCE = "fhir-migrations"  # how the engine names settings that came from nowhere in particular
+EXIT_INTERRUPTED = 130
+
+
+def _other_settings() -> list[str]:
+    named = {"FHIR_BASE_URL", "MIGRATION_RESOURCE_ID", "FHIR_MIGRATIONS_STATE_ID"}
+    return [v.removeprefix("FHIR_MIGRATIONS_") for v in ENV_VARS if v not in named]
+
+
+EPILOG = f"""\
+environment (the flags above win over it):
+  FHIR_BASE_URL            the FHIR server's base URL (--base-url)
+  {SCRIPTS_DIR_ENV}    folder(s) of migration scripts, {os.pathsep!r}-separated (--scripts-dir)
+  MIGRATION_RESOURCE_ID    which migration state on the server (--state-id); default 'default'
+  FHIR_MIGRATIONS_<KEY>    any other setting:
+{textwrap.fill(", ".join(_other_settings()), 88, initial_indent=" " * 27, subsequent_indent=" " * 27)}
+
+exit status: 0 success; 1 an error, or unapplied migrations with `migrate --check`;
+  2 wrong usage; 3 timed out waiting for the migration lock.
+"""
+
+
+class Command:
+    """One subcommand: its arguments and the shared body that runs it."""
+
+    def __init__(self, name: str, help: str, args: Sequence[Arg], *, aliases: Sequence[str] = (),
+                 needs_scripts: Callable[[Mapping[str, Any]], bool] = lambda options: True):
+        self.name = name
+        self.help = help
+        self.args = tuple(args)
+        self.aliases = tuple(aliases)
+        self.needs_scripts = needs_scripts
+
+
+COMMANDS = (
+    Command("makemigration", "Create a new migration script whose down_revision is the current "
+            "head.", (*MAKEMIGRATION, SCRIPTS_FOLDER)),
+    Command("migrate", "Apply every unapplied migration, in order (or up to TARGET).", MIGRATE,
+            aliases=("upgrade",), needs_scripts=lambda options: not options.get("break_lock")),
+    Command("downgrade", "Revert migrations: the most recent one by default, --steps N, down to "
+            "TARGET (kept applied), or 'zero' for all.", DOWNGRADE),
+    Command("reset", "Forget the migration state (head := None). Runs no migration and changes no "
+            "data; asks for confirmation.", RESET, needs_scripts=lambda options: False),
+    Command("showmigrations", "List every migration in order: applied [X] or not [ ], when and by "
+            "whom.", SHOWMIGRATIONS),
+)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand (SUPPRESS: an absent one overrides
+    nothing, so `fhir-migrations -v 2 migrate` and `fhir-migrations migrate -v 2` both work)."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (overrides the environment)")
+    group.add_argument("--base-url", default=argparse.SUPPRESS, metavar="URL",
+                       help="The FHIR server's base URL (env FHIR_BASE_URL).")
+    group.add_argument("--scripts-dir", action="append", default=argparse.SUPPRESS,
+                       metavar="FOLDER", dest="scripts_dirs",
+                       help=f"A folder of migration scripts; repeat for several (env {SCRIPTS_DIR_ENV}).")
+    group.add_argument("--state-id", default=argparse.SUPPRESS, metavar="ID",
+                       help="Which migration state on the server (env MIGRATION_RESOURCE_ID).")
+    output = common.add_argument_group("output")
+    output.add_argument(*VERBOSITY.names, type=int, choices=VERBOSITY.choices,
+                        default=argparse.SUPPRESS, dest="verbosity", help=VERBOSITY.help)
+    output.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                        help="Show the traceback of an error, not only its message.")
+    output.add_argument("--no-color", action="store_true", default=argparse.SUPPRESS,
+                        help="Do not colour the output.")
+    return common
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog=prog, parents=[common], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Versioned data migrations for FHIR servers (django-fhir-migrations), "
+                    "without Django.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, aliases=command.aliases, parents=[common],
+                                  help=command.help, description=command.help)
+        add_arguments(sub, command.args)
+    return parser
+
+
+def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]
+                  ) -> tuple[Settings, dict[str, str]]:
+    """Settings from the environment with the flags on top, and the renames that make errors
+    name the flag the user gave instead of the variable it was passed through."""
+    env = dict(environ)
+    renames = {f"{SOURCE}['BASE_URL']": "--base-url (or FHIR_BASE_URL)"}
+    if options.get("base_url") is not None:
+        env["FHIR_BASE_URL"] = options["base_url"]
+        renames["environment variable FHIR_BASE_URL"] = "--base-url"
+    if options.get("state_id") is not None:
+        env.pop("MIGRATION_RESOURCE_ID", None)
+        env["FHIR_MIGRATIONS_STATE_ID"] = options["state_id"]
+        renames["environment variable FHIR_MIGRATIONS_STATE_ID"] = "--state-id"
+    if options.get("scripts_dirs"):
+        env[SCRIPTS_DIR_ENV] = os.pathsep.join(options["scripts_dirs"])
+        renames[f"environment variable {SCRIPTS_DIR_ENV}"] = "--scripts-dir"
+    return runner.build_settings({}, environ=env, source=SOURCE, renames=renames), renames
+
+
+_ANSI = {"heading": "1;36", "success": "32", "warning": "33", "error": "31"}
+
+
+def ansi_styler(stream: IO[str], disabled: bool) -> Callable[[str, str], str] | None:
+    """Colours for a terminal, none for pipes, files, NO_COLOR or --no-color."""
+    isatty = getattr(stream, "isatty", None)
+    if disabled or os.environ.get("NO_COLOR") or not (isatty and isatty()):
+        return None
+
+    def style(kind: str, text: str) -> str:
+        code = _ANSI.get(kind)
+        return f"\033[{code}m{text}\033[0m" if code else text
+
+    return style
+
+
+def terminal_confirm(options: Mapping[str, Any], stdout: IO[str], stderr: IO[str]
+                     ) -> runner.Confirm | None:
+    """A yes/no prompt on the terminal, or None (meaning yes) with --noinput."""
+    if not options.get("interactive", True):
+        return None
+
+    def ask(question: str) -> bool:
+        stdout.write(question + "\n")
+        stdout.flush()
+        try:
+            answer = input("Type 'yes' to continue, or 'no' to cancel: ")
+        except EOFError:
+            stderr.write("No answer (stdin closed); pass --noinput to confirm without asking.\n")
+            return False
+        return answer.strip().lower() == "yes"
+
+    return ask
+
+
+def run_command(name: str, project: Project, options: Mapping[str, Any], stdout: IO[str],
+                stderr: IO[str], styler: Callable[[str, str], str] | None) -> int:
+    confirm = terminal_confirm(options, stdout, stderr)
+    if name == "migrate":
+        return runner.migrate(project, options, confirm)
+    if name == "downgrade":
+        return runner.downgrade(project, options)
+    if name == "reset":
+        return runner.reset(project, options, confirm, migrate_command=f"{PROG} migrate")
+    if name == "makemigration":
+        return runner.makemigration(project, options, example=f"{PROG} makemigration add_mrn",
+                                    folder_flag="--dir")
+
+    def emit(kind: str, line: str) -> None:
+        stdout.write((styler(kind, line) if styler else line) + "\n")
+
+    return runner.showmigrations(project, options, emit, options.get("verbosity", 1))
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run one command; returns the exit status (the console script exits with it)."""
+    parser = build_parser(prog)
+    try:
+        options = vars(parser.parse_args(argv))
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    stdout, stderr = sys.stdout, sys.stderr
+    verbosity = options.setdefault("verbosity", 1)
+    name = next(c.name for c in COMMANDS if options["command"] in (c.name, *c.aliases))
+    command = next(c for c in COMMANDS if c.name == name)
+    styler = ansi_styler(stdout, options.get("no_color", False))
+    runner.configure_logging(verbosity)
+    renames: dict[str, str] = {}
+    try:
+        settings, renames = settings_from(options, os.environ)
+        if command.needs_scripts(options):
+            runner.require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})")
+        reporter = runner.ConsoleReporter(stdout, stderr, verbosity, styler)
+        project = Project(settings, reporter=reporter, command=f"{PROG} {name}",
+                          source=f"{PROG} CLI")
+        try:
+            return run_command(name, project, options, stdout, stderr, styler)
+        finally:
+            project.close()
+    except FhirMigrationError as exc:
+        if options.get("traceback"):
+            traceback.print_exc(file=stderr)
+        message = f"Error: {runner.renamed(exc, renames)}"
+        stderr.write((styler("error", message) if styler else message) + "\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stderr.write("Interrupted.\n")
+        return EXIT_INTERRUPTED

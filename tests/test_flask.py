@@ -1,0 +1,307 @@
+"""The seed-compatible Flask blueprint, through Flask's own CLI runner, against the real server."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+from flask import Flask
+
+from django_fhir_migrations.contrib.flask import create_blueprint, migration_blueprint
+
+from .helpers import REPO, run
+
+pytestmark = pytest.mark.server
+
+
+def create_patient(fhir, value: str) -> str:
+    return f"ctx.create({fhir.patient_code(value)})"
+
+
+def delete_patient(fhir, value: str) -> str:
+    return (f"for p in ctx.search('Patient', identifier={fhir.system + '|' + value!r}):\n"
+            f"    ctx.delete(p)")
+
+
+def add_patients(scripts, fhir, *names: str) -> list[str]:
+    return [scripts.add(n, upgrade=create_patient(fhir, n), downgrade=delete_patient(fhir, n))
+            for n in names]
+
+
+def values(fhir) -> list[str]:
+    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
+
+
+def make_app(fhir, scripts, **config) -> Flask:
+    """A Flask app configured the seed tool's way (top-level app.config keys)."""
+    app = Flask("clinic_app")
+    app.config.update(
+        FHIR_BASE_URL=fhir.base_url, MIGRATION_RESOURCE_ID=fhir.state_id,
+        MIGRATION_SCRIPTS_DIR=str(scripts.path), FHIR_MIGRATIONS={"LOCK_TTL": 10, "RETRIES": 1},
+    )
+    app.config.update(config)
+    app.register_blueprint(migration_blueprint)
+    return app
+
+
+class Flask_CLI:
+    def __init__(self, app: Flask):
+        self.app = app
+        self.runner = app.test_cli_runner()
+
+    def __call__(self, *args: str, input: str | None = None):
+        result = self.runner.invoke(args=list(args), input=input)
+        # Anything but a clean exit (0, or click's own error exit) is a crash with a traceback.
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+
+@pytest.fixture
+def flask(fhir, scripts, clean_env):
+    return Flask_CLI(make_app(fhir, scripts))
+
+
+def test_commands_are_registered_at_the_top_level(flask):
+    assert migration_blueprint.cli_group is None
+    listed = flask("--help").stdout
+    for name in ("migrate", "upgrade", "downgrade", "reset", "showmigrations"):
+        assert f"  {name} " in listed
+    assert " upgrade [OPTIONS] [TARGET]" in flask("upgrade", "--help").stdout
+
+
+def test_commands_can_be_nested_in_a_group_where_the_names_are_taken(fhir, scripts, clean_env):
+    app = Flask("other_app")
+    app.config.update(FHIR_BASE_URL=fhir.base_url, MIGRATION_RESOURCE_ID=fhir.state_id,
+                      MIGRATION_SCRIPTS_DIR=str(scripts.path))
+    app.register_blueprint(create_blueprint("fhir_data", cli_group="fhir"))
+    cli = Flask_CLI(app)
+    add_patients(scripts, fhir, "one")
+    assert cli("upgrade").exit_code != 0  # not at the top level
+    result = cli("fhir", "upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert values(fhir) == ["one"]
+
+
+def test_upgrade_applies_everything_in_order_and_records_it(flask, fhir, scripts):
+    revisions = add_patients(scripts, fhir, "one", "two", "three")
+    result = flask("upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert "Applying dir/one" in result.stdout and "Applying dir/three" in result.stdout
+    assert values(fhir) == ["one", "three", "two"]
+    assert fhir.applied() == revisions and fhir.state_head() == revisions[-1]
+    # Who applied it: the Flask command, from this app.
+    event = next(e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied")
+    assert "flask upgrade" in str(event)
+    assert "No migrations to apply" in flask("upgrade").stdout
+
+
+def test_upgrade_plan_check_fake_and_dry_run(flask, fhir, scripts):
+    first, second = add_patients(scripts, fhir, "one", "two")
+    checked = flask("upgrade", "--check")
+    assert checked.exit_code == 1 and "upgrade dir/one" in checked.stdout
+    assert flask("upgrade", "--plan").exit_code == 0
+    dry = flask("upgrade", "--dry-run")
+    assert dry.exit_code == 0 and "[dry-run] POST Patient" in dry.stdout
+    assert fhir.state() is None and values(fhir) == []
+    faked = flask("upgrade", first[:8], "--fake")
+    assert faked.exit_code == 0 and "FAKED" in faked.stdout
+    assert values(fhir) == [] and fhir.applied() == [first]
+    assert flask("upgrade").exit_code == 0
+    assert values(fhir) == ["two"] and fhir.applied() == [first, second]
+    assert flask("upgrade", "--check").exit_code == 0
+
+
+def test_downgrade_one_step_steps_target_and_zero(flask, fhir, scripts):
+    a, b, c, d = add_patients(scripts, fhir, "a", "b", "c", "d")
+    assert flask("upgrade").exit_code == 0
+    result = flask("downgrade")
+    assert result.exit_code == 0, result.stderr
+    assert fhir.applied() == [a, b, c] and values(fhir) == ["a", "b", "c"]
+    assert flask("downgrade", "--steps", "2").exit_code == 0
+    assert fhir.applied() == [a]
+    assert flask("upgrade").exit_code == 0
+    assert flask("downgrade", "b").exit_code == 0
+    assert fhir.applied() == [a, b]
+    assert flask("downgrade", "zero").exit_code == 0
+    assert fhir.applied() == [] and fhir.state_head() == "None" and values(fhir) == []
+
+
+def test_reset_asks_and_then_forgets_without_running_anything(flask, fhir, scripts):
+    add_patients(scripts, fhir, "one", "two")
+    assert flask("upgrade").exit_code == 0
+    refused = flask("reset", input="no\n")
+    assert refused.exit_code == 1 and "cancelled" in refused.stdout
+    assert fhir.state_id in refused.stdout and len(fhir.applied()) == 2
+    closed = flask("reset", input="")
+    assert closed.exit_code == 1 and "--yes" in closed.stderr
+    agreed = flask("reset", input="yes\n")
+    assert agreed.exit_code == 0, agreed.stderr
+    assert fhir.state_head() == "None" and fhir.applied() == []
+    assert values(fhir) == ["one", "two"]  # reset changes no data
+    assert flask("upgrade").exit_code == 0
+    assert flask("reset", "--yes").exit_code == 0 and fhir.applied() == []
+    assert any(e["subtype"][0]["code"] == "reset" for e in fhir.audit_events())
+
+
+def test_migrate_name_creates_a_script_after_the_head(flask, fhir, scripts):
+    first = scripts.add("first")
+    refused = flask("migrate", "second")
+    assert refused.exit_code == 1
+    assert "not applied" in refused.stderr and "--no-check" in refused.stderr
+    assert not (scripts.path / "second.py").exists()
+    assert flask("upgrade").exit_code == 0
+    made = flask("migrate", "second", "-m", "Recode the second thing.")
+    assert made.exit_code == 0, made.stderr
+    source = (scripts.path / "second.py").read_text()
+    assert f'down_revision = "{first}"' in source and "Recode the second thing." in source
+    unnamed = flask("migrate")
+    assert unnamed.exit_code == 1 and "flask migrate add_mrn" in unnamed.stderr
+
+
+def test_migrate_merge_joins_two_heads(flask, fhir, scripts):
+    base = scripts.add("base")
+    left = scripts.add("left", down=base)
+    right = scripts.add("right", down=base)
+    assert "more than one head" in flask("upgrade").stderr
+    made = flask("migrate", "--merge", "--no-check")
+    assert made.exit_code == 0, made.stderr
+    merged = list(scripts.path.glob("merge_*.py"))
+    assert len(merged) == 1 and left in merged[0].read_text() and right in merged[0].read_text()
+    assert flask("upgrade").exit_code == 0 and len(fhir.applied()) == 4
+
+
+def test_showmigrations_lists_applied_pending_and_head(flask, fhir, scripts):
+    a, _ = add_patients(scripts, fhir, "one", "two")
+    assert flask("upgrade", a).exit_code == 0
+    result = flask("showmigrations")
+    assert result.exit_code == 0
+    rows = [line for line in result.stdout.splitlines() if "dir/" in line]
+    assert rows[0].startswith(" [X] dir/one") and "(head)" in rows[0]
+    assert rows[1].startswith(" [ ] dir/two")
+    assert "1 unapplied" in result.stdout
+
+
+def test_a_failing_migration_is_one_message_and_a_nonzero_exit(flask, fhir, scripts):
+    first = scripts.add("first", upgrade=create_patient(fhir, "first"))
+    second = scripts.add("second", upgrade="raise ValueError('bad data in second')")
+    result = flask("upgrade")
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and second in errors[0] and "ValueError: bad data in second" in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert fhir.applied() == [first] and values(fhir) == ["first"]
+
+
+def test_lock_held_elsewhere_times_out_with_exit_3(flask, fhir, scripts):
+    from django_fhir_migrations.engine import Settings
+    from django_fhir_migrations.engine.fhir.client import FhirConnection
+    from django_fhir_migrations.engine.lock import MigrationLock
+    from django_fhir_migrations.engine.recorder import StateRecorder
+
+    add_patients(scripts, fhir, "one")
+    connection = FhirConnection(Settings.build({"BASE_URL": fhir.base_url}, environ={}))
+    recorder = StateRecorder(connection, fhir.state_id)
+    other = MigrationLock(recorder, ttl=30, command="another deploy", user="alice")
+    other.acquire(recorder.read(), timeout=5)
+    try:
+        result = flask("upgrade", "--lock-timeout", "2")
+        assert result.exit_code == 3
+        assert "alice@" in result.stderr and "another deploy" in result.stderr
+    finally:
+        other.release()
+        connection.close()
+    assert flask("upgrade").exit_code == 0 and values(fhir) == ["one"]
+
+
+def test_the_fhir_migrations_dict_configures_everything_else(fhir, scripts, clean_env):
+    app = Flask("dict_app")
+    app.config["FHIR_MIGRATIONS"] = {"BASE_URL": fhir.base_url, "STATE_ID": fhir.state_id,
+                                     "SCRIPTS_DIRS": [str(scripts.path)], "AUDIT_EVENTS": False}
+    app.register_blueprint(migration_blueprint)
+    add_patients(scripts, fhir, "one")
+    result = Flask_CLI(app)("upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert values(fhir) == ["one"] and len(fhir.applied()) == 1
+    assert fhir.audit_events() == []  # AUDIT_EVENTS came from the dict
+
+
+def test_environment_wins_over_app_config(fhir, scripts, clean_env):
+    add_patients(scripts, fhir, "one")
+    app = make_app(fhir, scripts, FHIR_BASE_URL="http://127.0.0.1:9/nothing-here",
+                   MIGRATION_RESOURCE_ID=f"{fhir.state_id}-decoy")
+    clean_env.setenv("FHIR_BASE_URL", fhir.base_url)
+    clean_env.setenv("MIGRATION_RESOURCE_ID", fhir.state_id)
+    result = Flask_CLI(app)("upgrade")
+    assert result.exit_code == 0, result.stderr
+    assert values(fhir) == ["one"] and len(fhir.applied()) == 1
+
+
+def test_relative_scripts_folder_is_taken_from_the_app_root(fhir, scripts, clean_env):
+    app = Flask("rooted_app", root_path=str(scripts.path.parent))
+    app.config.update(FHIR_BASE_URL=fhir.base_url, MIGRATION_RESOURCE_ID=fhir.state_id,
+                      MIGRATION_SCRIPTS_DIR=scripts.path.name)
+    app.register_blueprint(migration_blueprint)
+    add_patients(scripts, fhir, "one")
+    assert Flask_CLI(app)("upgrade").exit_code == 0
+    assert values(fhir) == ["one"]
+
+
+@pytest.mark.parametrize("config, named", [
+    ({"FHIR_BASE_URL": None}, "app.config['FHIR_BASE_URL']"),
+    ({"FHIR_BASE_URL": "ftp://fhir.example.org"}, "app.config['FHIR_BASE_URL']"),
+    ({"MIGRATION_SCRIPTS_DIR": None}, "app.config['MIGRATION_SCRIPTS_DIR']"),
+    ({"MIGRATION_SCRIPTS_DIR": "/no/such/folder"}, "app.config['MIGRATION_SCRIPTS_DIR']"),
+    ({"MIGRATION_RESOURCE_ID": "two words"}, "app.config['MIGRATION_RESOURCE_ID']"),
+    ({"FHIR_MIGRATIONS": {"LOCK_TTL": "soon"}}, "app.config['FHIR_MIGRATIONS']['LOCK_TTL']"),
+    ({"FHIR_MIGRATIONS": {"NO_SUCH_KEY": 1}}, "app.config['FHIR_MIGRATIONS']['NO_SUCH_KEY']"),
+    ({"FHIR_MIGRATIONS": "http://x"}, "app.config['FHIR_MIGRATIONS']"),
+])
+def test_configuration_mistakes_name_the_app_config_key(fhir, scripts, clean_env, config, named):
+    scripts.add("one")
+    result = Flask_CLI(make_app(fhir, scripts, **config))("upgrade")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fhir.state() is None
+
+
+def test_blueprint_works_where_django_is_not_installed(fhir, scripts, clean_env):
+    add_patients(scripts, fhir, "one", "two")
+    code = textwrap.dedent(f"""
+        import sys
+
+        class NoDjango:
+            def find_spec(self, name, path=None, target=None):
+                if name == "django" or name.startswith("django."):
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
+                return None
+
+        sys.meta_path.insert(0, NoDjango())
+        import django_fhir_migrations
+        from flask import Flask
+        from django_fhir_migrations.contrib.flask import migration_blueprint
+
+        app = Flask("no_django_app")
+        app.config.update(FHIR_BASE_URL={fhir.base_url!r}, MIGRATION_RESOURCE_ID={fhir.state_id!r},
+                          MIGRATION_SCRIPTS_DIR={str(scripts.path)!r})
+        app.register_blueprint(migration_blueprint)
+        result = app.test_cli_runner().invoke(args=["upgrade"])
+        print(result.stdout)
+        print(result.stderr, file=sys.stderr)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert not [m for m in sys.modules if m == "django" or m.startswith("django.")]
+        try:
+            import django  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            raise AssertionError("the django import was not blocked")
+        sys.exit(result.exit_code)
+    """)
+    done = run([sys.executable, "-c", code], cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Applying dir/two" in done.stdout
+    assert values(fhir) == ["one", "two"]
