@@ -39,6 +39,7 @@ setup(
             "cryptography>=41",
             "tqdm>=4.60,<5",
             "ruff>=0.5",
+            "carebundle>=0.5,<1",  # tests/test_bench_smoke.py runs the benchmark on a tiny N
         ],
         "browser": ["playwright>=1.40,<2"],
         "bench": ["carebundle>=0.5,<1", "tqdm>=4.60,<5"],

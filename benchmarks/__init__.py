@@ -1,0 +1,1 @@
+"""The performance benchmark of django-fhir-migrations (`make bench`, `benchmarks/run.py`)."""

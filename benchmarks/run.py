@@ -1,0 +1,393 @@
+"""The benchmark: one data migration (add an identifier to every Patient) done three ways.
+
+    make bench                       # N from BENCH_N (default 5,000), the local HAPI
+    BENCH_N=50 BENCH_N_LARGE=0 python benchmarks/run.py
+
+(a) naive: one GET and one PUT per Patient with plain requests; (b) the tool: a real migration
+script using ctx.search + ctx.batch, applied by Project.migrate (what `fhirmigrate` calls) in a
+child process with its own STATE_ID; (c) the ceiling: search pages turned into batch bundles by
+hand and POSTed with plain requests. Each way gets its own fresh set of N carebundle Patients,
+tagged with an identifier system unique to this run, and the server is asked afterwards whether
+exactly those N Patients got the new identifier. Then: peak memory of (b) at N and at
+BENCH_N_LARGE, the tool's own HTTP requests (nothing pending; one trivial migration), and the
+time to load and check BENCH_GRAPH_SCRIPTS chained scripts against compiling them.
+
+Speed is reported as ratios against baselines measured in the same run. The last line is
+
+    RESULT batch_vs_naive=<x> batch_vs_ceiling=<y> noop_requests=<n> requests_per_migration=<m>
+
+Settings (environment): BENCH_N, BENCH_N_LARGE (default 10*N, 0 = skip; BENCH_SKIP_LARGE=1 too),
+BENCH_BUNDLE_SIZE (page and bundle size of (b) and (c), default 100), BENCH_EXTRA_SIZES (more
+rows of (b) and (c) at these sizes, default "500", empty = none), BENCH_GRAPH_SCRIPTS (default
+2000), BENCH_CLEANUP (delete the run's Patients afterwards; default on unless the benchmark
+started the server itself), BENCH_JSON (write every figure to this file), FHIR_BASE_URL (else
+the local HAPI of tests/hapi, started here if nothing answers and stopped afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import requests  # noqa: E402
+
+from benchmarks import graph_load, overhead  # noqa: E402
+from benchmarks.patients import BenchError, PatientSet, PlainServer, synthetic_patients, verify_migrated  # noqa: E402
+from benchmarks.tool_run import ToolRun, run_tool, write_script  # noqa: E402
+from benchmarks.ways import Timing, ceiling, naive  # noqa: E402
+
+SYSTEM_PREFIX = "urn:django-fhir-migrations:bench"
+MIB = 1024 * 1024
+
+
+class ConfigError(BenchError):
+    pass
+
+
+@dataclass(frozen=True)
+class Config:
+    n: int
+    n_large: int
+    size: int
+    extra_sizes: tuple[int, ...]
+    graph_scripts: int
+    cleanup: bool | None
+    json_path: Path | None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | os._Environ = os.environ) -> Config:
+        n = _int(environ, "BENCH_N", 5000, minimum=1)
+        n_large = _int(environ, "BENCH_N_LARGE", 10 * n, minimum=0)
+        if environ.get("BENCH_SKIP_LARGE", "").lower() in ("1", "true", "yes", "on"):
+            n_large = 0
+        size = _int(environ, "BENCH_BUNDLE_SIZE", 100, minimum=1, maximum=1000)
+        raw = environ.get("BENCH_EXTRA_SIZES", "500")
+        extra = []
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            if not part.isdigit() or not 1 <= int(part) <= 1000:
+                raise ConfigError(f"BENCH_EXTRA_SIZES={raw!r}: expected comma-separated bundle sizes "
+                                  "between 1 and 1000 (HAPI's largest page), e.g. '500', or empty.")
+            if int(part) != size:
+                extra.append(int(part))
+        cleanup_raw = environ.get("BENCH_CLEANUP", "").strip().lower()
+        if cleanup_raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise ConfigError(f"BENCH_CLEANUP={cleanup_raw!r}: expected 1 or 0.")
+        cleanup = None if cleanup_raw == "" else cleanup_raw in ("1", "true", "yes", "on")
+        json_path = Path(environ["BENCH_JSON"]) if environ.get("BENCH_JSON") else None
+        return cls(n, n_large, size, tuple(extra), _int(environ, "BENCH_GRAPH_SCRIPTS", 2000, minimum=2),
+                   cleanup, json_path)
+
+
+def _int(environ: Any, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = None
+    if value is None or value < minimum or (maximum is not None and value > maximum):
+        bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+        raise ConfigError(f"{name}={raw!r}: expected a whole number {bounds}.")
+    return value
+
+
+# --- the server --------------------------------------------------------------------------------
+
+@contextmanager
+def fhir_server() -> Iterator[tuple[str, bool]]:
+    """FHIR_BASE_URL if set; else the local HAPI, started (and afterwards stopped) if it is down."""
+    given = os.environ.get("FHIR_BASE_URL", "").strip().rstrip("/")
+    if given:
+        try:
+            reply = requests.get(f"{given}/metadata", timeout=30, headers={"Accept": "application/fhir+json"})
+            ok = reply.status_code == 200 and '"CapabilityStatement"' in reply.text
+        except requests.RequestException:
+            ok = False
+        if not ok:
+            raise ConfigError(f"FHIR_BASE_URL={given!r} does not answer GET /metadata with a "
+                              "CapabilityStatement. Start that server, or unset FHIR_BASE_URL to use "
+                              "the local HAPI (tests/hapi).")
+        yield given, False
+        return
+    from tests.hapi import launcher
+
+    try:
+        started = launcher.start()
+    except launcher.LauncherError as exc:
+        raise ConfigError(f"could not start the local HAPI FHIR server: {exc}") from None
+    try:
+        yield launcher.base_url(), started
+    finally:
+        if started:
+            launcher.stop()
+
+
+def machine(base_url: str) -> dict[str, Any]:
+    """Cores, RAM, CPU model, Python, Java and the FHIR server's software, for the record."""
+    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                            if line.startswith("model name")), platform.processor())
+        meminfo = Path("/proc/meminfo").read_text().split()
+        info["ram_gib"] = round(int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, StopIteration):
+        info.setdefault("cpu", platform.processor())
+    java = shutil.which("java")
+    if java:
+        result = subprocess.run([java, "-version"], capture_output=True, text=True)
+        info["java"] = (result.stderr or result.stdout).splitlines()[0] if (result.stderr or result.stdout) else "?"
+    try:
+        meta = requests.get(f"{base_url}/metadata", timeout=30, headers={"Accept": "application/fhir+json"}).json()
+        software = meta.get("software") or {}
+        info["server"] = f"{software.get('name', '?')} {software.get('version', '')} (FHIR {meta.get('fhirVersion')})"
+    except (requests.RequestException, ValueError):
+        info["server"] = "?"
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+class Benchmark:
+    def __init__(self, config: Config, base_url: str, workdir: Path):
+        self.config = config
+        self.base_url = base_url
+        self.workdir = workdir
+        self.run_id = uuid.uuid4().hex[:10]
+        self.server = PlainServer(base_url)
+        self.sets: list[PatientSet] = []
+        self.state_ids: list[str] = []
+        self.figures: dict[str, Any] = {"run_id": self.run_id, "config": {
+            "n": config.n, "n_large": config.n_large, "bundle_size": config.size,
+            "extra_sizes": list(config.extra_sizes), "graph_scripts": config.graph_scripts}}
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # --- data ---
+
+    def new_set(self, name: str, size: int) -> PatientSet:
+        tag = f"{SYSTEM_PREFIX}:{self.run_id}:{name}"
+        patient_set = PatientSet(name, tag, f"{tag}:new", size)
+        started = time.perf_counter()
+        created = self.server.load(synthetic_patients(size, tag))
+        seconds = time.perf_counter() - started
+        counted = self.server.count("Patient", identifier=f"{tag}|")
+        if created != size or counted != size:
+            raise BenchError(f"loading set {name}: created {created}, the server counts {counted}, "
+                             f"expected {size}.")
+        self.sets.append(patient_set)
+        self.say(f"  loaded set {name}: {size} Patients in {seconds:.1f}s ({size / seconds:.0f}/s)")
+        return patient_set
+
+    # --- the ways ---
+
+    def tool(self, patient_set: PatientSet, size: int, *, trace: bool = False, label: str = "") -> ToolRun:
+        state_id = f"bench-{self.run_id}-{patient_set.name}{label}"
+        self.state_ids.append(state_id)
+        folder = self.workdir / state_id
+        revision = write_script(folder, patient_set.tag_system, patient_set.new_system)
+        result = run_tool(self.base_url, folder, state_id, size, trace=trace)
+        if result.applied != [revision]:
+            raise BenchError(f"way b on set {patient_set.name}: fhirmigrate applied {result.applied}, "
+                             f"expected the one script {revision}.")
+        return result
+
+    def row(self, key: str, label: str, timing: Timing) -> Timing:
+        cpu_ms = 1000 * timing.cpu_seconds / timing.resources if timing.resources else 0.0
+        self.say(f"  {label:<44} {timing.resources:>8} {timing.seconds:>9.2f} {timing.rate:>11.1f} "
+                 f"{timing.requests:>9} {cpu_ms:>17.3f}   {timing.detail}")
+        self.figures.setdefault("ways", {})[key] = asdict(timing) | {"rate": timing.rate}
+        return timing
+
+    def run(self) -> str:
+        cfg = self.config
+        self.figures["machine"] = machine(self.base_url)
+        m = self.figures["machine"]
+        self.say(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM; "
+                 f"Python {m['python']}; {m.get('java', 'no java on PATH')}; server {m['server']} at "
+                 f"{self.base_url}; load average {m.get('load_average')}")
+        self.say(f"Run {self.run_id}: N={cfg.n}, bundle/page size {cfg.size}, extra sizes "
+                 f"{list(cfg.extra_sizes) or 'none'}, large N {cfg.n_large or 'skipped'}")
+
+        self.say("Loading fresh Patients from carebundle (batch bundles):")
+        set_a, set_b, set_c = (self.new_set(name, cfg.n) for name in ("a", "b", "c"))
+        extra_sets = {size: (self.new_set(f"b{size}", cfg.n), self.new_set(f"c{size}", cfg.n))
+                      for size in cfg.extra_sizes}
+
+        self.say(f"\n  {'way':<44} {'Patients':>8} {'seconds':>9} {'Patients/s':>11} {'requests':>9} "
+                 f"{'client ms/Patient':>17}")
+        a = self.row("a", "(a) naive: GET + PUT per Patient", naive(self.server, set_a, cfg.size))
+        verify_migrated(self.server, set_a, "a")
+        b_run = self.tool(set_b, cfg.size)
+        b = self.row("b", f"(b) fhirmigrate: ctx.search + ctx.batch ({cfg.size})",
+                     Timing("b", cfg.n, b_run.seconds, b_run.requests, b_run.cpu_seconds,
+                            "Project.migrate in a child process"))
+        verify_migrated(self.server, set_b, "b")
+        c = self.row("c", f"(c) ceiling: plain batch bundles ({cfg.size})", ceiling(self.server, set_c, cfg.size))
+        verify_migrated(self.server, set_c, "c")
+        for size, (set_bx, set_cx) in extra_sets.items():
+            run_x = self.tool(set_bx, size)
+            bx = self.row(f"b{size}", f"(b) fhirmigrate at bundle/page size {size}",
+                          Timing("b", cfg.n, run_x.seconds, run_x.requests, run_x.cpu_seconds))
+            verify_migrated(self.server, set_bx, f"b at size {size}")
+            cx = self.row(f"c{size}", f"(c) ceiling at bundle/page size {size}", ceiling(self.server, set_cx, size))
+            verify_migrated(self.server, set_cx, f"c at size {size}")
+            self.say(f"  {'':<44} at size {size}: b/c = {bx.rate / cx.rate:.2f}")
+
+        batch_vs_naive = b.rate / a.rate
+        batch_vs_ceiling = b.rate / c.rate
+        self.figures["batch_vs_naive"] = batch_vs_naive
+        self.figures["batch_vs_ceiling"] = batch_vs_ceiling
+        self.say(f"\n  b/a = {batch_vs_naive:.2f} (goal >= 5: {_met(batch_vs_naive >= 5)}),  "
+                 f"b/c = {batch_vs_ceiling:.2f} (goal >= 0.9: {_met(batch_vs_ceiling >= 0.9)})")
+
+        self.memory(set_b, b_run)
+        noop, per_migration = self.requests_overhead()
+        self.graph()
+        self.figures["noop_requests"] = noop
+        self.figures["requests_per_migration"] = per_migration
+        return (f"RESULT batch_vs_naive={batch_vs_naive:.2f} batch_vs_ceiling={batch_vs_ceiling:.2f} "
+                f"noop_requests={noop} requests_per_migration={per_migration}")
+
+    # --- memory ---
+
+    def traced(self, patient_set: PatientSet) -> ToolRun:
+        """A second migration over the same Patients (its own identifier) with tracemalloc on."""
+        traced_set = PatientSet(f"{patient_set.name}", patient_set.tag_system,
+                                f"{patient_set.tag_system}:traced", patient_set.size)
+        result = self.tool(traced_set, self.config.size, trace=True, label="-traced")
+        verify_migrated(self.server, traced_set, f"b (traced) on set {patient_set.name}")
+        return result
+
+    def memory(self, set_b: PatientSet, b_run: ToolRun) -> None:
+        cfg = self.config
+        self.say(f"\nPeak memory of (b), fhirmigrate in a child process (page/bundle size {cfg.size}):")
+        small = self.traced(set_b)
+        rows = [(cfg.n, b_run, small)]
+        if cfg.n_large:
+            self.say(f"  loading {cfg.n_large} Patients for the large run ...")
+            set_l = self.new_set("large", cfg.n_large)
+            large_run = self.tool(set_l, cfg.size)
+            verify_migrated(self.server, set_l, "b (large)")
+            large_traced = self.traced(set_l)
+            rows.append((cfg.n_large, large_run, large_traced))
+        memory = []
+        for n, timed, traced in rows:
+            self.say(f"  N={n:>7}: tracemalloc peak {traced.traced_peak / MIB:7.2f} MiB; peak RSS (ru_maxrss) "
+                     f"{timed.maxrss_kib / 1024:6.1f} MiB; {n / timed.seconds:.1f} Patients/s, "
+                     f"{timed.requests} requests")
+            memory.append({"n": n, "traced_peak_bytes": traced.traced_peak, "maxrss_kib": timed.maxrss_kib,
+                           "rss_growth_kib": timed.rss_growth_kib, "seconds": timed.seconds,
+                           "rate": n / timed.seconds, "requests": timed.requests})
+        self.figures["memory"] = memory
+        if len(rows) == 2:
+            traced_ratio = rows[1][2].traced_peak / rows[0][2].traced_peak
+            rss_ratio = rows[1][1].maxrss_kib / rows[0][1].maxrss_kib
+            self.figures["peak_ratio"] = traced_ratio
+            self.figures["maxrss_ratio"] = rss_ratio
+            self.say(f"  peak(large)/peak(small) = {traced_ratio:.2f} by tracemalloc, {rss_ratio:.2f} by "
+                     f"ru_maxrss (goal: flat, about 1: {_met(traced_ratio < 1.25 and rss_ratio < 1.25)})")
+        else:
+            self.say("  large run skipped (BENCH_N_LARGE=0): no peak(large)/peak(small) ratio")
+
+    # --- requests ---
+
+    def requests_overhead(self) -> tuple[int, int]:
+        found, state_ids = overhead.measure(self.base_url, self.workdir, self.run_id, self.server)
+        self.state_ids += state_ids
+        self.say("\nThe tool's own HTTP requests (manage.py fhirmigrate, counted by the connection's observers):")
+        self.say(f"  nothing pending:              {len(found.noop)} ({found.noop.describe()}; goal 1: "
+                 f"{_met(len(found.noop) == 1)})")
+        self.say(f"  one trivial migration:        {len(found.one)} ({found.one.describe()})")
+        self.say(f"  {found.several_count} trivial migrations, one run: {len(found.several)} "
+                 f"({found.several.describe()})")
+        per_extra = (len(found.several) - len(found.one)) / (found.several_count - 1)
+        self.say(f"  so: {len(found.one) - per_extra:.0f} per run + {per_extra:.0f} per applied migration")
+        self.figures["requests"] = {
+            "noop": len(found.noop), "noop_breakdown": found.noop.breakdown(),
+            "one": len(found.one), "one_breakdown": found.one.breakdown(), "one_calls": found.one.calls,
+            "several": len(found.several), "several_count": found.several_count,
+        }
+        return len(found.noop), len(found.one)
+
+    # --- the graph ---
+
+    def graph(self) -> None:
+        timing = graph_load.measure(self.workdir / "graph", self.config.graph_scripts)
+        self.figures["graph"] = asdict(timing) | {"ratio": timing.ratio}
+        self.say(f"\nLoading {timing.scripts} chained scripts (MigrationLoader.valid_graph + forwards_plan): "
+                 f"{timing.load_seconds:.2f}s; read + compile() of the same files: "
+                 f"{timing.compile_seconds:.2f}s; ratio {timing.ratio:.1f} (best of 3 rounds)")
+
+    # --- clean-up ---
+
+    def cleanup(self) -> None:
+        started = time.perf_counter()
+        removed = sum(self.server.delete_all("Patient", identifier=f"{s.tag_system}|") for s in self.sets)
+        for state_id in self.state_ids:
+            self.server.delete_all("Basic", identifier=f"http://fhir.migration.system|{state_id}")
+        self.say(f"Cleaned up: {removed} Patients and {len(self.state_ids)} state resources deleted in "
+                 f"{time.perf_counter() - started:.0f}s.")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main() -> int:
+    try:
+        config = Config.from_env()
+        with fhir_server() as (base_url, started), tempfile.TemporaryDirectory(prefix="fhir-bench-") as tmp:
+            bench = Benchmark(config, base_url, Path(tmp))
+            try:
+                result = bench.run()
+            finally:
+                if config.cleanup if config.cleanup is not None else not started:
+                    try:
+                        bench.cleanup()
+                    except (BenchError, requests.RequestException) as exc:
+                        print(f"warning: clean-up failed: {exc}", file=sys.stderr)
+                if config.json_path:
+                    bench.figures["sets"] = [asdict(s) for s in bench.sets]
+                    bench.figures["state_ids"] = bench.state_ids
+                    config.json_path.write_text(json.dumps(bench.figures, indent=2, default=str))
+                bench.server.close()
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    except requests.RequestException as exc:
+        print(f"benchmark failed: the FHIR server stopped answering ({type(exc).__name__}: {exc}).",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("benchmark interrupted.", file=sys.stderr)
+        return 130
+    print(result, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

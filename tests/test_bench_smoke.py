@@ -1,0 +1,86 @@
+"""The benchmark (benchmarks/run.py) runs end to end on a tiny N, and every way really migrates.
+
+Correctness, not timing: the RESULT line has its format, the tool's request counts are what the
+executor promises, and the server itself (asked here with plain HTTP, not through the benchmark)
+holds exactly N migrated Patients for each way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from .helpers import REPO
+
+pytestmark = pytest.mark.server
+
+RESULT = re.compile(
+    r"RESULT batch_vs_naive=(\d+\.\d\d) batch_vs_ceiling=(\d+\.\d\d) "
+    r"noop_requests=(\d+) requests_per_migration=(\d+)"
+)
+N = 50
+
+
+def count(fhir, *identifiers: str) -> int:
+    reply = fhir.http.get(fhir.url("Patient"), params={"identifier": list(identifiers), "_summary": "count"},
+                          headers={"Accept": "application/fhir+json"}, timeout=60)
+    reply.raise_for_status()
+    return reply.json()["total"]
+
+
+def delete_everything_of(fhir, figures: dict) -> None:
+    for patient_set in figures.get("sets", []):
+        for patient in fhir.search("Patient", identifier=f"{patient_set['tag_system']}|", _elements="id"):
+            fhir.http.delete(fhir.url(f"Patient/{patient['id']}"), timeout=60)
+    for state_id in figures.get("state_ids", []):
+        for state in fhir.search("Basic", identifier=f"http://fhir.migration.system|{state_id}"):
+            fhir.http.delete(fhir.url(f"Basic/{state['id']}"), timeout=60)
+
+
+def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_path):
+    figures_file = tmp_path / "figures.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "FHIR_MIGRATIONS_", "MIGRATION_"))}
+    env.update(FHIR_BASE_URL=fhir.base_url, BENCH_N=str(N), BENCH_N_LARGE="0", BENCH_BUNDLE_SIZE="20",
+               BENCH_EXTRA_SIZES="50", BENCH_GRAPH_SCRIPTS="40", BENCH_CLEANUP="0",
+               BENCH_JSON=str(figures_file))
+    result = subprocess.run([sys.executable, "benchmarks/run.py"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=1200)
+    figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        last = result.stdout.rstrip("\n").splitlines()[-1]
+        match = RESULT.fullmatch(last)
+        assert match, f"last line is not the RESULT line: {last!r}"
+        batch_vs_naive, batch_vs_ceiling = float(match[1]), float(match[2])
+        noop, per_migration = int(match[3]), int(match[4])
+        assert batch_vs_naive > 0 and batch_vs_ceiling > 0
+        assert f"{figures['batch_vs_naive']:.2f}" == match[1]
+        assert f"{figures['batch_vs_ceiling']:.2f}" == match[2]
+
+        # Nothing pending: one read of the state. One trivial migration: the steps of the executor.
+        assert noop == 1
+        steps = dict(figures["requests"]["one_breakdown"])
+        assert per_migration == sum(steps.values()) == len(figures["requests"]["one_calls"])
+        for step in ("read the state", "take the lock", "record the migration as applied", "release the lock"):
+            assert steps.get(step, 0) >= 1, steps
+
+        # Every way changed all N Patients of its own set, as the server (not the benchmark) counts.
+        for way in ("a", "b", "c", "b50", "c50"):
+            assert figures["ways"][way]["resources"] == N, way
+        sets = {s["name"]: s for s in figures["sets"]}
+        assert set(sets) == {"a", "b", "c", "b50", "c50"}
+        for name, patient_set in sets.items():
+            assert count(fhir, f"{patient_set['tag_system']}|") == N, name
+            assert count(fhir, f"{patient_set['tag_system']}|", f"{patient_set['new_system']}|") == N, name
+        # The traced (memory) run migrated set b a second time, with its own identifier.
+        assert count(fhir, f"{sets['b']['tag_system']}:traced|") == N
+        assert figures["memory"][0]["traced_peak_bytes"] > 0
+
+        assert figures["graph"]["planned"] == 40
+    finally:
+        delete_everything_of(fhir, figures)
