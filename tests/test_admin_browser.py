@@ -27,9 +27,11 @@ STATUS_PATH = "/admin/django_fhir_migrations/migrationstatus/"
 
 
 def require_browser():
-    """Playwright's sync API, or fail (CI) / skip (locally) saying what to install."""
+    """(Playwright's sync API, the Chromium binary), or fail (CI) / skip (locally) saying what
+    to install."""
     missing = []
-    if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
+    executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+    if not executable:
         missing.append(f"Chromium ({CHROMIUM}; install it with `apt-get install -y chromium`)")
     try:
         from playwright.sync_api import sync_playwright
@@ -41,7 +43,7 @@ def require_browser():
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return sync_playwright
+    return sync_playwright, executable
 
 
 def add_script(scripts, name: str, doc: str, upgrade: str, *, revision: str | None = None) -> str:
@@ -59,7 +61,7 @@ def create_patient(fhir, value: str) -> str:
 
 def test_admin_status_page_in_a_browser(live_server, django_user_model, fhir_settings, fhir, scripts,
                                         clean_env):
-    sync_playwright = require_browser()
+    sync_playwright, chromium = require_browser()
     clean_env.setenv("FHIR_MIGRATIONS_USER", "deployer")
     # A history with something to see: two applied, one pending after a failed first attempt.
     first = add_script(scripts, "create_patients", "Create the demo patients.",
@@ -77,7 +79,7 @@ def test_admin_status_page_in_a_browser(live_server, django_user_model, fhir_set
     django_user_model.objects.create_superuser("root", email="root@example.org", password="pw-e2e-root")
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(live_server.url + STATUS_PATH)
