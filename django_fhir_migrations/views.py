@@ -24,6 +24,7 @@ from django.urls import reverse
 
 from .conf import get_settings
 from .engine import FhirMigrationError, Project, Reporter
+from .engine.audit import redact
 from .engine.recorder import parse_datetime
 from .engine.status import ProjectStatus, ScriptStatus
 from .models import VIEW_PERMISSION
@@ -201,7 +202,10 @@ def _run_action(model_admin: ModelAdmin, request: HttpRequest, run) -> HttpRespo
     try:
         done = run(project)
     except FhirMigrationError as exc:
-        messages.error(request, str(exc))
+        # A script's exception text is shown to the admin user: scrub credentials first.
+        auth = settings.auth or {}
+        secrets = tuple(str(auth[k]) for k in ("token", "password", "private_key") if auth.get(k))
+        messages.error(request, redact(str(exc), secrets))
     else:
         if done:
             messages.success(request, done)

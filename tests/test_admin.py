@@ -288,3 +288,12 @@ def test_break_lock_without_a_lock_says_so(admin_client, fhir_settings, scripts)
     scripts.add("one")
     reply = admin_client.get(BREAK_LOCK_URL, follow=True)
     assert "No process holds the migration lock." in reply.content.decode()
+
+
+def test_a_failing_migrations_message_shows_no_secret(admin_client, fhir_settings, fhir, scripts):
+    token = "s3cr3t-admin-T0KEN-77"
+    fhir_settings["AUTH"] = {"type": "bearer", "token": token}
+    scripts.add("leaky", upgrade=f"raise RuntimeError('rejected {token}')")
+    html = admin_client.post(MIGRATE_URL, {"confirm": "yes"}, follow=True).content.decode()
+    assert "RuntimeError: rejected ***" in html
+    assert token not in html
