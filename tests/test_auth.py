@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
@@ -18,6 +19,7 @@ from django_fhir_migrations.engine.fhir.auth import (
     BasicAuth,
     BearerAuth,
     SmartBackendAuth,
+    public_jwk_set,
 )
 
 from .auth_proxy import Client, KeyPair, proxy_starter
@@ -197,6 +199,26 @@ def test_every_token_request_uses_a_new_jti_and_the_key_thumbprint_as_default_ki
     expected = _rfc7638_rsa(numbers.n, numbers.e)
     assert {r.header["kid"] for r in proxy.token_requests} == {expected}
     assert {r.form["scope"] for r in proxy.token_requests} == {"system/Patient.cruds"}
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_the_published_jwk_set_is_what_the_server_needs(fhir_settings, fhir, scripts, start_proxy,
+                                                        tmp_path, request, kind):
+    """Register exactly what public_jwk_set prints (as docs/auth.md says) and migrate."""
+    key: KeyPair = request.getfixturevalue(f"{kind}_key")
+    auth = smart_auth(tmp_path, key)
+    [jwk] = public_jwk_set(auth)["keys"]
+    assert jwk["use"] == "sig" and jwk["alg"] == {"rsa": "RS384", "ec": "ES384"}[kind]
+    assert "d" not in jwk and not {"p", "q", "dp", "dq", "qi"} & set(jwk)  # public half only
+    public_pem = jwt.PyJWK(jwk).key.public_bytes(serialization.Encoding.PEM,
+                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    proxy = start_proxy(clients={CLIENT_ID: Client(public_pem, kid=jwk["kid"])})
+    through(fhir_settings, proxy, auth)
+    add_patient_migrations(scripts, fhir, "one")
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    assert patient_values(fhir) == ["one"]
+    assert proxy.token_requests[0].header["kid"] == jwk["kid"]
 
 
 def _rfc7638_rsa(n: int, e: int) -> str:
@@ -411,3 +433,20 @@ def test_project_commands_work_through_the_python_api_with_smart(fhir_settings, 
     assert outcome.exit_code == 0 and [s.name for s in outcome.done] == ["one"]
     assert status is not None
     assert patient_values(fhir) == ["one"] and proxy.tokens_issued == 1
+
+
+def test_fhirclient_calls_in_a_migration_are_authenticated_too(fhir_settings, fhir, scripts,
+                                                              start_proxy, tmp_path, ec_key):
+    """Scripts may use fhirclient's models on ctx.server directly; they share the session."""
+    proxy = start_proxy(clients={CLIENT_ID: Client(ec_key.public_pem)})
+    through(fhir_settings, proxy, smart_auth(tmp_path, ec_key))
+    scripts.add("via_fhirclient", upgrade=(
+        "from fhirclient.models.patient import Patient\n"
+        f"created = Patient({fhir.patient_code('fhirclient')}).create(ctx.server)\n"
+        "assert Patient.read(created['id'], ctx.server).name[0].family == 'fhirclient'"))
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    assert patient_values(fhir) == ["fhirclient"]
+    patient_requests = [s for s in proxy.seen if "/Patient" in s.path]
+    assert len(patient_requests) == 2
+    assert all(s.authorization == "bearer" and s.status < 400 for s in patient_requests)

@@ -302,11 +302,6 @@ class SmartBackendAuth(AuthBase):
             headers["jku"] = self.jku
         return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
 
-    def public_jwk(self) -> dict[str, str]:
-        """The public half as a JWK (with kid and alg): what to register with the server."""
-        return {**_public_jwk(self._key), "kid": self.key_id, "alg": self.algorithm,
-                "use": "sig"}
-
 
 # --- keys -------------------------------------------------------------------------------
 
@@ -411,6 +406,17 @@ def jwk_thumbprint(key: Any) -> str:
     jwk = _public_jwk(key)
     canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+
+
+def public_jwk_set(options: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """The JWK Set to register with the authorization server for AUTH's private key.
+
+    Same kid and alg as the assertions will carry, so what is registered is what is used.
+    """
+    key = load_private_key(options)
+    algorithm = _algorithm_for(key, options.get("algorithm"))
+    kid = str(options.get("kid") or options.get("key_id") or jwk_thumbprint(key))
+    return {"keys": [{**_public_jwk(key), "kid": kid, "alg": algorithm, "use": "sig"}]}
 
 
 # --- helpers ----------------------------------------------------------------------------
