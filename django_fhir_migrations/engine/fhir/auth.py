@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -211,7 +211,7 @@ class SmartBackendAuth(AuthBase):
             return None
         return body
 
-    def _send(self, method: str, url: str, *, data_factory: Any = None,
+    def _send(self, method: str, url: str, *, data_factory: Callable[[], dict[str, str]] | None = None,
               headers: Mapping[str, str]) -> requests.Response:
         """One discovery/token request, never with the FHIR credentials, retried when safe.
 
