@@ -106,7 +106,7 @@ class AuditTrail:
                duration: float | None = None, detail: str = "") -> None:
         """Log the event and, if enabled, write its AuditEvent. Never raises."""
         what = f"{script.name} ({script.revision})" if script else (detail or "")
-        text = redact(error_text(error), self.secrets) if error is not None else ""
+        text = redact(error_text(error), self._secrets()) if error is not None else ""
         if error is None:
             timing = f" in {duration:.2f}s" if duration is not None else ""
             logger.info("%s: %s%s by %s", EVENTS[event][0], what, timing, self.actor.describe())
@@ -121,10 +121,16 @@ class AuditTrail:
         except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
             reason = str(exc) if isinstance(exc, FhirMigrationError) else f"{type(exc).__name__}: {exc}"
             logger.warning("Could not write the AuditEvent for %s %s: %s", event, what,
-                           redact(reason, self.secrets))
+                           redact(reason, self._secrets()))
             return
         if reply.body and reply.body.get("id"):
             self.written.append(reply.body["id"])
+
+    def _secrets(self) -> tuple[str, ...]:
+        """The configured secrets plus the auth's live ones (e.g. SMART access tokens)."""
+        auth = getattr(getattr(self.connection, "session", None), "auth", None)
+        live = auth.secrets() if hasattr(auth, "secrets") else ()
+        return self.secrets + tuple(live)
 
     def build(self, event: str, *, script: MigrationScript | None, state: MigrationState | None,
               error_text: str = "", detail: str = "", duration: float | None = None

@@ -64,7 +64,7 @@ class ScriptLocation:
 @dataclass(frozen=True)
 class Settings:
     base_url: str | None
-    auth: Mapping[str, Any] | None = None
+    auth: Mapping[str, Any] | None = field(default=None, repr=False)  # holds secrets
     locations: tuple[ScriptLocation, ...] = ()
     state_id: str = "default"
     audit_events: bool = True
