@@ -144,7 +144,7 @@ def test_no_secret_in_output_logs_or_audit_events(kind, verbosity, fhir_settings
 def test_audit_event_error_text_is_scrubbed_of_live_credentials(kind, fhir_settings, fhir, scripts,
                                                                 start_proxy, tmp_path, keys, caplog):
     """A script whose error quotes the credential in use (no 'Bearer' or 'token=' to spot it
-    by): the AuditEvent and the audit log line carry '***' instead. For SMART the credential
+    by): the AuditEvent, the audit log line and the command's error carry '***' instead. For SMART the credential
     is an access token issued during the run, known only to the auth object."""
     proxy, auth, _, _ = setup_auth(kind, start_proxy, tmp_path, keys)
     fhir_settings["BASE_URL"] = proxy.base_url
@@ -161,3 +161,6 @@ def test_audit_event_error_text_is_scrubbed_of_live_credentials(kind, fhir_setti
     assert secret not in json.dumps(failed)
     audit_lines = [r.getMessage() for r in caplog.records if r.filename == "audit.py"]
     assert audit_lines and not any(secret in line for line in audit_lines)
+    # The command's own error message (stderr) is scrubbed the same way.
+    assert "upstream rejected session *** while exporting" in err
+    assert secret not in err and secret not in out

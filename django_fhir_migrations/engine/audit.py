@@ -126,6 +126,10 @@ class AuditTrail:
         if reply.body and reply.body.get("id"):
             self.written.append(reply.body["id"])
 
+    def scrub(self, text: str) -> str:
+        """`text` without any credential this process knows of (configured or issued)."""
+        return redact(text, self._secrets())
+
     def _secrets(self) -> tuple[str, ...]:
         """The configured secrets plus the auth's live ones (e.g. SMART access tokens)."""
         auth = getattr(getattr(self.connection, "session", None), "auth", None)

@@ -251,15 +251,17 @@ class VersionConflictError(FhirServerError):
 
 
 class MigrationFailedError(FhirMigrationError):
-    def __init__(self, script, direction: str, error: BaseException):
+    def __init__(self, script, direction: str, error: BaseException, text: str | None = None):
+        # `text`: the error as it may be shown (scrubbed of credentials by the caller).
         self.script = script
         self.revision = script.revision
         self.direction = direction
         self.error = error
+        shown = text if text is not None else f"{type(error).__name__}: {error}"
         super().__init__(
             f"Migration {script.name} ({script.revision}, {script.path}) failed during "
-            f"{direction}: {type(error).__name__}: {error}. It was not recorded and nothing after "
-            "it ran. Fix it and run the command again to continue from here."
+            f"{direction}: {shown}. It was not recorded and nothing after it ran. Fix it and run "
+            "the command again to continue from here."
         )
 
 

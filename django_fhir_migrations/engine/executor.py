@@ -242,7 +242,7 @@ class MigrationExecutor:
             except BaseException as exc:  # noqa: BLE001 - reported, audited, then re-raised
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
                 if isinstance(exc, Exception):
-                    raise MigrationFailedError(script, direction, exc) from exc
+                    raise self._failed(script, direction, exc) from exc
                 raise
         duration = time.monotonic() - started
         if direction == "upgrade":
@@ -259,6 +259,10 @@ class MigrationExecutor:
         self.audit.record(event, script=script, state=state, duration=duration)
         self.reporter.success(f"    {'FAKED' if fake else 'OK'} ({duration:.2f}s)")
 
+    def _failed(self, script: MigrationScript, direction: str, exc: Exception) -> MigrationFailedError:
+        text = self.audit.scrub(f"{type(exc).__name__}: {exc}")
+        return MigrationFailedError(script, direction, exc, text=text)
+
     def _dry_run(self, plan: list[MigrationScript], direction: str) -> Outcome:
         self.reporter.heading(
             f"Dry run: {len(plan)} migration(s), writes are printed and not sent, nothing is recorded:"
@@ -270,7 +274,7 @@ class MigrationExecutor:
             try:
                 script.run(direction, ctx)
             except Exception as exc:
-                raise MigrationFailedError(script, f"{direction} (dry run)", exc) from exc
+                raise self._failed(script, f"{direction} (dry run)", exc) from exc
             self.reporter.info(f"    {len(ctx.dry_run_writes)} write(s) intercepted")
         return Outcome(pending=plan)
 
