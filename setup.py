@@ -40,6 +40,8 @@ setup(
             "tqdm>=4.60,<5",
             "ruff>=0.5",
             "carebundle>=0.5,<1",  # tests/test_bench_smoke.py runs the benchmark on a tiny N
+            "build>=1.0",  # tests/test_packaging.py builds the sdist and wheel
+            "tox>=4",  # tox.ini: the suite against each supported Django
         ],
         "browser": ["playwright>=1.40,<2"],
         "bench": ["carebundle>=0.5,<1", "tqdm>=4.60,<5"],

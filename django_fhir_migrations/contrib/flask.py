@@ -65,19 +65,25 @@ class CommandFailed(click.ClickException):
         self.exit_code = exit_code
 
 
-class ClickReporter(Reporter):
-    """Engine output through click: colours on a terminal only, errors on stderr."""
+STYLES: dict[str, dict[str, Any]] = {
+    "heading": {"fg": "cyan", "bold": True}, "success": {"fg": "green"},
+    "warning": {"fg": "yellow"}, "error": {"fg": "red"},
+}
 
-    STYLES: dict[str, dict[str, Any]] = {
-        "heading": {"fg": "cyan", "bold": True}, "success": {"fg": "green"},
-        "warning": {"fg": "yellow"}, "error": {"fg": "red"},
-    }
+
+def click_style(kind: str, text: str) -> str:
+    """Colour by kind; click.echo drops the colours when the output is not a terminal."""
+    return click.style(text, **STYLES[kind]) if kind in STYLES else text
+
+
+class ClickReporter(Reporter):
+    """Engine output through click: errors on stderr."""
 
     def __init__(self, verbosity: int):
         super().__init__(sys.stdout, verbosity)
 
     def style(self, kind: str, text: str) -> str:
-        return click.style(text, **self.STYLES[kind]) if kind in self.STYLES else text
+        return click_style(kind, text)
 
     def _write(self, kind: str, text: str, level: int) -> None:
         if self.verbosity >= level:
@@ -138,7 +144,7 @@ def click_confirm(options: Mapping[str, Any]) -> runner.Confirm | None:
 
 
 def _emit(kind: str, line: str) -> None:
-    click.echo(ClickReporter(1).style(kind, line))
+    click.echo(click_style(kind, line))
 
 
 def _makemigration(project: Project, options: dict[str, Any], verbosity: int) -> int:
