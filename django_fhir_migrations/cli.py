@@ -85,6 +85,10 @@ COMMANDS = (
 )
 
 
+# Each Django command's name -> this CLI's, for advice in engine messages.
+DJANGO_EQUIVALENTS = {f"fhir{c.name}": f"{PROG} {c.name}" for c in COMMANDS}
+
+
 def _common_options() -> argparse.ArgumentParser:
     """Options accepted before or after the subcommand (SUPPRESS: an absent one overrides
     nothing, so `fhir-migrations -v 2 migrate` and `fhir-migrations migrate -v 2` both work)."""
@@ -225,7 +229,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     except FhirMigrationError as exc:
         if options.get("traceback"):
             traceback.print_exc(file=stderr)
-        message = f"Error: {runner.renamed(exc, renames)}"
+        message = f"Error: {runner.error_message(exc, renames, DJANGO_EQUIVALENTS)}"
         stderr.write((styler("error", message) if styler else message) + "\n")
         return exc.exit_code
     except KeyboardInterrupt:

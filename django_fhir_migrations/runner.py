@@ -11,6 +11,7 @@ would say `FHIR_MIGRATIONS['BASE_URL']`), so the message points at what the user
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -84,6 +85,21 @@ def renamed(exc: FhirMigrationError, renames: Mapping[str, str]) -> FhirMigratio
     if isinstance(exc, ConfigurationError) and exc.setting in renames:
         return ConfigurationError(renames[exc.setting], exc.problem)
     return exc
+
+
+# Engine messages give advice in terms of the Django commands ("run `fhirmigrate --break-lock`");
+# the other front doors name their own command instead.
+_DJANGO_COMMAND = re.compile(
+    r"\b(?:manage\.py )?(fhirmakemigration|fhirmigrate|fhirdowngrade|fhirreset|fhirshowmigrations)\b"
+)
+
+
+def error_message(exc: FhirMigrationError, renames: Mapping[str, str],
+                  commands: Mapping[str, str]) -> str:
+    """The error's paragraph, naming the user's setting and command (`commands` maps each
+    Django command name to this front door's)."""
+    text = str(renamed(exc, renames))
+    return _DJANGO_COMMAND.sub(lambda match: commands.get(match.group(1), match.group(0)), text)
 
 
 def require_scripts(settings: Settings, where: str) -> None:

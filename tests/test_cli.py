@@ -162,7 +162,7 @@ def test_makemigration_chains_after_the_head_and_refuses_while_unapplied(configu
     first = scripts.add("first")
     assert main(["makemigration", "second"]) == 1
     err = capsys.readouterr().err
-    assert "not applied" in err and "--no-check" in err
+    assert "not applied" in err and "--no-check" in err and "(fhir-migrations migrate)" in err
     assert not (scripts.path / "second.py").exists()
     assert main(["migrate"]) == 0
     assert main(["makemigration", "second", "-m", "Add the second thing."]) == 0
@@ -227,6 +227,7 @@ def test_lock_held_elsewhere_times_out_with_exit_3_naming_the_holder(configured,
         done = cli("migrate", "--lock-timeout", "2")
         assert done.returncode == 3
         assert "alice@" in done.stderr and "another deploy" in done.stderr
+        assert "`fhir-migrations migrate --break-lock`" in done.stderr  # not the Django name
         assert values(fhir) == []
     finally:
         other.release()

@@ -164,7 +164,8 @@ def test_migrate_merge_joins_two_heads(flask, fhir, scripts):
     base = scripts.add("base")
     left = scripts.add("left", down=base)
     right = scripts.add("right", down=base)
-    assert "more than one head" in flask("upgrade").stderr
+    refused = flask("upgrade").stderr
+    assert "more than one head" in refused and "`flask migrate --merge NAME`" in refused
     made = flask("migrate", "--merge", "--no-check")
     assert made.exit_code == 0, made.stderr
     merged = list(scripts.path.glob("merge_*.py"))
@@ -210,6 +211,7 @@ def test_lock_held_elsewhere_times_out_with_exit_3(flask, fhir, scripts):
         result = flask("upgrade", "--lock-timeout", "2")
         assert result.exit_code == 3
         assert "alice@" in result.stderr and "another deploy" in result.stderr
+        assert "`flask upgrade --break-lock`" in result.stderr  # the seed tool's command name
     finally:
         other.release()
         connection.close()

@@ -54,6 +54,11 @@ SOURCE = f"app.config[{CONFIG!r}]"
 TOP_LEVEL_KEYS = {"FHIR_BASE_URL": "BASE_URL", "MIGRATION_RESOURCE_ID": "STATE_ID"}
 SCRIPTS_KEY = f"app.config[{SCRIPTS_DIR_ENV!r}]"
 
+# Each Django command's name -> the seed tool's Flask command, for advice in engine messages.
+DJANGO_EQUIVALENTS = {"fhirmakemigration": "flask migrate", "fhirmigrate": "flask upgrade",
+                      "fhirdowngrade": "flask downgrade", "fhirreset": "flask reset",
+                      "fhirshowmigrations": "flask showmigrations"}
+
 Body = Callable[[Project, dict[str, Any], int], int]
 
 
@@ -186,7 +191,8 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
             finally:
                 project.close()
         except FhirMigrationError as exc:
-            raise CommandFailed(str(runner.renamed(exc, renames)), exc.exit_code) from None
+            raise CommandFailed(runner.error_message(exc, renames, DJANGO_EQUIVALENTS),
+                                exc.exit_code) from None
         if exit_code:
             click.get_current_context().exit(exit_code)
 
