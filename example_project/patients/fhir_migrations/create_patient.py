@@ -1,10 +1,10 @@
 """Create the demo Patient (the seed tool's first example).
 
-Revision: 0ba2f5889a514adabebc88fc8c6d8e92   Revises: None   Created: 2026-11-26T12:00:00Z
+Revision: 0ba2f5889a514adabebc88fc8c6d8e92   Revises: a1130a7c838845b199d51c0d5b031596   Created: 2026-11-26T12:00:00Z
 """
 
 revision = "0ba2f5889a514adabebc88fc8c6d8e92"
-down_revision = None
+down_revision = "a1130a7c838845b199d51c0d5b031596"  # after the cohort app's scripts
 
 DEMO = "urn:example:fhir-migrations-demo|demo-patient-1"
 

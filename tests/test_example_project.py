@@ -1,0 +1,40 @@
+"""The example project (what `make demo` runs): its scripts work up and down on the server."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from .helpers import REPO, run
+
+pytestmark = pytest.mark.server
+
+COHORT = "urn:example:fhir-migrations-cohort"
+STUDY = "http://example.org/fhir/sid/study-2026"
+DEMO = "urn:example:fhir-migrations-demo|demo-patient-1"
+
+
+def manage(fhir, *args):
+    env = {"FHIR_BASE_URL": fhir.base_url, "FHIR_MIGRATIONS_STATE_ID": fhir.state_id}
+    result = run([sys.executable, "manage.py", *args], cwd=REPO / "example_project", env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_example_migrations_apply_and_revert(fhir):
+    out = manage(fhir, "fhirmigrate")
+    assert "Applying 5 migration(s)" in out
+    cohort = fhir.search("Patient", identifier=f"{COHORT}|")
+    assert len(cohort) == 200
+    assert all(any(i["system"] == STUDY for i in p["identifier"]) for p in cohort)
+    [demo] = fhir.search("Patient", identifier=DEMO)
+    assert {i["system"] for i in demo["identifier"]} >= {
+        "http://example.org/fhir/sid/national-id", "http://hospital.example.org/mrn"}
+
+    manage(fhir, "fhirdowngrade", "--steps", "4")
+    assert fhir.search("Patient", identifier=DEMO) == []
+    assert fhir.search("Patient", identifier=f"{STUDY}|") == []
+    assert len(fhir.search("Patient", identifier=f"{COHORT}|")) == 200
+    manage(fhir, "fhirdowngrade", "zero")
+    assert fhir.search("Patient", identifier=f"{COHORT}|") == []
