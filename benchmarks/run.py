@@ -18,7 +18,8 @@ Speed is reported as ratios against baselines measured in the same run. The last
 
 Settings (environment): BENCH_N, BENCH_N_LARGE (default 10*N, 0 = skip; BENCH_SKIP_LARGE=1 too),
 BENCH_BUNDLE_SIZE (page and bundle size of (b) and (c), default 100), BENCH_EXTRA_SIZES (more
-rows of (b) and (c) at these sizes, default "500", empty = none), BENCH_GRAPH_SCRIPTS (default
+rows of (b) and (c) at these sizes, default "500", empty = none), BENCH_TRANSACTIONS (default 1:
+also rows of (b) with ctx.transaction() and (c) with transaction bundles), BENCH_GRAPH_SCRIPTS (default
 2000), BENCH_CLEANUP (delete the run's Patients afterwards; default on unless the benchmark
 started the server itself), BENCH_JSON (write every figure to this file), FHIR_BASE_URL (else
 the local HAPI of tests/hapi, started here if nothing answers and stopped afterwards).
@@ -66,6 +67,7 @@ class Config:
     n_large: int
     size: int
     extra_sizes: tuple[int, ...]
+    transactions: bool
     graph_scripts: int
     cleanup: bool | None
     json_path: Path | None
@@ -74,7 +76,7 @@ class Config:
     def from_env(cls, environ: dict[str, str] | os._Environ = os.environ) -> Config:
         n = _int(environ, "BENCH_N", 5000, minimum=1)
         n_large = _int(environ, "BENCH_N_LARGE", 10 * n, minimum=0)
-        if environ.get("BENCH_SKIP_LARGE", "").lower() in ("1", "true", "yes", "on"):
+        if _flag(environ, "BENCH_SKIP_LARGE", False):
             n_large = 0
         size = _int(environ, "BENCH_BUNDLE_SIZE", 100, minimum=1, maximum=1000)
         raw = environ.get("BENCH_EXTRA_SIZES", "500")
@@ -85,13 +87,20 @@ class Config:
                                   "between 1 and 1000 (HAPI's largest page), e.g. '500', or empty.")
             if int(part) != size:
                 extra.append(int(part))
-        cleanup_raw = environ.get("BENCH_CLEANUP", "").strip().lower()
-        if cleanup_raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
-            raise ConfigError(f"BENCH_CLEANUP={cleanup_raw!r}: expected 1 or 0.")
-        cleanup = None if cleanup_raw == "" else cleanup_raw in ("1", "true", "yes", "on")
+        cleanup = _flag(environ, "BENCH_CLEANUP", None)
         json_path = Path(environ["BENCH_JSON"]) if environ.get("BENCH_JSON") else None
-        return cls(n, n_large, size, tuple(extra), _int(environ, "BENCH_GRAPH_SCRIPTS", 2000, minimum=2),
-                   cleanup, json_path)
+        transactions = _flag(environ, "BENCH_TRANSACTIONS", True)
+        return cls(n, n_large, size, tuple(extra), transactions,
+                   _int(environ, "BENCH_GRAPH_SCRIPTS", 2000, minimum=2), cleanup, json_path)
+
+
+def _flag(environ: Any, name: str, default: bool | None) -> bool | None:
+    raw = environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"{name}={raw!r}: expected 1 or 0.")
+    return raw in ("1", "true", "yes", "on")
 
 
 def _int(environ: Any, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
@@ -128,6 +137,8 @@ def fhir_server() -> Iterator[tuple[str, bool]]:
         return
     from tests.hapi import launcher
 
+    # The local HAPI keeps its database in memory; the large run alone adds BENCH_N_LARGE Patients.
+    os.environ.setdefault("HAPI_XMX", "4g")
     try:
         started = launcher.start()
     except launcher.LauncherError as exc:
@@ -181,7 +192,8 @@ class Benchmark:
         self.state_ids: list[str] = []
         self.figures: dict[str, Any] = {"run_id": self.run_id, "config": {
             "n": config.n, "n_large": config.n_large, "bundle_size": config.size,
-            "extra_sizes": list(config.extra_sizes), "graph_scripts": config.graph_scripts}}
+            "extra_sizes": list(config.extra_sizes), "transactions": config.transactions,
+            "graph_scripts": config.graph_scripts}}
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -204,16 +216,22 @@ class Benchmark:
 
     # --- the ways ---
 
-    def tool(self, patient_set: PatientSet, size: int, *, trace: bool = False, label: str = "") -> ToolRun:
+    def tool(self, patient_set: PatientSet, size: int, *, trace: bool = False, label: str = "",
+             kind: str = "batch") -> ToolRun:
         state_id = f"bench-{self.run_id}-{patient_set.name}{label}"
         self.state_ids.append(state_id)
         folder = self.workdir / state_id
-        revision = write_script(folder, patient_set.tag_system, patient_set.new_system)
+        revision = write_script(folder, patient_set.tag_system, patient_set.new_system, kind)
         result = run_tool(self.base_url, folder, state_id, size, trace=trace)
         if result.applied != [revision]:
             raise BenchError(f"way b on set {patient_set.name}: fhirmigrate applied {result.applied}, "
                              f"expected the one script {revision}.")
         return result
+
+    def tool_timing(self, patient_set: PatientSet, size: int, kind: str = "batch") -> Timing:
+        run = self.tool(patient_set, size, kind=kind)
+        return Timing("b", patient_set.size, run.seconds, run.requests, run.cpu_seconds,
+                      "Project.migrate in a child process")
 
     def row(self, key: str, label: str, timing: Timing) -> Timing:
         cpu_ms = 1000 * timing.cpu_seconds / timing.resources if timing.resources else 0.0
@@ -232,30 +250,49 @@ class Benchmark:
         self.say(f"Run {self.run_id}: N={cfg.n}, bundle/page size {cfg.size}, extra sizes "
                  f"{list(cfg.extra_sizes) or 'none'}, large N {cfg.n_large or 'skipped'}")
 
-        self.say("Loading fresh Patients from carebundle (batch bundles):")
-        set_a, set_b, set_c = (self.new_set(name, cfg.n) for name in ("a", "b", "c"))
+        self.say("Loading fresh Patients from carebundle (transaction bundles of 250):")
+        warmup = self.new_set("warmup", min(cfg.n, 1000))
+        set_a, set_b1, set_c1, set_c2, set_b2 = (self.new_set(name, cfg.n) for name in ("a", "b", "c", "c2", "b2"))
         extra_sets = {size: (self.new_set(f"b{size}", cfg.n), self.new_set(f"c{size}", cfg.n))
                       for size in cfg.extra_sizes}
+        transaction_sets = (self.new_set("bt", cfg.n), self.new_set("ct", cfg.n)) if cfg.transactions else None
+
+        # Warm the server's update and search paths (JIT) before anything is timed.
+        ceiling(self.server, warmup, cfg.size)
+        verify_migrated(self.server, warmup, "warm-up")
 
         self.say(f"\n  {'way':<44} {'Patients':>8} {'seconds':>9} {'Patients/s':>11} {'requests':>9} "
                  f"{'client ms/Patient':>17}")
         a = self.row("a", "(a) naive: GET + PUT per Patient", naive(self.server, set_a, cfg.size))
         verify_migrated(self.server, set_a, "a")
-        b_run = self.tool(set_b, cfg.size)
-        b = self.row("b", f"(b) fhirmigrate: ctx.search + ctx.batch ({cfg.size})",
-                     Timing("b", cfg.n, b_run.seconds, b_run.requests, b_run.cpu_seconds,
-                            "Project.migrate in a child process"))
-        verify_migrated(self.server, set_b, "b")
-        c = self.row("c", f"(c) ceiling: plain batch bundles ({cfg.size})", ceiling(self.server, set_c, cfg.size))
-        verify_migrated(self.server, set_c, "c")
+        # (b) and (c) run in the order b c c b, each on its own set: the server slows down as its
+        # database grows and other load comes and goes, and this order cancels a steady drift.
+        b1 = self.row("b1", f"(b) fhirmigrate: ctx.search + ctx.batch ({cfg.size})", self.tool_timing(set_b1, cfg.size))
+        verify_migrated(self.server, set_b1, "b")
+        c1 = self.row("c1", f"(c) ceiling: plain batch bundles ({cfg.size})", ceiling(self.server, set_c1, cfg.size))
+        verify_migrated(self.server, set_c1, "c")
+        c2 = self.row("c2", "(c) again, on its second set", ceiling(self.server, set_c2, cfg.size))
+        verify_migrated(self.server, set_c2, "c (second set)")
+        b2 = self.row("b2", "(b) again, on its second set", self.tool_timing(set_b2, cfg.size))
+        verify_migrated(self.server, set_b2, "b (second set)")
+        b = self.row("b", "(b) both runs", combined("b", b1, b2))
+        c = self.row("c", "(c) both runs", combined("c", c1, c2))
         for size, (set_bx, set_cx) in extra_sets.items():
-            run_x = self.tool(set_bx, size)
-            bx = self.row(f"b{size}", f"(b) fhirmigrate at bundle/page size {size}",
-                          Timing("b", cfg.n, run_x.seconds, run_x.requests, run_x.cpu_seconds))
+            bx = self.row(f"b{size}", f"(b) fhirmigrate at bundle/page size {size}", self.tool_timing(set_bx, size))
             verify_migrated(self.server, set_bx, f"b at size {size}")
             cx = self.row(f"c{size}", f"(c) ceiling at bundle/page size {size}", ceiling(self.server, set_cx, size))
             verify_migrated(self.server, set_cx, f"c at size {size}")
-            self.say(f"  {'':<44} at size {size}: b/c = {bx.rate / cx.rate:.2f}")
+            self.say(f"  {'':<44} at size {size}: b/c = {bx.rate / cx.rate:.2f} (one run each, b first)")
+        if transaction_sets:
+            set_bt, set_ct = transaction_sets
+            bt = self.row("bt", f"(b) fhirmigrate, ctx.transaction() ({cfg.size})",
+                          self.tool_timing(set_bt, cfg.size, kind="transaction"))
+            verify_migrated(self.server, set_bt, "b with transactions")
+            ct = self.row("ct", f"(c) ceiling, plain transaction bundles ({cfg.size})",
+                          ceiling(self.server, set_ct, cfg.size, "transaction"))
+            verify_migrated(self.server, set_ct, "c with transactions")
+            self.say(f"  {'':<44} with transactions: b/c = {bt.rate / ct.rate:.2f}, b/a = {bt.rate / a.rate:.2f} "
+                     "(one run each, b first)")
 
         batch_vs_naive = b.rate / a.rate
         batch_vs_ceiling = b.rate / c.rate
@@ -264,7 +301,7 @@ class Benchmark:
         self.say(f"\n  b/a = {batch_vs_naive:.2f} (goal >= 5: {_met(batch_vs_naive >= 5)}),  "
                  f"b/c = {batch_vs_ceiling:.2f} (goal >= 0.9: {_met(batch_vs_ceiling >= 0.9)})")
 
-        self.memory(set_b, b_run)
+        self.memory(set_b1)
         noop, per_migration = self.requests_overhead()
         self.graph()
         self.figures["noop_requests"] = noop
@@ -274,38 +311,37 @@ class Benchmark:
 
     # --- memory ---
 
-    def traced(self, patient_set: PatientSet) -> ToolRun:
-        """A second migration over the same Patients (its own identifier) with tracemalloc on."""
-        traced_set = PatientSet(f"{patient_set.name}", patient_set.tag_system,
-                                f"{patient_set.tag_system}:traced", patient_set.size)
-        result = self.tool(traced_set, self.config.size, trace=True, label="-traced")
-        verify_migrated(self.server, traced_set, f"b (traced) on set {patient_set.name}")
-        return result
+    def memory(self, set_b: PatientSet) -> None:
+        """Peak memory of (b) at N and at N_large, each in its own child with tracemalloc on.
 
-    def memory(self, set_b: PatientSet, b_run: ToolRun) -> None:
+        At N the Patients of set b are migrated a second time (adding their own identifier), so
+        the timed run of (b) above stays free of tracemalloc's slowdown.
+        """
         cfg = self.config
-        self.say(f"\nPeak memory of (b), fhirmigrate in a child process (page/bundle size {cfg.size}):")
-        small = self.traced(set_b)
-        rows = [(cfg.n, b_run, small)]
+        self.say(f"\nPeak memory of (b), fhirmigrate in a child process with tracemalloc on "
+                 f"(page/bundle size {cfg.size}):")
+        traced_b = PatientSet(set_b.name, set_b.tag_system, f"{set_b.tag_system}:traced", set_b.size)
+        runs = [(cfg.n, self.tool(traced_b, cfg.size, trace=True, label="-traced"))]
+        verify_migrated(self.server, traced_b, "b (memory run)")
         if cfg.n_large:
             self.say(f"  loading {cfg.n_large} Patients for the large run ...")
             set_l = self.new_set("large", cfg.n_large)
-            large_run = self.tool(set_l, cfg.size)
-            verify_migrated(self.server, set_l, "b (large)")
-            large_traced = self.traced(set_l)
-            rows.append((cfg.n_large, large_run, large_traced))
+            runs.append((cfg.n_large, self.tool(set_l, cfg.size, trace=True)))
+            verify_migrated(self.server, set_l, "b (large memory run)")
         memory = []
-        for n, timed, traced in rows:
-            self.say(f"  N={n:>7}: tracemalloc peak {traced.traced_peak / MIB:7.2f} MiB; peak RSS (ru_maxrss) "
-                     f"{timed.maxrss_kib / 1024:6.1f} MiB; {n / timed.seconds:.1f} Patients/s, "
-                     f"{timed.requests} requests")
-            memory.append({"n": n, "traced_peak_bytes": traced.traced_peak, "maxrss_kib": timed.maxrss_kib,
-                           "rss_growth_kib": timed.rss_growth_kib, "seconds": timed.seconds,
-                           "rate": n / timed.seconds, "requests": timed.requests})
+        for n, run in runs:
+            assert run.traced_peak is not None
+            self.say(f"  N={n:>7}: tracemalloc peak {run.traced_peak / MIB:6.2f} MiB; peak RSS (ru_maxrss) "
+                     f"{run.maxrss_kib / 1024:6.1f} MiB; {n / run.seconds:.1f} Patients/s under tracemalloc, "
+                     f"{run.requests} requests")
+            memory.append({"n": n, "traced_peak_bytes": run.traced_peak, "maxrss_kib": run.maxrss_kib,
+                           "seconds": run.seconds, "requests": run.requests})
         self.figures["memory"] = memory
-        if len(rows) == 2:
-            traced_ratio = rows[1][2].traced_peak / rows[0][2].traced_peak
-            rss_ratio = rows[1][1].maxrss_kib / rows[0][1].maxrss_kib
+        if len(runs) == 2:
+            (_, small), (_, large) = runs
+            assert small.traced_peak and large.traced_peak
+            traced_ratio = large.traced_peak / small.traced_peak
+            rss_ratio = large.maxrss_kib / small.maxrss_kib
             self.figures["peak_ratio"] = traced_ratio
             self.figures["maxrss_ratio"] = rss_ratio
             self.say(f"  peak(large)/peak(small) = {traced_ratio:.2f} by tracemalloc, {rss_ratio:.2f} by "
@@ -351,6 +387,13 @@ class Benchmark:
             self.server.delete_all("Basic", identifier=f"http://fhir.migration.system|{state_id}")
         self.say(f"Cleaned up: {removed} Patients and {len(self.state_ids)} state resources deleted in "
                  f"{time.perf_counter() - started:.0f}s.")
+
+
+def combined(way: str, *timings: Timing) -> Timing:
+    """Several runs of one way as one: total Patients over total time."""
+    return Timing(way, sum(t.resources for t in timings), sum(t.seconds for t in timings),
+                  sum(t.requests for t in timings), sum(t.cpu_seconds for t in timings),
+                  f"{len(timings)} runs")
 
 
 def _met(ok: bool) -> str:

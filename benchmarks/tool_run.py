@@ -29,7 +29,7 @@ SYSTEM = "{new_system}"
 
 
 def upgrade(ctx):
-    with ctx.batch() as batch:
+    with ctx.{kind}() as batch:
         for patient in ctx.search("Patient", as_dict=True, identifier=TAG):
             patient.setdefault("identifier", []).append({{"system": SYSTEM, "value": patient["id"]}})
             batch.update(patient)
@@ -55,16 +55,13 @@ class ToolRun:
     rss_before_kib: int
     traced_peak: int | None
 
-    @property
-    def rss_growth_kib(self) -> int:
-        return self.maxrss_kib - self.rss_before_kib
 
-
-def write_script(folder: Path, tag_system: str, new_system: str) -> str:
+def write_script(folder: Path, tag_system: str, new_system: str, kind: str = "batch") -> str:
+    """The migration script of way (b); `kind` "transaction" makes it use ctx.transaction()."""
     revision = uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "add_benchmark_identifier.py").write_text(
-        SCRIPT.format(revision=revision, tag_system=tag_system, new_system=new_system)
+        SCRIPT.format(revision=revision, tag_system=tag_system, new_system=new_system, kind=kind)
     )
     return revision
 

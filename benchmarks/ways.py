@@ -52,8 +52,11 @@ def naive(server: PlainServer, patient_set: PatientSet, page_size: int) -> Timin
                   "GET + PUT per Patient")
 
 
-def ceiling(server: PlainServer, patient_set: PatientSet, size: int) -> Timing:
-    """(c) GET a search page, turn it into a batch bundle of version-aware PUTs, POST it."""
+def ceiling(server: PlainServer, patient_set: PatientSet, size: int, kind: str = "batch") -> Timing:
+    """(c) GET a search page, turn it into a batch bundle of version-aware PUTs, POST it.
+
+    With `kind` "transaction" the bundle is a transaction (the reference for ctx.transaction()).
+    """
     started, cpu_started = time.perf_counter(), time.process_time()
     posting = 0.0
     changed = 0
@@ -71,7 +74,7 @@ def ceiling(server: PlainServer, patient_set: PatientSet, size: int) -> Timing:
             })
         if entries:
             posted = time.perf_counter()
-            response = server.post_bundle({"resourceType": "Bundle", "type": "batch", "entry": entries})
+            response = server.post_bundle({"resourceType": "Bundle", "type": kind, "entry": entries})
             posting += time.perf_counter() - posted
             failed = failures(response)
             if failed:
@@ -84,5 +87,5 @@ def ceiling(server: PlainServer, patient_set: PatientSet, size: int) -> Timing:
         bundle_page = server.get(next_url)
     seconds = time.perf_counter() - started
     return Timing("c", changed, seconds, server.requests - before, time.process_time() - cpu_started,
-                  f"search page + batch POST; the POSTs alone {posting:.1f}s "
+                  f"search page + {kind} POST; the POSTs alone {posting:.1f}s "
                   f"({changed / posting if posting else 0:.0f}/s)")
