@@ -11,6 +11,9 @@ import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 import org.springframework.context.annotation.AnnotationConfigApplicationContext;
 
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.net.ServerSocket;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
@@ -30,10 +33,21 @@ public final class HapiTestServer {
 
 	private HapiTestServer() {}
 
-	public static void main(String[] theArgs) throws Exception {
+	public static void main(String[] theArgs) {
+		try {
+			run();
+		} catch (Throwable t) {
+			ourLog.error("HAPI test server failed to start", t);
+			System.err.println("HAPI_TEST_SERVER_FAILED " + t);
+			System.exit(1);
+		}
+	}
+
+	private static void run() throws Exception {
 		long start = System.nanoTime();
 		String host = Settings.host();
 		int port = Settings.port();
+		checkPortFree(host, port);
 
 		// Jetty first (not started), so the address strategy can see the real port.
 		Server jetty = new Server();
@@ -68,6 +82,19 @@ public final class HapiTestServer {
 		System.out.println(READY_MARKER + " " + base);
 		System.out.flush();
 		jetty.join();
+	}
+
+	/** Fail in a second, not after the whole Spring start-up, when the port is taken. */
+	private static void checkPortFree(String theHost, int thePort) throws IOException {
+		if (thePort == 0) {
+			return;
+		}
+		try (ServerSocket socket = new ServerSocket()) {
+			socket.setReuseAddress(true);
+			socket.bind(new InetSocketAddress(theHost, thePort));
+		} catch (IOException e) {
+			throw new IOException("Cannot listen on " + theHost + ":" + thePort + " (" + e.getMessage() + ")", e);
+		}
 	}
 
 	/**

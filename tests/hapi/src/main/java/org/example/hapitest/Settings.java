@@ -42,13 +42,8 @@ public final class Settings {
 		}
 		String dir = get("hapi.h2.dir", "HAPI_H2_DIR", null);
 		if (dir != null) {
-			return "jdbc:h2:file:" + java.nio.file.Path.of(dir).toAbsolutePath().resolve("hapi") + ";DB_CLOSE_ON_EXIT=FALSE";
+			return "jdbc:h2:file:" + java.nio.file.Path.of(dir).toAbsolutePath().resolve("hapi") + ";DB_CLOSE_ON_EXIT=FALSE;TRACE_LEVEL_FILE=0";
 		}
 		return "jdbc:h2:mem:hapi;DB_CLOSE_DELAY=-1;DB_CLOSE_ON_EXIT=FALSE";
-	}
-
-	/** Whether the FHIR instance validator ($validate) is wired in. */
-	public static boolean validationEnabled() {
-		return Boolean.parseBoolean(get("hapi.validation", "HAPI_VALIDATION", "true"));
 	}
 }
