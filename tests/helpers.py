@@ -127,6 +127,26 @@ class FhirNamespace:
             self.http.delete(self.url(f"Basic/{state['id']}"), timeout=30)
 
 
+def create_patient(fhir: FhirNamespace, value: str) -> str:
+    """Source of a migration body that creates one Patient in the test's namespace."""
+    return f"ctx.create({fhir.patient_code(value)})"
+
+
+def delete_patient(fhir: FhirNamespace, value: str) -> str:
+    return (f"for p in ctx.search('Patient', identifier={fhir.system + '|' + value!r}):\n"
+            f"    ctx.delete(p)")
+
+
+def add_patient_migrations(scripts: ScriptsDir, fhir: FhirNamespace, *names: str) -> list[str]:
+    """One chained migration per name, creating (and on downgrade deleting) a Patient."""
+    return [scripts.add(n, upgrade=create_patient(fhir, n), downgrade=delete_patient(fhir, n))
+            for n in names]
+
+
+def patient_values(fhir: FhirNamespace) -> list[str]:
+    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
+
+
 def call(command: str, *args: str, stdin: str | None = None, **options: Any) -> tuple[int, str, str]:
     """Run a management command in-process; returns (exit code, stdout, stderr) like a shell."""
     from django.core.management import call_command

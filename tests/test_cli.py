@@ -12,7 +12,9 @@ import pytest
 from django_fhir_migrations.arguments import SCRIPTS_FOLDER, option_strings
 from django_fhir_migrations.cli import COMMANDS, build_parser, main
 
-from .helpers import run
+from .helpers import add_patient_migrations as add_patients
+from .helpers import create_patient, run
+from .helpers import patient_values as values
 
 pytestmark = pytest.mark.server
 
@@ -20,24 +22,6 @@ pytestmark = pytest.mark.server
 def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):
     return run([sys.executable, "-m", "django_fhir_migrations", *args], stdin=stdin, env=env,
                timeout=120)
-
-
-def create_patient(fhir, value: str) -> str:
-    return f"ctx.create({fhir.patient_code(value)})"
-
-
-def delete_patient(fhir, value: str) -> str:
-    return (f"for p in ctx.search('Patient', identifier={fhir.system + '|' + value!r}):\n"
-            f"    ctx.delete(p)")
-
-
-def add_patients(scripts, fhir, *names: str) -> list[str]:
-    return [scripts.add(n, upgrade=create_patient(fhir, n), downgrade=delete_patient(fhir, n))
-            for n in names]
-
-
-def values(fhir) -> list[str]:
-    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
 
 
 @pytest.fixture

@@ -7,27 +7,9 @@ import pytest
 from django_fhir_migrations.conf import get_settings
 from django_fhir_migrations.engine import Project
 
-from .helpers import call
+from .helpers import add_patient_migrations, call, create_patient, patient_values
 
 pytestmark = pytest.mark.server
-
-
-def create_patient(fhir, value: str) -> str:
-    return f"ctx.create({fhir.patient_code(value)})"
-
-
-def delete_patient(fhir, value: str) -> str:
-    return (f"for p in ctx.search('Patient', identifier={fhir.system + '|' + value!r}):\n"
-            f"    ctx.delete(p)")
-
-
-def add_patient_migrations(scripts, fhir, *names: str) -> list[str]:
-    return [scripts.add(name, upgrade=create_patient(fhir, name), downgrade=delete_patient(fhir, name))
-            for name in names]
-
-
-def patient_values(fhir) -> list[str]:
-    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
 
 
 def test_migrate_applies_all_in_order_and_records_state(fhir_settings, fhir, scripts):

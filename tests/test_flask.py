@@ -10,27 +10,11 @@ from flask import Flask
 
 from django_fhir_migrations.contrib.flask import create_blueprint, migration_blueprint
 
-from .helpers import REPO, run
+from .helpers import REPO, create_patient, run
+from .helpers import add_patient_migrations as add_patients
+from .helpers import patient_values as values
 
 pytestmark = pytest.mark.server
-
-
-def create_patient(fhir, value: str) -> str:
-    return f"ctx.create({fhir.patient_code(value)})"
-
-
-def delete_patient(fhir, value: str) -> str:
-    return (f"for p in ctx.search('Patient', identifier={fhir.system + '|' + value!r}):\n"
-            f"    ctx.delete(p)")
-
-
-def add_patients(scripts, fhir, *names: str) -> list[str]:
-    return [scripts.add(n, upgrade=create_patient(fhir, n), downgrade=delete_patient(fhir, n))
-            for n in names]
-
-
-def values(fhir) -> list[str]:
-    return sorted(p["identifier"][0]["value"] for p in fhir.patients())
 
 
 def make_app(fhir, scripts, **config) -> Flask:
