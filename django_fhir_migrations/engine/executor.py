@@ -9,6 +9,7 @@ recorded. Re-running continues from there.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +20,11 @@ from .config import Settings
 from .context import MigrationContext
 from .errors import (
     ChecksumMismatchError,
-    FhirMigrationError,
     IrreversibleMigrationError,
     LockError,
     MigrationFailedError,
     RevisionError,
+    VersionConflictError,
 )
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
@@ -34,6 +35,7 @@ from .report import Reporter
 from .script import MigrationScript
 
 Confirm = Callable[[str], bool]
+logger = logging.getLogger("django_fhir_migrations")
 
 
 @dataclass
@@ -191,8 +193,6 @@ class MigrationExecutor:
         if confirm is not None and not confirm(question):
             self.reporter.info("Lock left in place.")
             return Outcome(exit_code=1)
-        from .errors import VersionConflictError
-
         for _ in range(5):
             if state.lock is None or state.lock.token != held.token:
                 raise LockError("The lock changed hands while breaking it; nothing was changed. "
@@ -290,10 +290,8 @@ class MigrationExecutor:
         if not drifted:
             return
         error = ChecksumMismatchError(drifted)
-        import logging
-
         # Logged either way: drift is worth a WARNING in the logs even when it stops the run.
-        logging.getLogger("django_fhir_migrations").warning("%s", error)
+        logger.warning("%s", error)
         if fatal:
             raise error
         self.reporter.warning(f"Warning: {error}")
@@ -342,4 +340,4 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
     return tuple(str(auth[k]) for k in ("token", "password", "private_key") if auth.get(k))
 
 
-__all__ = ["MigrationExecutor", "Outcome", "drifted_scripts", "FhirMigrationError"]
+__all__ = ["MigrationExecutor", "Outcome", "drifted_scripts"]

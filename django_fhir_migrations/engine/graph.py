@@ -10,7 +10,7 @@ revision, so every process computes the same order from the same files.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -248,7 +248,3 @@ class RevisionGraph:
 
 def _key(node: Node) -> tuple[str, str]:
     return (node.script.name, node.script.revision)
-
-
-def merge_parents(heads: Sequence[Node]) -> tuple[str, ...]:
-    return tuple(n.revision for n in heads)
