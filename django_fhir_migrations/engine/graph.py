@@ -174,19 +174,6 @@ class RevisionGraph:
             seen.add(revision)
         return seen
 
-    def descendants(self, revision: str, *, include_self: bool = True) -> set[str]:
-        seen: set[str] = set()
-        todo = [self.nodes[revision]]
-        while todo:
-            node = todo.pop()
-            for child in node.children:
-                if child.revision not in seen:
-                    seen.add(child.revision)
-                    todo.append(child)
-        if include_self:
-            seen.add(revision)
-        return seen
-
     def in_order(self, revisions: Iterable[str]) -> list[MigrationScript]:
         wanted = set(revisions)
         return [s for s in self.ordered if s.revision in wanted]

@@ -20,7 +20,7 @@ from typing import Any
 from fhirclient.models.basic import Basic
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
-from .errors import CorruptStateError, ResourceNotFoundError, UnknownStateRevisionError
+from .errors import CorruptStateError, UnknownStateRevisionError
 from .fhir.client import FhirConnection, Reply, version_from_location
 from .graph import RevisionGraph
 
@@ -172,10 +172,6 @@ class MigrationState:
     @property
     def resource_id(self) -> str | None:
         return self.resource.id if self.resource is not None else None
-
-    @property
-    def has_applied_list(self) -> bool:
-        return bool(self.applied)
 
     def applied_record(self, revision: str) -> AppliedMigration | None:
         return next((a for a in self.applied if a.revision == revision), None)
@@ -335,13 +331,6 @@ class StateRecorder:
             headers={"If-Match": f'W/"{state.version_id}"', "Prefer": "return=representation"},
         )
         return self._written(state, body, reply)
-
-    def delete(self, state: MigrationState) -> None:
-        if state.exists:
-            try:
-                self.connection.request("DELETE", f"Basic/{state.resource_id}")
-            except ResourceNotFoundError:
-                pass
 
     # --- parsing ---------------------------------------------------------------------------
 

@@ -243,17 +243,6 @@ class FhirConnection:
     def get(self, path: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Reply:
         return self.request("GET", path, params=params, **kwargs)
 
-    def check_fhir_base(self) -> dict[str, Any]:
-        """Fetch the CapabilityStatement: the one proof that BASE_URL is a FHIR server."""
-        reply = self.get("metadata")
-        body = reply.body or {}
-        if body.get("resourceType") != "CapabilityStatement":
-            raise NotAFhirServerError(
-                f"{self.url('metadata')} did not return a CapabilityStatement. Is {self.base_url} "
-                "the base URL of a FHIR server?", url=reply.url,
-            )
-        return body
-
     def iter_pages(self, path: str, params: Mapping[str, Any] | None = None
                    ) -> Iterator[dict[str, Any]]:
         """Yield each page (a searchset Bundle), following `link[next]` to the end."""
