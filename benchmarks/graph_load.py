@@ -47,6 +47,8 @@ class GraphTiming:
     load_seconds: float  # MigrationLoader(...).valid_graph() + forwards_plan(set())
     compile_seconds: float  # read + compile() of the same files
     planned: int
+    checksum_seconds: float = 0.0  # of the load: the token checksums of the files alone
+    graph_seconds: float = 0.0  # of the load: building, validating and planning the graph alone
 
     @property
     def ratio(self) -> float:
@@ -70,26 +72,41 @@ def _compile_all(folder: Path) -> float:
     return time.perf_counter() - started
 
 
-def _load_and_plan(folder: Path) -> tuple[float, int]:
+def _load_and_plan(folder: Path) -> tuple[float, int, float, float]:
+    """Seconds to load, validate and plan; the plan's length; and two parts of the load, alone."""
     from django_fhir_migrations.engine.config import ScriptLocation
+    from django_fhir_migrations.engine.graph import RevisionGraph
     from django_fhir_migrations.engine.loader import MigrationLoader
+    from django_fhir_migrations.engine.script import source_checksum
 
     started = time.perf_counter()
-    graph = MigrationLoader([ScriptLocation(path=folder, label="bench")]).valid_graph()
+    loader = MigrationLoader([ScriptLocation(path=folder, label="bench")])
+    graph = loader.valid_graph()
     plan = graph.forwards_plan(set())
-    return time.perf_counter() - started, len(plan)
+    seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    for script in loader.scripts:
+        source_checksum(script.path.read_bytes())
+    checksums = time.perf_counter() - started
+    started = time.perf_counter()
+    RevisionGraph.build(loader.scripts).validate().forwards_plan(set())
+    graph_only = time.perf_counter() - started
+    return seconds, len(plan), checksums, graph_only
 
 
 def measure(workdir: Path, count: int, rounds: int = 3) -> GraphTiming:
-    loads, compiles, planned = [], [], 0
+    loads, compiles, checksums, graphs, planned = [], [], [], [], 0
     for round_number in range(rounds):
         folder = workdir / f"chain{round_number}"
         write_chain(folder, count)
         compiles.append(_compile_all(folder))
-        seconds, planned = _load_and_plan(folder)
+        seconds, planned, checksum_seconds, graph_seconds = _load_and_plan(folder)
         loads.append(seconds)
+        checksums.append(checksum_seconds)
+        graphs.append(graph_seconds)
         if planned != count:
             from .patients import BenchError
 
             raise BenchError(f"the loader planned {planned} of {count} chained scripts.")
-    return GraphTiming(count, min(loads), min(compiles), planned)
+    return GraphTiming(count, min(loads), min(compiles), planned, min(checksums), min(graphs))
