@@ -346,6 +346,9 @@ class Benchmark:
             self.figures["maxrss_ratio"] = rss_ratio
             self.say(f"  peak(large)/peak(small) = {traced_ratio:.2f} by tracemalloc, {rss_ratio:.2f} by "
                      f"ru_maxrss (goal: flat, about 1: {_met(traced_ratio < 1.25 and rss_ratio < 1.25)})")
+            if cfg.n < cfg.size:
+                self.say(f"  (N={cfg.n} is below the page size {cfg.size}: its pages are not full, so its peak "
+                         "is lower by that alone)")
         else:
             self.say("  large run skipped (BENCH_N_LARGE=0): no peak(large)/peak(small) ratio")
 
