@@ -139,6 +139,7 @@ def fhir_server() -> Iterator[tuple[str, bool]]:
 
     # The local HAPI keeps its database in memory; the large run alone adds BENCH_N_LARGE Patients.
     os.environ.setdefault("HAPI_XMX", "4g")
+    os.environ.setdefault("HAPI_JIT", "full")  # steady-state server speed, not start-up speed
     try:
         started = launcher.start()
     except launcher.LauncherError as exc:

@@ -4,9 +4,10 @@
     python -m tests.hapi status
     python -m tests.hapi stop      # stops the server this launcher started (by its pid)
 
-The server runs in the background; its log is `.hapi/hapi.log` and its pid `.hapi/hapi.pid`
-at the repository root. HAPI_PORT (default 8080) picks the port, HAPI_XMX the heap,
-HAPI_START_TIMEOUT how long to wait for `/fhir/metadata`.
+The server runs in the background; its log is `.hapi/hapi-<port>.log` and its pid
+`.hapi/hapi-<port>.pid` at the repository root. HAPI_PORT (default 8080) picks the port, HAPI_XMX the heap (1g),
+HAPI_JIT=full the full JIT compiler (for long runs), HAPI_START_TIMEOUT how long to wait for
+`/fhir/metadata`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 JAR = HERE / "target" / "hapi-test-server.jar"
 RUN_DIR = REPO / ".hapi"
-PID_FILE = RUN_DIR / "hapi.pid"
-LOG_FILE = RUN_DIR / "hapi.log"
 
 
 class LauncherError(RuntimeError):
@@ -35,6 +34,15 @@ class LauncherError(RuntimeError):
 
 def port() -> int:
     return int(os.environ.get("HAPI_PORT", "8080"))
+
+
+def pid_file() -> Path:
+    """One pid file per port: starting or stopping one server never touches another's."""
+    return RUN_DIR / f"hapi-{port()}.pid"
+
+
+def log_file() -> Path:
+    return RUN_DIR / f"hapi-{port()}.log"
 
 
 def base_url() -> str:
@@ -76,7 +84,7 @@ def build() -> None:
 
 def _pid() -> int | None:
     try:
-        pid = int(PID_FILE.read_text().strip())
+        pid = int(pid_file().read_text().strip())
     except (OSError, ValueError):
         return None
     try:
@@ -100,18 +108,20 @@ def start(timeout: float | None = None) -> bool:
     java = shutil.which("java")
     if java is None:
         raise LauncherError("Java (java) is not on PATH; Java 17 is needed to run the HAPI server.")
-    # C1 only (TieredStopAtLevel=1) halves the CPU HAPI needs to start and was faster on test
-    # workloads too; the serial GC keeps the footprint near 600 MB. See tests/hapi/README.md.
+    # C1 only (TieredStopAtLevel=1) halves the CPU HAPI needs to start and is faster on short
+    # test workloads; long runs (the benchmark) want the full JIT: HAPI_JIT=full. The serial GC
+    # keeps the footprint near 600 MB. See tests/hapi/README.md.
+    jit = [] if os.environ.get("HAPI_JIT") == "full" else ["-XX:TieredStopAtLevel=1"]
     command = [
-        java, f"-Xmx{os.environ.get('HAPI_XMX', '1g')}", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+        java, f"-Xmx{os.environ.get('HAPI_XMX', '1g')}", "-XX:+UseSerialGC", *jit,
         "-Djava.awt.headless=true", f"-Dhapi.port={port()}", "-jar", str(JAR),
     ]
-    log = open(LOG_FILE, "w")
+    log = open(log_file(), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=RUN_DIR,
                                start_new_session=True)
-    PID_FILE.write_text(str(process.pid))
+    pid_file().write_text(str(process.pid))
     started = time.monotonic()
-    print(f"Starting HAPI FHIR (pid {process.pid}, log {LOG_FILE}) ...", flush=True)
+    print(f"Starting HAPI FHIR (pid {process.pid}, log {log_file()}) ...", flush=True)
     while time.monotonic() - started < timeout:
         if process.poll() is not None:
             raise LauncherError(f"The HAPI server exited with status {process.returncode} while "
@@ -129,7 +139,7 @@ def start(timeout: float | None = None) -> bool:
 def stop() -> None:
     pid = _pid()
     if pid is None:
-        PID_FILE.unlink(missing_ok=True)
+        pid_file().unlink(missing_ok=True)
         return
     os.killpg(pid, signal.SIGTERM)
     for _ in range(40):
@@ -140,7 +150,7 @@ def stop() -> None:
             break
     else:
         os.killpg(pid, signal.SIGKILL)
-    PID_FILE.unlink(missing_ok=True)
+    pid_file().unlink(missing_ok=True)
     print(f"Stopped HAPI FHIR (pid {pid}).", flush=True)
 
 
@@ -150,7 +160,7 @@ def ensure_running() -> bool:
 
 def log_tail(lines: int = 40) -> str:
     try:
-        return "\n".join(LOG_FILE.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(log_file().read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
