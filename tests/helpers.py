@@ -143,6 +143,27 @@ def add_patient_migrations(scripts: ScriptsDir, fhir: FhirNamespace, *names: str
             for n in names]
 
 
+GRAPH_BREAKAGES = ("duplicate", "dangling", "cycle", "two_roots", "two_heads")
+
+
+def break_graph(scripts: ScriptsDir, base: str, breakage: str) -> None:
+    """Add scripts after `base` that break the history in one of the GRAPH_BREAKAGES ways."""
+    if breakage == "duplicate":
+        scripts.add("copy", revision=base, down=None)
+    elif breakage == "dangling":
+        scripts.add("orphan", down="0123456789abcdef")
+    elif breakage == "cycle":
+        scripts.add("loop_a", revision="loopa001", down="loopb002")
+        scripts.add("loop_b", revision="loopb002", down="loopa001")
+    elif breakage == "two_roots":
+        scripts.add("another_root", down=None)
+    elif breakage == "two_heads":
+        scripts.add("left", down=base)
+        scripts.add("right", down=base)
+    else:
+        raise ValueError(breakage)
+
+
 def patient_values(fhir: FhirNamespace) -> list[str]:
     return sorted(p["identifier"][0]["value"] for p in fhir.patients())
 

@@ -12,7 +12,7 @@ from django.core.checks import run_checks
 
 from django_fhir_migrations import checks as fhir_checks
 
-from .helpers import call
+from .helpers import break_graph, call
 
 pytestmark = pytest.mark.server
 
@@ -91,18 +91,7 @@ def test_scripts_that_cannot_be_imported_are_errors_naming_each_file(fhir_settin
 ])
 def test_graph_problems_have_stable_ids(fhir_settings, scripts, breakage, expected, named):
     base = scripts.add("base_one")
-    if breakage == "duplicate":
-        scripts.add("copy", revision=base, down=None)
-    elif breakage == "dangling":
-        scripts.add("orphan", down="0123456789abcdef")
-    elif breakage == "cycle":
-        scripts.add("loop_a", revision="loopa001", down="loopb002")
-        scripts.add("loop_b", revision="loopb002", down="loopa001")
-    elif breakage == "two_roots":
-        scripts.add("another_root", down=None)
-    elif breakage == "two_heads":
-        scripts.add("left", down=base)
-        scripts.add("right", down=base)
+    break_graph(scripts, base, breakage)
     found = messages()
     assert f"fhir_migrations.{expected}" in ids(found)
     problem = next(m for m in found if m.id == f"fhir_migrations.{expected}")

@@ -7,7 +7,7 @@ import pytest
 from django_fhir_migrations.conf import get_settings
 from django_fhir_migrations.engine import Project
 
-from .helpers import add_patient_migrations, call, create_patient, patient_values
+from .helpers import GRAPH_BREAKAGES, add_patient_migrations, break_graph, call, create_patient, patient_values
 
 pytestmark = pytest.mark.server
 
@@ -153,18 +153,8 @@ def test_state_naming_an_unknown_revision_is_an_error_and_left_alone(fhir_settin
 def test_graph_and_script_errors_name_the_file_and_write_nothing(fhir_settings, fhir, scripts,
                                                                  breakage):
     a = scripts.add("base_one", upgrade=create_patient(fhir, "x"))
-    if breakage == "duplicate":
-        scripts.add("copy", revision=a, down=None)
-    elif breakage == "dangling":
-        scripts.add("orphan", down="0123456789abcdef")
-    elif breakage == "cycle":
-        scripts.add("loop_a", revision="loopa001", down="loopb002")
-        scripts.add("loop_b", revision="loopb002", down="loopa001")
-    elif breakage == "two_roots":
-        scripts.add("another_root", down=None)
-    elif breakage == "two_heads":
-        scripts.add("left", down=a)
-        scripts.add("right", down=a)
+    if breakage in GRAPH_BREAKAGES:
+        break_graph(scripts, a, breakage)
     elif breakage == "syntax":
         scripts.write("broken", "revision = 'x'\ndown_revision = None\ndef upgrade(ctx)\n    pass\n")
     elif breakage == "missing_upgrade":
