@@ -77,10 +77,10 @@ class PlainServer:
             raise BenchError(f"GET {reply.url} answered {reply.status_code}: {reply.text[:300]}")
         return reply.json()
 
-    def post_bundle(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    def post_bundle(self, bundle: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
         self.requests += 1
         reply = self.session.post(self.base_url, data=json.dumps(bundle), timeout=self.timeout,
-                                  headers={"Content-Type": FHIR_JSON})
+                                  headers={"Content-Type": FHIR_JSON, **(headers or {})})
         if reply.status_code != 200:
             raise BenchError(f"POST of a {bundle['type']} bundle answered {reply.status_code}: "
                              f"{reply.text[:300]}")

@@ -5,10 +5,12 @@
 
 (a) naive: one GET and one PUT per Patient with plain requests; (b) the tool: a real migration
 script using ctx.search + ctx.batch, applied by Project.migrate (what `fhirmigrate` calls) in a
-child process with its own STATE_ID; (c) the ceiling: search pages turned into batch bundles by
-hand and POSTed with plain requests. Each way gets its own fresh set of N carebundle Patients,
-tagged with an identifier system unique to this run, and the server is asked afterwards whether
-exactly those N Patients got the new identifier. Then: peak memory of (b) at N and at
+child process with its own STATE_ID; (c) the ceiling: batch bundles built by hand from the search
+pages before the clock starts, POSTed with plain requests and the same X-Transaction-Semantics
+header ctx.batch sends, only the POSTs timed (one more row sends them without the header). Each
+way gets its own fresh set of N carebundle Patients, tagged with an identifier system unique to
+this run, and the server is asked afterwards whether exactly those N Patients got the new
+identifier. Then: peak memory of (b) at N and at
 BENCH_N_LARGE, the tool's own HTTP requests (nothing pending; one trivial migration), and the
 time to load and check BENCH_GRAPH_SCRIPTS chained scripts against compiling them.
 
@@ -51,7 +53,7 @@ import requests  # noqa: E402
 from benchmarks import graph_load, overhead  # noqa: E402
 from benchmarks.patients import BenchError, PatientSet, PlainServer, synthetic_patients, verify_migrated  # noqa: E402
 from benchmarks.tool_run import ToolRun, run_tool, write_script  # noqa: E402
-from benchmarks.ways import Timing, ceiling, naive  # noqa: E402
+from benchmarks.ways import TOOL_BATCH_HEADERS, Timing, ceiling, naive  # noqa: E402
 
 SYSTEM_PREFIX = "urn:django-fhir-migrations:bench"
 MIB = 1024 * 1024
@@ -253,13 +255,14 @@ class Benchmark:
 
         self.say("Loading fresh Patients from carebundle (transaction bundles of 250):")
         warmup = self.new_set("warmup", min(cfg.n, 1000))
-        set_a, set_b1, set_c1, set_c2, set_b2 = (self.new_set(name, cfg.n) for name in ("a", "b", "c", "c2", "b2"))
+        set_a, set_b1, set_c1, set_c2, set_b2, set_cp = (
+            self.new_set(name, cfg.n) for name in ("a", "b", "c", "c2", "b2", "cplain"))
         extra_sets = {size: (self.new_set(f"b{size}", cfg.n), self.new_set(f"c{size}", cfg.n))
                       for size in cfg.extra_sizes}
         transaction_sets = (self.new_set("bt", cfg.n), self.new_set("ct", cfg.n)) if cfg.transactions else None
 
         # Warm the server's update and search paths (JIT) before anything is timed.
-        ceiling(self.server, warmup, cfg.size)
+        ceiling(self.server, warmup, cfg.size, headers=TOOL_BATCH_HEADERS)
         verify_migrated(self.server, warmup, "warm-up")
 
         self.say(f"\n  {'way':<44} {'Patients':>8} {'seconds':>9} {'Patients/s':>11} {'requests':>9} "
@@ -270,18 +273,25 @@ class Benchmark:
         # database grows and other load comes and goes, and this order cancels a steady drift.
         b1 = self.row("b1", f"(b) fhirmigrate: ctx.search + ctx.batch ({cfg.size})", self.tool_timing(set_b1, cfg.size))
         verify_migrated(self.server, set_b1, "b")
-        c1 = self.row("c1", f"(c) ceiling: plain batch bundles ({cfg.size})", ceiling(self.server, set_c1, cfg.size))
+        c1 = self.row("c1", f"(c) ceiling: pre-built batch bundles ({cfg.size})",
+                      ceiling(self.server, set_c1, cfg.size, headers=TOOL_BATCH_HEADERS))
         verify_migrated(self.server, set_c1, "c")
-        c2 = self.row("c2", "(c) again, on its second set", ceiling(self.server, set_c2, cfg.size))
+        c2 = self.row("c2", "(c) again, on its second set",
+                      ceiling(self.server, set_c2, cfg.size, headers=TOOL_BATCH_HEADERS))
         verify_migrated(self.server, set_c2, "c (second set)")
         b2 = self.row("b2", "(b) again, on its second set", self.tool_timing(set_b2, cfg.size))
         verify_migrated(self.server, set_b2, "b (second set)")
         b = self.row("b", "(b) both runs", combined("b", b1, b2))
         c = self.row("c", "(c) both runs", combined("c", c1, c2))
+        cp = self.row("cplain", "(c) without X-Transaction-Semantics", ceiling(
+            self.server, set_cp, cfg.size, label=" without the header (HAPI: a transaction per entry)"))
+        verify_migrated(self.server, set_cp, "c without the header")
+        self.say(f"  {'':<44} the header: c/c-plain = {c.rate / cp.rate:.2f}, b/c-plain = {b.rate / cp.rate:.2f}")
         for size, (set_bx, set_cx) in extra_sets.items():
             bx = self.row(f"b{size}", f"(b) fhirmigrate at bundle/page size {size}", self.tool_timing(set_bx, size))
             verify_migrated(self.server, set_bx, f"b at size {size}")
-            cx = self.row(f"c{size}", f"(c) ceiling at bundle/page size {size}", ceiling(self.server, set_cx, size))
+            cx = self.row(f"c{size}", f"(c) ceiling at bundle/page size {size}",
+                          ceiling(self.server, set_cx, size, headers=TOOL_BATCH_HEADERS))
             verify_migrated(self.server, set_cx, f"c at size {size}")
             self.say(f"  {'':<44} at size {size}: b/c = {bx.rate / cx.rate:.2f} (one run each, b first)")
         if transaction_sets:
@@ -289,7 +299,7 @@ class Benchmark:
             bt = self.row("bt", f"(b) fhirmigrate, ctx.transaction() ({cfg.size})",
                           self.tool_timing(set_bt, cfg.size, kind="transaction"))
             verify_migrated(self.server, set_bt, "b with transactions")
-            ct = self.row("ct", f"(c) ceiling, plain transaction bundles ({cfg.size})",
+            ct = self.row("ct", f"(c) ceiling, pre-built transaction bundles ({cfg.size})",
                           ceiling(self.server, set_ct, cfg.size, "transaction"))
             verify_migrated(self.server, set_ct, "c with transactions")
             self.say(f"  {'':<44} with transactions: b/c = {bt.rate / ct.rate:.2f}, b/a = {bt.rate / a.rate:.2f} "

@@ -70,11 +70,11 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
             assert steps.get(step, 0) >= 1, steps
 
         # Every way changed all N Patients of its own set, as the server (not the benchmark) counts.
-        for way in ("a", "b1", "c1", "c2", "b2", "b50", "c50", "bt", "ct"):
+        for way in ("a", "b1", "c1", "c2", "b2", "cplain", "b50", "c50", "bt", "ct"):
             assert figures["ways"][way]["resources"] == N, way
         assert figures["ways"]["b"]["resources"] == figures["ways"]["c"]["resources"] == 2 * N
         sets = {s["name"]: s for s in figures["sets"]}
-        assert set(sets) == {"warmup", "a", "b", "c", "c2", "b2", "b50", "c50", "bt", "ct"}
+        assert set(sets) == {"warmup", "a", "b", "c", "c2", "b2", "cplain", "b50", "c50", "bt", "ct"}
         for name, patient_set in sets.items():
             assert count(fhir, f"{patient_set['tag_system']}|") == N, name
             assert count(fhir, f"{patient_set['tag_system']}|", f"{patient_set['new_system']}|") == N, name
@@ -85,3 +85,10 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
         assert figures["graph"]["planned"] == 40
     finally:
         delete_everything_of(fhir, figures)
+
+
+def test_the_ceiling_sends_what_ctx_batch_sends():
+    from benchmarks.ways import TOOL_BATCH_HEADERS
+    from django_fhir_migrations.engine.bundles import TRANSACTION_SEMANTICS_HEADER, TRY_AS_TRANSACTION_FIRST
+
+    assert TOOL_BATCH_HEADERS == {TRANSACTION_SEMANTICS_HEADER: TRY_AS_TRANSACTION_FIRST}

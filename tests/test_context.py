@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import re
+import threading
 
 import pytest
 
@@ -61,6 +63,33 @@ def test_search_follows_next_links_page_by_page(fhir, make_ctx):
     as_dicts = list(ctx.search("Patient", identifier=f"{fhir.system}|", as_dict=True))
     assert all(isinstance(p, dict) for p in as_dicts) and len(as_dicts) == 10
     assert ctx.count("Patient", identifier=f"{fhir.system}|") == 10
+
+
+def test_search_reads_the_next_page_while_the_last_entry_is_used(fhir, make_ctx):
+    seed_patients(fhir, 7)
+    ctx = make_ctx(PAGE_SIZE=3)
+    threads = []
+    ctx.connection.observers.append(lambda method, url, status: threads.append(threading.current_thread().name))
+    results = ctx.search("Patient", as_dict=True, identifier=f"{fhir.system}|")
+    taken = [next(results), next(results)]
+    assert len(threads) == 1  # nothing read ahead before the page's last entry is taken
+    taken += list(results)
+    assert len(taken) == 7 and len({p["id"] for p in taken}) == 7
+    assert threads[0] == threading.current_thread().name  # the first page: on the caller's thread
+    assert len(threads) == 3 and all(name.startswith("fhir-migrations-page") for name in threads[1:])
+
+    threads.clear()
+    plain = list(ctx.search("Patient", as_dict=True, read_ahead=False, identifier=f"{fhir.system}|"))
+    assert len(plain) == 7 and threads == [threading.current_thread().name] * 3
+
+
+def test_search_stopped_early_leaves_no_thread_behind(fhir, make_ctx):
+    seed_patients(fhir, 5)
+    ctx = make_ctx(PAGE_SIZE=2)
+    results = ctx.search("Patient", as_dict=True, identifier=f"{fhir.system}|")
+    next(results), next(results)  # the last entry of page 1: page 2 is on its way
+    results.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("fhir-migrations-page")]
 
 
 def test_update_is_version_aware(fhir, make_ctx):
@@ -122,6 +151,40 @@ def test_batch_reports_failed_entries_with_their_resource(fhir, make_ctx):
     assert f"PUT Patient/{created['id']}" in str(info.value)
     assert len(info.value.failures) == 1
     assert len(fhir.patients()) == 2  # the good entry of the batch was applied
+
+
+def hapi_version(fhir):
+    """(major, minor) of a HAPI FHIR server, from its X-Powered-By header; None for others."""
+    powered = fhir.http.get(fhir.url("metadata"), timeout=30).headers.get("X-Powered-By", "")
+    found = re.search(r"HAPI FHIR (\d+)\.(\d+)", powered)
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def test_clean_batch_is_committed_whole_and_a_failing_one_falls_back_to_batch(fhir, make_ctx):
+    # HAPI 8.2+ honours X-Transaction-Semantics: a batch without failures is committed as one
+    # transaction (one timestamp for all its entries); other servers process a plain batch.
+    ctx = make_ctx()
+    with ctx.batch() as batch:
+        for i in range(5):
+            batch.create(patient(fhir, f"clean{i}"))
+    whole = (hapi_version(fhir) or (0, 0)) >= (8, 2)
+    assert batch.written == 5 and batch.committed_whole == (1 if whole else 0)
+    if whole:
+        assert len({p["meta"]["lastUpdated"] for p in fhir.patients()}) == 1
+
+    created = ctx.create(patient(fhir, "stale"))
+    with pytest.raises(BundleError) as info:
+        with ctx.batch() as mixed:
+            for i in range(3):
+                mixed.create(patient(fhir, f"mixed{i}"))
+            mixed.update(dict(created, meta={"versionId": "99"}))
+    assert mixed.committed_whole == 0 and mixed.written == 3
+    assert [f.url for f in mixed.failures] == [f"Patient/{created['id']}"] and len(info.value.failures) == 1
+    assert len(fhir.patients()) == 9  # the failed transaction attempt left nothing; the batch did
+
+    with ctx.batch(transaction_first=False) as plain:
+        plain.create(patient(fhir, "plain"))
+    assert plain.committed_whole == 0 and plain.written == 1
 
 
 def test_transaction_is_all_or_nothing_and_stops_the_migration(fhir_settings, fhir, scripts):

@@ -22,6 +22,7 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from .bundles import BundleWriter
 from .config import Settings
 from .fhir.client import FhirConnection, Reply
+from .fhir.paging import search_entries
 
 T = TypeVar("T")
 
@@ -59,26 +60,27 @@ class MigrationContext:
 
     # --- reading -------------------------------------------------------------------------
 
-    def search(self, resource_type: str, *, as_dict: bool = False,
+    def search(self, resource_type: str, *, as_dict: bool = False, read_ahead: bool = True,
                params: Mapping[str, Any] | None = None, **search: Any) -> Iterator[Any]:
         """Every resource of `resource_type` matching the search, across all pages.
 
-        Pages are fetched one at a time by following `link[next]`, never by offset arithmetic,
-        so memory holds one page at most. Yields fhirclient models, or dicts with as_dict=True.
-        Only resources that matched are yielded (included resources are skipped).
+        Pages are fetched by following `link[next]`, never by offset arithmetic, so memory
+        holds one page (two while the next is read ahead: it is requested when the last entry
+        of this page is taken, so the server loads it while the caller writes; read_ahead=False
+        turns that off). Yields fhirclient models, or dicts with as_dict=True. Only resources
+        that matched are yielded (included resources are skipped).
         """
         query = dict(params or {})
         query.update(search)
         query.setdefault("_count", self.settings.page_size)
-        for page in self.connection.iter_pages(resource_type, query):
-            for entry in page.get("entry", []):
-                if (entry.get("search") or {}).get("mode", "match") != "match":
-                    continue
-                resource = entry.get("resource")
-                if resource is None:
-                    continue
-                self._remember(resource)
-                yield resource if as_dict else self.to_model(resource)
+        for entry in search_entries(self.connection, resource_type, query, read_ahead=read_ahead):
+            if (entry.get("search") or {}).get("mode", "match") != "match":
+                continue
+            resource = entry.get("resource")
+            if resource is None:
+                continue
+            self._remember(resource)
+            yield resource if as_dict else self.to_model(resource)
 
     def count(self, resource_type: str, *, params: Mapping[str, Any] | None = None,
               **search: Any) -> int:
@@ -151,8 +153,11 @@ class MigrationContext:
     def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
         self._write("DELETE", f"{resource_type}?{_query(query)}", None)
 
-    def batch(self, *, size: int | None = None, raise_errors: bool = True) -> BundleWriter:
-        return BundleWriter(self, "batch", size=size, raise_errors=raise_errors)
+    def batch(self, *, size: int | None = None, raise_errors: bool = True,
+              transaction_first: bool = True) -> BundleWriter:
+        """Collect writes into batch bundles of `size` (BUNDLE_SIZE); see bundles.py."""
+        return BundleWriter(self, "batch", size=size, raise_errors=raise_errors,
+                            transaction_first=transaction_first)
 
     def transaction(self, *, size: int | None = None) -> BundleWriter:
         return BundleWriter(self, "transaction", size=size)

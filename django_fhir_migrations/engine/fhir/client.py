@@ -12,7 +12,7 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -242,25 +242,6 @@ class FhirConnection:
 
     def get(self, path: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Reply:
         return self.request("GET", path, params=params, **kwargs)
-
-    def iter_pages(self, path: str, params: Mapping[str, Any] | None = None
-                   ) -> Iterator[dict[str, Any]]:
-        """Yield each page (a searchset Bundle), following `link[next]` to the end."""
-        reply = self.get(path, params)
-        while True:
-            bundle = reply.body or {}
-            if bundle.get("resourceType") != "Bundle":
-                raise NotAFhirServerError(
-                    f"GET {reply.url} did not return a Bundle.", url=reply.url
-                )
-            yield bundle
-            next_url = next(
-                (link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"),
-                None,
-            )
-            if not next_url:
-                return
-            reply = self.get(next_url)
 
 
 def _parse_body(response: requests.Response) -> tuple[dict[str, Any] | None, str]:
