@@ -15,6 +15,7 @@ import ca.uhn.fhir.jpa.config.util.HapiEntityManagerFactoryUtil;
 import ca.uhn.fhir.jpa.model.config.PartitionSettings;
 import ca.uhn.fhir.jpa.model.config.SubscriptionSettings;
 import ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect;
+import ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect;
 import ca.uhn.fhir.jpa.provider.JpaCapabilityStatementProvider;
 import ca.uhn.fhir.jpa.provider.JpaSystemProvider;
 import ca.uhn.fhir.jpa.search.DatabaseBackedPagingProvider;
@@ -88,10 +89,10 @@ public class ServerConfig {
 	@Bean(destroyMethod = "close")
 	public BasicDataSource dataSource() {
 		BasicDataSource ds = new BasicDataSource();
-		ds.setDriver(new org.h2.Driver());
+		ds.setDriver(Settings.isPostgres() ? new org.postgresql.Driver() : new org.h2.Driver());
 		ds.setUrl(Settings.jdbcUrl());
-		ds.setUsername("sa");
-		ds.setPassword("");
+		ds.setUsername(Settings.dbUser());
+		ds.setPassword(Settings.dbPassword());
 		ds.setMaxTotal(10);
 		ds.setMaxWait(Duration.ofSeconds(30));
 		return ds;
@@ -109,7 +110,8 @@ public class ServerConfig {
 		emf.setPersistenceUnitName("HAPI_TEST_PU");
 		emf.setDataSource(theDataSource);
 		Properties props = new Properties();
-		props.put("hibernate.dialect", HapiFhirH2Dialect.class.getName());
+		props.put("hibernate.dialect", Settings.isPostgres()
+				? HapiFhirPostgresDialect.class.getName() : HapiFhirH2Dialect.class.getName());
 		props.put("hibernate.hbm2ddl.auto", "update");
 		props.put("hibernate.format_sql", "false");
 		props.put("hibernate.show_sql", "false");

@@ -30,10 +30,27 @@ public final class Settings {
 		return get("hapi.host", "HAPI_HOST", "127.0.0.1");
 	}
 
+	/** True when the JDBC URL names a PostgreSQL database instead of H2. */
+	public static boolean isPostgres() {
+		return jdbcUrl().startsWith("jdbc:postgresql:");
+	}
+
+	/** Database user (HAPI_DB_USER); H2's default "sa" otherwise. */
+	public static String dbUser() {
+		return get("hapi.db.user", "HAPI_DB_USER", "sa");
+	}
+
+	/** Database password (HAPI_DB_PASSWORD); empty by default. */
+	public static String dbPassword() {
+		String value = get("hapi.db.password", "HAPI_DB_PASSWORD", "");
+		return value == null ? "" : value;
+	}
+
 	/**
 	 * JDBC URL of the H2 database. Default: a private in-memory database.
 	 * HAPI_H2_DIR (or -Dhapi.h2.dir) switches to a file database in that directory;
-	 * HAPI_DB_URL (or -Dhapi.db.url) gives the full JDBC URL.
+	 * HAPI_DB_URL (or -Dhapi.db.url) gives the full JDBC URL: H2, or PostgreSQL
+	 * ("jdbc:postgresql://host:port/db", with HAPI_DB_USER and HAPI_DB_PASSWORD).
 	 */
 	public static String jdbcUrl() {
 		String url = get("hapi.db.url", "HAPI_DB_URL", null);
