@@ -42,8 +42,7 @@ public final class Settings {
 
 	/** Database password (HAPI_DB_PASSWORD); empty by default. */
 	public static String dbPassword() {
-		String value = get("hapi.db.password", "HAPI_DB_PASSWORD", "");
-		return value == null ? "" : value;
+		return get("hapi.db.password", "HAPI_DB_PASSWORD", "");
 	}
 
 	/**
