@@ -7,7 +7,8 @@
 The server runs in the background; its log is `.hapi/hapi-<port>.log` and its pid
 `.hapi/hapi-<port>.pid` at the repository root. HAPI_PORT (default 8080) picks the port, HAPI_XMX the heap (1g),
 HAPI_JIT=full the full JIT compiler (for long runs), HAPI_START_TIMEOUT how long to wait for
-`/fhir/metadata`.
+`/fhir/metadata`. HAPI_DB picks the database: `h2` (default, in memory) or `postgres` (a private
+PostgreSQL cluster started and stopped with the server, see postgres.py; `make bench` uses it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from .postgres import Cluster, PostgresError, port_from_env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -43,6 +46,20 @@ def pid_file() -> Path:
 
 def log_file() -> Path:
     return RUN_DIR / f"hapi-{port()}.log"
+
+
+def database() -> str:
+    """HAPI_DB: which database the server this launcher starts keeps its data in."""
+    choice = os.environ.get("HAPI_DB", "h2").strip().lower() or "h2"
+    if choice not in ("h2", "postgres"):
+        raise LauncherError(f"HAPI_DB={choice!r} is not a database the test server knows: "
+                            "use `h2` (the default) or `postgres`.")
+    return choice
+
+
+def cluster_file() -> Path:
+    """Names the PostgreSQL cluster started with the server on this port, so stop() stops it too."""
+    return RUN_DIR / f"hapi-{port()}.pg"
 
 
 def base_url() -> str:
@@ -116,9 +133,19 @@ def start(timeout: float | None = None) -> bool:
         java, f"-Xmx{os.environ.get('HAPI_XMX', '1g')}", "-XX:+UseSerialGC", *jit,
         "-Djava.awt.headless=true", f"-Dhapi.port={port()}", "-jar", str(JAR),
     ]
+    env = dict(os.environ)
+    if database() == "postgres":
+        cluster = Cluster(RUN_DIR, port_from_env())
+        cluster_file().write_text(str(cluster.port))
+        try:
+            env.update(HAPI_DB_URL=cluster.start(), HAPI_DB_USER="postgres", HAPI_DB_PASSWORD="")
+        except PostgresError as exc:
+            _stop_cluster()
+            raise LauncherError(str(exc)) from None
+        print(f"PostgreSQL for HAPI at {cluster.jdbc_url} (log {cluster.log_file})", flush=True)
     log = open(log_file(), "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=RUN_DIR,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     pid_file().write_text(str(process.pid))
     started = time.monotonic()
     print(f"Starting HAPI FHIR (pid {process.pid}, log {log_file()}) ...", flush=True)
@@ -137,6 +164,24 @@ def start(timeout: float | None = None) -> bool:
 
 
 def stop() -> None:
+    _stop_server()
+    _stop_cluster()
+
+
+def _stop_cluster() -> None:
+    try:
+        cluster_port = int(cluster_file().read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        Cluster(RUN_DIR, cluster_port).stop()
+    except PostgresError as exc:
+        raise LauncherError(str(exc)) from None
+    cluster_file().unlink(missing_ok=True)
+    print(f"Stopped PostgreSQL on port {cluster_port}.", flush=True)
+
+
+def _stop_server() -> None:
     pid = _pid()
     if pid is None:
         pid_file().unlink(missing_ok=True)

@@ -156,7 +156,8 @@ public class ServerConfig {
 
 		JpaCapabilityStatementProvider capabilities = new JpaCapabilityStatementProvider(
 				server, theSystemDao, theStorageSettings, theSearchParamRegistry, theValidationSupport);
-		capabilities.setImplementationDescription("HAPI FHIR JPA test server (R4, H2)");
+		capabilities.setImplementationDescription(
+				"HAPI FHIR JPA test server (R4, " + (Settings.isPostgres() ? "PostgreSQL" : "H2") + ")");
 		server.setServerConformanceProvider(capabilities);
 
 		server.setServerAddressStrategy(new ServerAddress());
