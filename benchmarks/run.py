@@ -253,7 +253,7 @@ class Benchmark:
         m = self.figures["machine"]
         self.say(f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('ram_gib')} GiB RAM; "
                  f"Python {m['python']}; {m.get('java', 'no java on PATH')}; server {m['server']} at "
-                 f"{self.base_url}; load average {m.get('load_average')}")
+                 f"{self.base_url} [{m.get('implementation', '?')}]; load average {m.get('load_average')}")
         self.say(f"Run {self.run_id}: N={cfg.n}, bundle/page size {cfg.size}, extra sizes "
                  f"{list(cfg.extra_sizes) or 'none'}, large N {cfg.n_large or 'skipped'}")
 

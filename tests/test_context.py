@@ -6,13 +6,15 @@ import io
 import logging
 import re
 import threading
+import time
 
 import pytest
 
 from django_fhir_migrations.engine.config import Settings
 from django_fhir_migrations.engine.context import MigrationContext
-from django_fhir_migrations.engine.errors import BundleError, VersionConflictError
+from django_fhir_migrations.engine.errors import BundleError, FhirServerError, VersionConflictError
 from django_fhir_migrations.engine.fhir.client import FhirConnection
+from django_fhir_migrations.engine.fhir.paging import PAGES_AHEAD, THREAD_NAME, search_entries
 
 from .helpers import call
 
@@ -52,7 +54,7 @@ def seed_patients(fhir, count):
 def test_search_follows_next_links_page_by_page(fhir, make_ctx):
     seed_patients(fhir, 10)
     ctx = make_ctx(PAGE_SIZE=3)
-    results = ctx.search("Patient", identifier=f"{fhir.system}|")
+    results = ctx.search("Patient", read_ahead=False, identifier=f"{fhir.system}|")
     first = next(results)
     assert ctx.connection.request_count == 1  # lazily: one page fetched so far
     rest = list(results)
@@ -65,31 +67,63 @@ def test_search_follows_next_links_page_by_page(fhir, make_ctx):
     assert ctx.count("Patient", identifier=f"{fhir.system}|") == 10
 
 
-def test_search_reads_the_next_page_while_the_last_entry_is_used(fhir, make_ctx):
-    seed_patients(fhir, 7)
-    ctx = make_ctx(PAGE_SIZE=3)
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_search_reads_up_to_pages_ahead_on_a_background_thread(fhir, make_ctx):
+    seed_patients(fhir, 10)
+    ctx = make_ctx(PAGE_SIZE=1)
     threads = []
     ctx.connection.observers.append(lambda method, url, status: threads.append(threading.current_thread().name))
     results = ctx.search("Patient", as_dict=True, identifier=f"{fhir.system}|")
-    taken = [next(results), next(results)]
-    assert len(threads) == 1  # nothing read ahead before the page's last entry is taken
-    taken += list(results)
-    assert len(taken) == 7 and len({p["id"] for p in taken}) == 7
+    taken = [next(results)]
     assert threads[0] == threading.current_thread().name  # the first page: on the caller's thread
-    assert len(threads) == 3 and all(name.startswith("fhir-migrations-page") for name in threads[1:])
+    # The reader runs ahead while the caller works, but never more than PAGES_AHEAD pages.
+    assert wait_for(lambda: len(threads) == 1 + PAGES_AHEAD)
+    time.sleep(0.5)
+    assert len(threads) == 1 + PAGES_AHEAD
+    taken.append(next(results))  # taking a page makes room for one more
+    assert wait_for(lambda: len(threads) == 2 + PAGES_AHEAD)
+    taken += list(results)
+    assert len(taken) == 10 and len({p["id"] for p in taken}) == 10
+    assert len(threads) == 10 and all(name.startswith(THREAD_NAME) for name in threads[1:])
 
     threads.clear()
     plain = list(ctx.search("Patient", as_dict=True, read_ahead=False, identifier=f"{fhir.system}|"))
-    assert len(plain) == 7 and threads == [threading.current_thread().name] * 3
+    assert len(plain) == 10 and threads == [threading.current_thread().name] * 10
 
 
 def test_search_stopped_early_leaves_no_thread_behind(fhir, make_ctx):
-    seed_patients(fhir, 5)
+    seed_patients(fhir, 12)
     ctx = make_ctx(PAGE_SIZE=2)
     results = ctx.search("Patient", as_dict=True, identifier=f"{fhir.system}|")
-    next(results), next(results)  # the last entry of page 1: page 2 is on its way
+    next(results), next(results), next(results)
     results.close()
-    assert not [t for t in threading.enumerate() if t.name.startswith("fhir-migrations-page")]
+    assert not [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
+    assert ctx.connection.request_count <= 2 + PAGES_AHEAD  # 6 pages exist; the reader stopped
+
+
+def test_an_error_reading_ahead_is_raised_where_the_caller_waits(fhir, make_ctx):
+    """A page the server refuses (here: a next link to a search HAPI does not know)."""
+    bogus_next = f"{fhir.base_url}?_getpages=no-such-search-{fhir.system[-8:]}&_getpagesoffset=1&_count=1"
+    page = {"resourceType": "Bundle", "type": "collection",
+            "link": [{"relation": "next", "url": bogus_next}],
+            "entry": [{"resource": patient(fhir, "first-page")}]}
+    reply = fhir.http.post(f"{fhir.base_url}/Bundle", json=page, timeout=30,
+                           headers={"Content-Type": "application/fhir+json"})
+    assert reply.status_code == 201, reply.text
+    ctx = make_ctx()
+    results = search_entries(ctx.connection, f"Bundle/{reply.json()['id']}")
+    assert next(results)["resource"]["identifier"][0]["value"] == "first-page"
+    with pytest.raises(FhirServerError, match="no-such-search"):
+        next(results)
+    assert not [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
 
 
 def test_update_is_version_aware(fhir, make_ctx):

@@ -65,22 +65,26 @@ class MigrationContext:
         """Every resource of `resource_type` matching the search, across all pages.
 
         Pages are fetched by following `link[next]`, never by offset arithmetic, so memory
-        holds one page (two while the next is read ahead: it is requested when the last entry
-        of this page is taken, so the server loads it while the caller writes; read_ahead=False
-        turns that off). Yields fhirclient models, or dicts with as_dict=True. Only resources
-        that matched are yielded (included resources are skipped).
+        holds a few pages whatever the number of matches: the caller's, and up to
+        PAGES_AHEAD (3) that a background thread reads ahead while the caller writes
+        (read_ahead=False: one page, read when needed). Yields fhirclient models, or dicts with
+        as_dict=True. Only resources that matched are yielded (included resources are skipped).
         """
         query = dict(params or {})
         query.update(search)
         query.setdefault("_count", self.settings.page_size)
-        for entry in search_entries(self.connection, resource_type, query, read_ahead=read_ahead):
-            if (entry.get("search") or {}).get("mode", "match") != "match":
-                continue
-            resource = entry.get("resource")
-            if resource is None:
-                continue
-            self._remember(resource)
-            yield resource if as_dict else self.to_model(resource)
+        entries = search_entries(self.connection, resource_type, query, read_ahead=read_ahead)
+        try:
+            for entry in entries:
+                if (entry.get("search") or {}).get("mode", "match") != "match":
+                    continue
+                resource = entry.get("resource")
+                if resource is None:
+                    continue
+                self._remember(resource)
+                yield resource if as_dict else self.to_model(resource)
+        finally:
+            entries.close()  # a caller that stopped early: stop the reader thread now
 
     def count(self, resource_type: str, *, params: Mapping[str, Any] | None = None,
               **search: Any) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,8 +90,14 @@ class FhirConnection:
                                        retries=settings.retries)
         self.policy = RetryPolicy(retries=settings.retries)
         self.timeout = settings.timeout
-        self.request_count = 0
+        self._request_count = 0
+        self._count_lock = threading.Lock()  # ctx.search reads ahead on a second thread
         self.observers: list[Callable[[str, str, int | None], None]] = []
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests sent so far, retries included (the benchmark and tests read it)."""
+        return self._request_count
 
     def close(self) -> None:
         self.session.close()
@@ -129,7 +136,8 @@ class FhirConnection:
         refreshed_token = False
         attempt = 0
         while True:
-            self.request_count += 1
+            with self._count_lock:
+                self._request_count += 1
             try:
                 response = self.session.request(
                     method, url, data=data, params=params, headers=send_headers,
