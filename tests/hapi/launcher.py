@@ -116,8 +116,9 @@ def start(timeout: float | None = None) -> bool:
     if is_up():
         print(f"HAPI FHIR is already answering at {base_url()}", flush=True)
         return False
-    if _pid():
-        stop()
+    # A server of ours that does not answer, or a PostgreSQL cluster left by a server that was
+    # killed from outside: stop both before starting afresh.
+    stop()
     if needs_build():
         build()
     RUN_DIR.mkdir(exist_ok=True)

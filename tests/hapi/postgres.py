@@ -40,21 +40,32 @@ def port_from_env() -> int:
 def bindir() -> Path:
     """Where initdb and pg_ctl are: Debian keeps them off PATH, under /usr/lib/postgresql."""
     given = os.environ.get("HAPI_PG_BINDIR")
-    candidates = [Path(given)] if given else []
+    if given:
+        if _has_tools(Path(given)):
+            return Path(given)
+        raise PostgresError(f"HAPI_PG_BINDIR={given!r} does not hold PostgreSQL's "
+                            f"{', '.join(TOOLS)}. Point it at the server's bin directory.")
+    candidates = []
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                      key=lambda p: [int(x) for x in re.findall(r"\d+", p.parent.name)] or [0],
-                      reverse=True)
-    candidates.extend(versions)
+    candidates.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version, reverse=True))
     for candidate in candidates:
-        if all((candidate / tool).is_file() for tool in TOOLS):
+        if _has_tools(candidate):
             return candidate
-    where = given or "PATH and /usr/lib/postgresql/*/bin"
     raise PostgresError(
-        f"HAPI_DB=postgres needs a PostgreSQL server ({', '.join(TOOLS)}), found none in {where}. "
-        "Install Debian's `postgresql` package, set HAPI_PG_BINDIR, or unset HAPI_DB to use H2.")
+        f"HAPI_DB=postgres needs a PostgreSQL server ({', '.join(TOOLS)}), found none on PATH or "
+        "in /usr/lib/postgresql/*/bin. Install Debian's `postgresql` package, set HAPI_PG_BINDIR, "
+        "or unset HAPI_DB to use H2.")
+
+
+def _has_tools(directory: Path) -> bool:
+    return all((directory / tool).is_file() for tool in TOOLS)
+
+
+def _version(bin_dir: Path) -> list[int]:
+    """/usr/lib/postgresql/15/bin -> [15]: the newest installed server first."""
+    return [int(part) for part in re.findall(r"\d+", bin_dir.parent.name)] or [0]
 
 
 def _owner_prefix() -> list[str]:
