@@ -129,14 +129,23 @@ class Cluster:
             self.log_file.touch()
             _give_to_owner(self.log_file)
             options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k ''"
-            _run([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.log_file), "-o", options,
-                  "-w", "-t", "60", "start"],
-                 f"Starting PostgreSQL on 127.0.0.1:{self.port} (log {self.log_file})")
+            try:
+                _run([str(bin_ / "pg_ctl"), "-D", str(data), "-l", str(self.log_file), "-o", options,
+                      "-w", "-t", "60", "start"],
+                     f"Starting PostgreSQL on 127.0.0.1:{self.port} (HAPI_PG_PORT)")
+            except PostgresError as exc:
+                raise PostgresError(f"{exc}\nLast lines of {self.log_file}:\n{self._log_tail()}") from None
         client = ["-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
         _run([str(bin_ / "dropdb"), *client, "--if-exists", "--force", DATABASE],
              f"Dropping the old `{DATABASE}` database")
         _run([str(bin_ / "createdb"), *client, DATABASE], f"Creating the `{DATABASE}` database")
         return self.jdbc_url
+
+    def _log_tail(self, lines: int = 10) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def stop(self) -> None:
         if self.is_running():
