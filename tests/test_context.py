@@ -175,6 +175,26 @@ def test_batch_flushes_every_bundle_size(fhir, make_ctx):
     assert len(fhir.patients()) == 10
 
 
+def test_updates_keep_meta_profiles_tags_and_security_labels(fhir, make_ctx):
+    ctx = make_ctx()
+    meta = {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"],
+            "security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HTEST"}],
+            "tag": [{"system": fhir.system, "code": "kept"}]}
+    one = ctx.create(dict(patient(fhir, "meta-1"), meta=meta))
+    two = ctx.create(dict(patient(fhir, "meta-2"), meta=meta))
+    ctx.update(dict(one, gender="female"))
+    with ctx.batch() as batch:
+        batch.update(dict(two, gender="male"))
+    with ctx.transaction() as transaction:
+        transaction.update(dict(ctx.read("Patient", one["id"], as_dict=True), gender="other"))
+    for created, gender in ((one, "other"), (two, "male")):
+        stored = ctx.read("Patient", created["id"], as_dict=True)
+        assert stored["gender"] == gender
+        assert stored["meta"]["profile"] == meta["profile"]
+        assert [t["code"] for t in stored["meta"]["tag"]] == ["kept"]
+        assert [s["code"] for s in stored["meta"]["security"]] == ["HTEST"]
+
+
 def test_batch_reports_failed_entries_with_their_resource(fhir, make_ctx):
     ctx = make_ctx()
     created = ctx.create(patient(fhir, "stale"))

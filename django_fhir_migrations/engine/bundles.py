@@ -95,7 +95,10 @@ class BundleWriter:
     def _add(self, request: dict[str, Any], resource: dict[str, Any] | None) -> None:
         entry: dict[str, Any] = {"request": request}
         if resource is not None:
-            entry["resource"] = {k: v for k, v in resource.items() if k != "meta"}
+            # The whole resource, meta included: a PUT without meta.profile loses the profile
+            # claims on HAPI (and tags and security labels on servers that do not keep them).
+            # Where the version check lives (ifMatch), a versionId in the body changes nothing.
+            entry["resource"] = dict(resource)
             if self.kind == "transaction" and request["method"] == "POST":
                 entry["fullUrl"] = f"urn:uuid:{self.ctx.new_uuid()}"
         self.entries.append(entry)
