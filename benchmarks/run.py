@@ -260,7 +260,7 @@ class Benchmark:
         self.say("Loading fresh Patients from carebundle (transaction bundles of 250):")
         # N, like the measured sets: HAPI loads a search result in stages (about 500, 2,000,
         # then all), and a smaller warm-up set never reaches the later ones, so the first (b)
-        # compiled them on its own clock (run 8: 16.8 s against 13.4 s for the second (b)).
+        # compiled them on its own clock (run 9: 16.8 s against 13.4 s for the second (b)).
         warmup = self.new_set("warmup", cfg.n)
         set_a, set_b1, set_c1, set_c2, set_b2, set_cp = (
             self.new_set(name, cfg.n) for name in ("a", "b", "c", "c2", "b2", "cplain"))
