@@ -41,11 +41,11 @@ test: venv hapi-build
 demo: venv hapi-build
 	$(PY) example_project/demo.py
 
-# The benchmark starts the local HAPI on PostgreSQL (HAPI_DB=postgres: a private cluster of the
-# machine's PostgreSQL server under .hapi/), unless HAPI_DB or FHIR_BASE_URL says otherwise.
+# benchmarks/run.py starts the local HAPI on PostgreSQL (HAPI_DB=postgres: a private cluster of
+# the machine's PostgreSQL server under .hapi/), unless HAPI_DB or FHIR_BASE_URL says otherwise.
 bench: venv hapi-build
 	$(PY) -m pip install -q -e '.[test,bench]'
-	HAPI_DB=$${HAPI_DB:-postgres} $(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hapi tests/hapi/target

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import requests
 
-from .postgres import Cluster, PostgresError, port_from_env
+from .postgres import USER as POSTGRES_USER
+from .postgres import Cluster, PostgresError, file_tail, port_from_env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -116,6 +117,7 @@ def start(timeout: float | None = None) -> bool:
     if is_up():
         print(f"HAPI FHIR is already answering at {base_url()}", flush=True)
         return False
+    use_postgres = database() == "postgres"  # a wrong HAPI_DB fails before anything is done
     # A server of ours that does not answer, or a PostgreSQL cluster left by a server that was
     # killed from outside: stop both before starting afresh.
     stop()
@@ -135,11 +137,11 @@ def start(timeout: float | None = None) -> bool:
         "-Djava.awt.headless=true", f"-Dhapi.port={port()}", "-jar", str(JAR),
     ]
     env = dict(os.environ)
-    if database() == "postgres":
+    if use_postgres:
         cluster = Cluster(RUN_DIR, port_from_env())
         cluster_file().write_text(str(cluster.port))
         try:
-            env.update(HAPI_DB_URL=cluster.start(), HAPI_DB_USER="postgres", HAPI_DB_PASSWORD="")
+            env.update(HAPI_DB_URL=cluster.start(), HAPI_DB_USER=POSTGRES_USER, HAPI_DB_PASSWORD="")
         except PostgresError as exc:
             _stop_cluster()
             raise LauncherError(str(exc)) from None
@@ -205,10 +207,7 @@ def ensure_running() -> bool:
 
 
 def log_tail(lines: int = 40) -> str:
-    try:
-        return "\n".join(log_file().read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    return file_tail(log_file(), lines)
 
 
 def main(argv: list[str]) -> int:

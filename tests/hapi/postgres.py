@@ -68,6 +68,14 @@ def _version(bin_dir: Path) -> list[int]:
     return [int(part) for part in re.findall(r"\d+", bin_dir.parent.name)] or [0]
 
 
+def file_tail(path: Path, lines: int) -> str:
+    """The last lines of a server's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 def _owner_prefix() -> list[str]:
     """PostgreSQL will not run as root: run its commands as the package's `postgres` user."""
     if os.geteuid() != 0:
@@ -134,18 +142,12 @@ class Cluster:
                       "-w", "-t", "60", "start"],
                      f"Starting PostgreSQL on 127.0.0.1:{self.port} (HAPI_PG_PORT)")
             except PostgresError as exc:
-                raise PostgresError(f"{exc}\nLast lines of {self.log_file}:\n{self._log_tail()}") from None
+                raise PostgresError(f"{exc}\nLast lines of {self.log_file}:\n{file_tail(self.log_file, 10)}") from None
         client = ["-h", "127.0.0.1", "-p", str(self.port), "-U", USER]
         _run([str(bin_ / "dropdb"), *client, "--if-exists", "--force", DATABASE],
              f"Dropping the old `{DATABASE}` database")
         _run([str(bin_ / "createdb"), *client, DATABASE], f"Creating the `{DATABASE}` database")
         return self.jdbc_url
-
-    def _log_tail(self, lines: int = 10) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
     def stop(self) -> None:
         if self.is_running():
