@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(
-    r'__version__ = "([^"]+)"', (HERE / "django_fhir_migrations" / "__init__.py").read_text()
+    r'__version__ = "([^"]+)"', (HERE / "django_fhir_migrations" / "engine" / "version.py").read_text()
 ).group(1)
 
 setup(

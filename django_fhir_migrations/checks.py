@@ -39,7 +39,6 @@ from django.core import checks
 
 from .conf import APP_SCRIPTS_FOLDER, get_settings
 from .engine import Project, Reporter
-from .engine.audit import redact
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV, Settings
 from .engine.errors import (
     ConfigurationError,
@@ -57,6 +56,7 @@ from .engine.executor import drifted_scripts
 from .engine.graph import RevisionGraph
 from .engine.loader import script_files
 from .engine.recorder import StateRecorder
+from .engine.redaction import scrub
 from .engine.script import MigrationScript, load_script
 
 TAG = "fhir_migrations"
@@ -89,7 +89,7 @@ def never_raises(check: Callable[..., Messages]) -> Callable[..., Messages]:
         except Exception as exc:  # noqa: BLE001 - the point of this wrapper
             return [checks.Warning(
                 f"The FHIR migrations check {check.__name__} could not run: "
-                f"{type(exc).__name__}: {redact(str(exc))}",
+                f"{type(exc).__name__}: {scrub(str(exc))}",
                 hint="This is a bug in django-fhir-migrations; please report it.",
                 id=_id("W000"),
             )]

@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import textwrap
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
@@ -35,10 +34,11 @@ from .arguments import (
 )
 from .engine import FhirMigrationError, Project, Settings
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
+from .engine.interrupts import exit_code_for
+from .engine.redaction import scrubbed_traceback
 
 PROG = "fhir-migrations"
 SOURCE = "fhir-migrations"  # how the engine names settings that came from nowhere in particular
-EXIT_INTERRUPTED = 130
 
 
 def _other_settings() -> list[str]:
@@ -228,10 +228,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
             project.close()
     except FhirMigrationError as exc:
         if options.get("traceback"):
-            traceback.print_exc(file=stderr)
+            stderr.write(scrubbed_traceback(exc))
         message = f"Error: {runner.error_message(exc, renames, DJANGO_EQUIVALENTS)}"
         stderr.write((styler("error", message) if styler else message) + "\n")
         return exc.exit_code
-    except KeyboardInterrupt:
-        stderr.write("Interrupted.\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        stderr.write(f"Interrupted ({exc or 'SIGINT'}).\n")
+        return exit_code_for(exc)
+    except Exception as exc:  # a bug: its traceback, scrubbed (a script's text may hold a token)
+        stderr.write(scrubbed_traceback(exc))
+        return 1

@@ -6,6 +6,8 @@ MIGRATION_SCRIPTS_DIR (the engine adds those two).
 
 from __future__ import annotations
 
+import site
+import sysconfig
 from pathlib import Path
 
 from django.apps import apps
@@ -17,8 +19,34 @@ APP_SCRIPTS_FOLDER = "fhir_migrations"
 
 
 def app_script_folder(app_label: str) -> ScriptLocation:
+    """The app's fhir_migrations/ folder (LookupError: no such app; ValueError: an installed
+    package, e.g. `--app auth`, whose folder is not the project's to write into)."""
     config = apps.get_app_config(app_label)
-    return ScriptLocation(path=Path(config.path) / APP_SCRIPTS_FOLDER, label=config.label)
+    path = Path(config.path).resolve()
+    if is_installed_package(path):
+        raise ValueError(
+            f"app {app_label!r} ({config.name}) is installed in {path.parent}, not part of this "
+            "project: new migration scripts belong in one of the project's own apps."
+        )
+    return ScriptLocation(path=path / APP_SCRIPTS_FOLDER, label=config.label)
+
+
+def is_installed_package(path: Path) -> bool:
+    """Whether `path` lies in site-packages (or the standard library): installed code."""
+    roots = {sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib")}
+    roots.update(getattr(site, "getsitepackages", list)())
+    user_site = getattr(site, "getusersitepackages", lambda: None)()
+    if user_site:
+        roots.add(user_site)
+    if any(part in ("site-packages", "dist-packages") for part in path.parts):
+        return True
+    for root in roots:
+        try:
+            path.relative_to(Path(root).resolve())
+            return True
+        except ValueError:
+            continue
+    return False
 
 
 def app_locations() -> tuple[ScriptLocation, ...]:

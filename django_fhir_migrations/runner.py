@@ -20,6 +20,7 @@ from typing import IO, Any
 from .engine import FhirMigrationError, Project, Reporter, ScriptLocation, Settings
 from .engine.config import SCRIPTS_DIR_ENV
 from .engine.errors import ConfigurationError, WriterError
+from .engine.redaction import scrub
 from .formatting import format_status, status_exit_code
 
 LOGGER = "django_fhir_migrations"
@@ -51,7 +52,7 @@ class ConsoleReporter(Reporter):
         if self.verbosity < level:
             return
         stream = self.stderr if kind == "error" else self.stream
-        stream.write(self.style(kind, text) + "\n")
+        stream.write(self.style(kind, scrub(text)) + "\n")
         stream.flush()
 
 
@@ -98,7 +99,7 @@ def error_message(exc: FhirMigrationError, renames: Mapping[str, str],
                   commands: Mapping[str, str]) -> str:
     """The error's paragraph, naming the user's setting and command (`commands` maps each
     Django command name to this front door's)."""
-    text = str(renamed(exc, renames))
+    text = scrub(str(renamed(exc, renames)))
     return _DJANGO_COMMAND.sub(lambda match: commands.get(match.group(1), match.group(0)), text)
 
 

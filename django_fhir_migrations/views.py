@@ -24,8 +24,8 @@ from django.urls import reverse
 
 from .conf import get_settings
 from .engine import FhirMigrationError, Project, Reporter
-from .engine.audit import redact
 from .engine.recorder import parse_datetime
+from .engine.redaction import scrub
 from .engine.status import ProjectStatus, ScriptStatus
 from .models import VIEW_PERMISSION
 
@@ -203,9 +203,9 @@ def _run_action(model_admin: ModelAdmin, request: HttpRequest, run) -> HttpRespo
         done = run(project)
     except FhirMigrationError as exc:
         # A script's exception text is shown to the admin user: scrub credentials first.
-        auth = settings.auth or {}
-        secrets = tuple(str(auth[k]) for k in ("token", "password", "private_key") if auth.get(k))
-        messages.error(request, redact(str(exc), secrets))
+        messages.error(request, scrub(str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - nothing a script raises may escape a web request
+        messages.error(request, scrub(f"The action stopped: {type(exc).__name__}: {exc}"))
     else:
         if done:
             messages.success(request, done)

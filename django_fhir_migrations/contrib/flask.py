@@ -47,6 +47,8 @@ from ..arguments import (
 from ..engine import FhirMigrationError, Project, Reporter, Settings
 from ..engine.config import SCRIPTS_DIR_ENV
 from ..engine.errors import ConfigurationError
+from ..engine.interrupts import exit_code_for
+from ..engine.redaction import scrub
 
 CONFIG = "FHIR_MIGRATIONS"
 SOURCE = f"app.config[{CONFIG!r}]"
@@ -92,7 +94,7 @@ class ClickReporter(Reporter):
 
     def _write(self, kind: str, text: str, level: int) -> None:
         if self.verbosity >= level:
-            click.echo(self.style(kind, text), err=kind == "error")
+            click.echo(self.style(kind, scrub(text)), err=kind == "error")
 
 
 def flask_settings(app: Flask, environ: Mapping[str, str] | None = None
@@ -193,6 +195,9 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
         except FhirMigrationError as exc:
             raise CommandFailed(runner.error_message(exc, renames, DJANGO_EQUIVALENTS),
                                 exc.exit_code) from None
+        except KeyboardInterrupt as exc:
+            click.echo(f"Interrupted ({exc or 'SIGINT'}).", err=True)
+            click.get_current_context().exit(exit_code_for(exc))
         if exit_code:
             click.get_current_context().exit(exit_code)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import html
 import logging
 import os
-import re
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,7 +25,9 @@ from typing import Any
 from .errors import FhirMigrationError
 from .fhir.client import FhirConnection
 from .recorder import MigrationState, isoformat, parse_datetime, utcnow
+from .redaction import printable, scrub
 from .script import MigrationScript
+from .version import __version__
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -48,31 +49,6 @@ EVENTS = {
 }
 SUCCESS, SERIOUS_FAILURE = "0", "8"
 
-_SECRET_PATTERNS = [
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"(?i)((?:password|passwd|secret|token|client_assertion|access_token)[\"']?\s*[:=]\s*[\"']?)[^\s\"',&]+"),
-    re.compile(r"(?i)(//[^/\s:@]+:)[^@\s/]+(@)"),
-]
-
-
-def _masked(match: re.Match[str]) -> str:
-    groups = match.re.groups
-    if groups == 0:
-        return "***"
-    return match.group(1) + "***" + (match.group(2) if groups > 1 else "")
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove credentials from free text (error messages go to logs and the server)."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(_masked, text)
-    return text
-
-
 @dataclass
 class Actor:
     """Who is acting: kept together so every AuditEvent and state entry says the same."""
@@ -93,12 +69,10 @@ class Actor:
 
 
 class AuditTrail:
-    def __init__(self, connection: FhirConnection | None, actor: Actor, *, enabled: bool = True,
-                 secrets: tuple[str, ...] = ()):
+    def __init__(self, connection: FhirConnection | None, actor: Actor, *, enabled: bool = True):
         self.connection = connection
         self.actor = actor
         self.enabled = enabled and connection is not None
-        self.secrets = secrets
         self.written: list[str] = []  # ids of AuditEvents written by this process
 
     def record(self, event: str, *, script: MigrationScript | None = None,
@@ -106,7 +80,7 @@ class AuditTrail:
                duration: float | None = None, detail: str = "") -> None:
         """Log the event and, if enabled, write its AuditEvent. Never raises."""
         what = f"{script.name} ({script.revision})" if script else (detail or "")
-        text = redact(error_text(error), self._secrets()) if error is not None else ""
+        text = scrub(error_text(error)) if error is not None else ""
         if error is None:
             timing = f" in {duration:.2f}s" if duration is not None else ""
             logger.info("%s: %s%s by %s", EVENTS[event][0], what, timing, self.actor.describe())
@@ -120,28 +94,15 @@ class AuditTrail:
             reply = self.connection.request("POST", "AuditEvent", json=body, idempotent=False)
         except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
             reason = str(exc) if isinstance(exc, FhirMigrationError) else f"{type(exc).__name__}: {exc}"
-            logger.warning("Could not write the AuditEvent for %s %s: %s", event, what,
-                           redact(reason, self._secrets()))
+            logger.warning("Could not write the AuditEvent for %s %s: %s", event, what, scrub(reason))
             return
         if reply.body and reply.body.get("id"):
             self.written.append(reply.body["id"])
-
-    def scrub(self, text: str) -> str:
-        """`text` without any credential this process knows of (configured or issued)."""
-        return redact(text, self._secrets())
-
-    def _secrets(self) -> tuple[str, ...]:
-        """The configured secrets plus the auth's live ones (e.g. SMART access tokens)."""
-        auth = getattr(getattr(self.connection, "session", None), "auth", None)
-        live = auth.secrets() if hasattr(auth, "secrets") else ()
-        return self.secrets + tuple(live)
 
     def build(self, event: str, *, script: MigrationScript | None, state: MigrationState | None,
               error_text: str = "", detail: str = "", duration: float | None = None
               ) -> dict[str, Any]:
         """The AuditEvent resource (FHIR R4; passes the server's `$validate`)."""
-        from .. import __version__
-
         display, action = EVENTS[event]
         failed = event == "failed"
         recorded = utcnow()
@@ -247,24 +208,35 @@ class AuditRecord:
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> AuditRecord:
-        subtype = next((c for c in resource.get("subtype") or [] if c.get("system") == EVENT_SYSTEM), {})
-        code = subtype.get("code") or "?"
-        agents = resource.get("agent") or []
-        requestor = next((a for a in agents if a.get("requestor")), agents[0] if agents else {})
-        entity = (resource.get("entity") or [{}])[0]
-        details = {d.get("type"): d.get("valueString", "") for d in entity.get("detail") or []}
+        """Read back defensively: it is server data (types checked, texts made printable)."""
+        subtype = next((c for c in _dicts(resource.get("subtype")) if c.get("system") == EVENT_SYSTEM), {})
+        code = _text(subtype.get("code"), 40) or "?"
+        agents = _dicts(resource.get("agent"))
+        requestor = next((a for a in agents if a.get("requestor") is True), agents[0] if agents else {})
+        who = requestor.get("who") if isinstance(requestor.get("who"), dict) else {}
+        entity = (_dicts(resource.get("entity")) or [{}])[0]
+        details = {d.get("type"): _text(d.get("valueString"), 300) for d in _dicts(entity.get("detail"))}
+        recorded = resource.get("recorded")
         return cls(
-            id=str(resource.get("id") or ""),
+            id=_text(resource.get("id"), 64),
             event=code,
-            label=subtype.get("display") or EVENTS.get(code, (code, ""))[0],
-            recorded=parse_datetime(resource.get("recorded")),
+            label=_text(subtype.get("display"), 100) or EVENTS.get(code, (code, ""))[0],
+            recorded=parse_datetime(recorded) if isinstance(recorded, str) else None,
             success=resource.get("outcome", SUCCESS) == SUCCESS,
-            error=resource.get("outcomeDesc") or "",
-            who=requestor.get("name") or (requestor.get("who") or {}).get("display") or "",
+            error=_text(resource.get("outcomeDesc"), 1000),
+            who=_text(requestor.get("name"), 200) or _text(who.get("display"), 200),
             revision=details.get("revision", ""),
             script=details.get("script", ""),
             detail=details.get("detail", ""),
         )
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _text(value: Any, limit: int) -> str:
+    return printable(value, limit) if isinstance(value, str) else ""
 
 
 def recent_events(connection: FhirConnection, state: MigrationState, count: int = 20

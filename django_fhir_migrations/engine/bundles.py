@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import BundleError
-from .fhir.client import outcome_text
+from .errors import BundleError, UntrustedResponseError
+from .fhir.client import outcome_text, query_string, resource_path
+from .redaction import printable
 
 if TYPE_CHECKING:
     from .context import MigrationContext
@@ -66,14 +67,14 @@ class BundleWriter:
 
     def create(self, resource: Any, *, if_none_exist: str | None = None) -> None:
         data = self.ctx.as_json(resource)
-        request = {"method": "POST", "url": data["resourceType"]}
+        request = {"method": "POST", "url": resource_path(data["resourceType"])}
         if if_none_exist:
             request["ifNoneExist"] = if_none_exist
         self._add(request, data)
 
     def update(self, resource: Any, *, check_version: bool = True) -> None:
         data = self.ctx.as_json(resource)
-        request = {"method": "PUT", "url": f"{data['resourceType']}/{data['id']}"}
+        request = {"method": "PUT", "url": resource_path(data["resourceType"], data.get("id"))}
         version = (data.get("meta") or {}).get("versionId")
         if check_version:
             if not version:
@@ -86,11 +87,20 @@ class BundleWriter:
 
     def conditional_update(self, resource: Any, query: str) -> None:
         data = self.ctx.as_json(resource)
-        self._add({"method": "PUT", "url": f"{data['resourceType']}?{query}"}, data)
+        self._add({"method": "PUT", "url": f"{resource_path(data['resourceType'])}?{query_string(query)}"},
+                  data)
 
-    def delete(self, resource_type: str, resource_id: str | None = None) -> None:
-        url = resource_type if resource_id is None else f"{resource_type}/{resource_id}"
-        self._add({"method": "DELETE", "url": url}, None)
+    def delete(self, resource_or_type: Any, resource_id: str | None = None) -> None:
+        """Delete a resource: `delete(resource)` or `delete("Patient", "123")`, as ctx.delete."""
+        if resource_id is None and not isinstance(resource_or_type, str):
+            data = self.ctx.as_json(resource_or_type)
+            resource_or_type, resource_id = data["resourceType"], data.get("id")
+        if resource_id is None:
+            raise TypeError(
+                f"{self.kind}.delete({resource_or_type!r}) names no resource: give a resource, or a "
+                "type and an id"
+            )
+        self._add({"method": "DELETE", "url": resource_path(resource_or_type, resource_id)}, None)
 
     def _add(self, request: dict[str, Any], resource: dict[str, Any] | None) -> None:
         entry: dict[str, Any] = {"request": request}
@@ -132,13 +142,13 @@ class BundleWriter:
             raise
         self.sent_bundles += 1
         response = reply.body or {}
+        results = validated_results(self.kind, len(entries), response, reply.url)
         if self.kind == "batch" and response.get("type") == "transaction-response":
             self.committed_whole += 1
-        self._check(entries, response)
+        self._check(entries, results)
 
-    def _check(self, entries: list[dict[str, Any]], response: Mapping[str, Any]) -> None:
-        results = response.get("entry") or []
-        for entry, result in zip(entries, results, strict=False):
+    def _check(self, entries: list[dict[str, Any]], results: list[Mapping[str, Any]]) -> None:
+        for entry, result in zip(entries, results, strict=True):
             status = str((result.get("response") or {}).get("status", ""))
             if status[:1] in ("2", "3"):
                 self.written += 1
@@ -160,3 +170,39 @@ class BundleWriter:
         if self.failures and self.raise_errors:
             raise BundleError(self.kind, [(f.describe(), f.status, f.diagnostics)
                                           for f in self.failures])
+
+
+# A batch may be answered as a transaction when the server committed it whole (HAPI's
+# X-Transaction-Semantics); a transaction only as a transaction.
+RESPONSE_TYPES = {"batch": ("batch-response", "transaction-response"),
+                  "transaction": ("transaction-response",)}
+
+
+def validated_results(kind: str, sent: int, response: Mapping[str, Any], url: str
+                      ) -> list[Mapping[str, Any]]:
+    """The response entries, one per entry sent, or UntrustedResponseError.
+
+    A server (or a proxy) that answers 200 with something else, an empty Bundle or fewer
+    entries tells us nothing about which writes were made: acting on it would record as
+    applied a migration whose writes may not exist.
+    """
+    what = printable(response.get("resourceType") or "an empty body", 40)
+    if response.get("resourceType") == "Bundle":
+        what = f"a Bundle of type {printable(response.get('type') or '(none)', 40)}"
+    problem = ""
+    results = response.get("entry") if isinstance(response.get("entry"), list) else None
+    if response.get("resourceType") != "Bundle" or response.get("type") not in RESPONSE_TYPES[kind]:
+        problem = f"answered with {what}, not a {' or '.join(RESPONSE_TYPES[kind])} Bundle"
+    elif results is None or len(results) != sent:
+        got = 0 if results is None else len(results)
+        problem = f"answered with {got} entr{'y' if got == 1 else 'ies'} for the {sent} sent"
+    elif not all(isinstance(r, Mapping) and isinstance(r.get("response"), Mapping)
+                 and isinstance(r["response"].get("status"), str) for r in results):
+        problem = "answered with entries that have no response status"
+    if problem:
+        raise UntrustedResponseError(
+            f"The FHIR server {problem} ({kind} bundle POST {url}). Which of its writes were made "
+            "cannot be known from that answer, so the migration stops here and is not recorded.",
+            url=url,
+        )
+    return list(results or [])

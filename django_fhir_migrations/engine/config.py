@@ -8,6 +8,7 @@ variables override the same keys (twelve-factor deploys).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -30,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "VERIFY_TLS": True,
     "PAGE_SIZE": 100,
     "BUNDLE_SIZE": 100,
+    "MAX_RUN_TIME": None,
+    "MAX_RESPONSE_MB": 64,
 }
 
 # Environment variable -> settings key. Seed-tool names come first where they exist.
@@ -46,6 +49,8 @@ ENV_VARS: dict[str, str] = {
     "FHIR_MIGRATIONS_VERIFY_TLS": "VERIFY_TLS",
     "FHIR_MIGRATIONS_PAGE_SIZE": "PAGE_SIZE",
     "FHIR_MIGRATIONS_BUNDLE_SIZE": "BUNDLE_SIZE",
+    "FHIR_MIGRATIONS_MAX_RUN_TIME": "MAX_RUN_TIME",
+    "FHIR_MIGRATIONS_MAX_RESPONSE_MB": "MAX_RESPONSE_MB",
 }
 SCRIPTS_DIR_ENV = "MIGRATION_SCRIPTS_DIR"
 AUTH_TYPES = ("bearer", "basic", "smart-backend")
@@ -75,6 +80,8 @@ class Settings:
     verify_tls: bool | str = True
     page_size: int = 100
     bundle_size: int = 100
+    max_run_time: float | None = None  # seconds per migration; None: no limit
+    max_response_bytes: int = 64 * 1024 * 1024
     applied_by: str | None = None
     source: str = field(default="settings")  # where the values came from, for messages
 
@@ -139,6 +146,11 @@ class Settings:
             bundle_size=int(
                 _number(merged["BUNDLE_SIZE"], setting("BUNDLE_SIZE"), minimum=1, integer=True)
             ),
+            max_run_time=(None if merged["MAX_RUN_TIME"] in (None, "", "none", "None")
+                          else _number(merged["MAX_RUN_TIME"], setting("MAX_RUN_TIME"), minimum=1)),
+            max_response_bytes=int(
+                _number(merged["MAX_RESPONSE_MB"], setting("MAX_RESPONSE_MB"), minimum=1) * 1024 * 1024
+            ),
             applied_by=environ.get("FHIR_MIGRATIONS_USER") or None,
             source=source,
         )
@@ -174,6 +186,14 @@ def _validate_url(value: Any, setting: str) -> str | None:
             setting,
             "credentials must not be written into the URL; use the AUTH setting instead.",
         )
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ConfigurationError(
+            setting,
+            "the base URL must not have a query string or fragment ('?...' or '#...'); give the "
+            "server's base only, e.g. 'https://fhir.example.org/fhir'.",
+        )
+    if any(c.isspace() or ord(c) < 32 for c in value.strip()):
+        raise ConfigurationError(setting, "the base URL contains spaces or control characters.")
     return value.strip().rstrip("/")
 
 
@@ -260,9 +280,9 @@ def _number(value: Any, setting: str, *, minimum: float, integer: bool = False) 
         number = int(value) if integer else float(value)
         if integer and isinstance(value, float) and not value.is_integer():
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = "a whole number" if integer else "a number"
         raise ConfigurationError(setting, f"must be {kind}, got {value!r}.") from None
-    if isinstance(value, bool) or number < minimum:
+    if isinstance(value, bool) or not math.isfinite(number) or number < minimum:
         raise ConfigurationError(setting, f"must be at least {minimum}, got {value!r}.")
     return number

@@ -9,6 +9,7 @@ all: it prints what would be sent and sends nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -17,12 +18,14 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, TypeVar
 
+import requests
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
 from .bundles import BundleWriter
 from .config import Settings
-from .fhir.client import FhirConnection, Reply
+from .fhir.client import FhirConnection, Reply, query_string, resource_path
 from .fhir.paging import search_entries
+from .redaction import printable
 
 T = TypeVar("T")
 
@@ -73,7 +76,8 @@ class MigrationContext:
         query = dict(params or {})
         query.update(search)
         query.setdefault("_count", self.settings.page_size)
-        entries = search_entries(self.connection, resource_type, query, read_ahead=read_ahead)
+        entries = search_entries(self.connection, resource_path(resource_type), query,
+                                 read_ahead=read_ahead)
         try:
             for entry in entries:
                 if (entry.get("search") or {}).get("mode", "match") != "match":
@@ -91,12 +95,12 @@ class MigrationContext:
         query = dict(params or {})
         query.update(search)
         query["_summary"] = "count"
-        reply = self.connection.get(resource_type, query)
+        reply = self.connection.get(resource_path(resource_type), query)
         return int((reply.body or {}).get("total", 0))
 
     def read(self, resource_type: str, resource_id: str, *, as_dict: bool = False,
              missing_ok: bool = False) -> Any:
-        reply = self.connection.get(f"{resource_type}/{resource_id}",
+        reply = self.connection.get(resource_path(resource_type, resource_id),
                                     allow=(404, 410) if missing_ok else ())
         if reply.status in (404, 410):
             return None
@@ -106,20 +110,20 @@ class MigrationContext:
 
     def create(self, resource: Any) -> Any:
         data = self.as_json(resource)
-        reply = self._write("POST", data["resourceType"], data)
+        reply = self._write("POST", resource_path(data["resourceType"]), data)
         return self._returned(resource, data, reply)
 
     def conditional_create(self, resource: Any, query: str | Mapping[str, str]) -> Any:
         """Create unless a resource matches `query` (If-None-Exist); returns the one that is."""
         data = self.as_json(resource)
-        reply = self._write("POST", data["resourceType"], data,
-                            headers={"If-None-Exist": _query(query)})
+        reply = self._write("POST", resource_path(data["resourceType"]), data,
+                            headers={"If-None-Exist": query_string(query)})
         return self._returned(resource, data, reply)
 
     def update(self, resource: Any, *, check_version: bool = True) -> Any:
         """PUT the resource. Version-aware by default: refused (412) if it changed since read."""
         data = self.as_json(resource)
-        path = f"{data['resourceType']}/{data['id']}"
+        path = resource_path(data["resourceType"], data.get("id"))
         headers = {}
         if check_version:
             version = (data.get("meta") or {}).get("versionId")
@@ -135,7 +139,7 @@ class MigrationContext:
     def conditional_update(self, resource: Any, query: str | Mapping[str, str]) -> Any:
         data = self.as_json(resource)
         data_without_id = {k: v for k, v in data.items() if k != "id"}
-        reply = self._write("PUT", f"{data['resourceType']}?{_query(query)}", data_without_id)
+        reply = self._write("PUT", f"{resource_path(data['resourceType'])}?{query_string(query)}", data_without_id)
         return self._returned(resource, data, reply)
 
     def patch(self, resource_type: str, resource_id: str, operations: list[dict[str, Any]],
@@ -144,18 +148,22 @@ class MigrationContext:
         headers = {"Content-Type": "application/json-patch+json"}
         if version:
             headers["If-Match"] = f'W/"{version}"'
-        reply = self._write("PATCH", f"{resource_type}/{resource_id}", operations, headers=headers)
+        reply = self._write("PATCH", resource_path(resource_type, resource_id), operations, headers=headers)
         return reply.body if reply is not None else None
 
     def delete(self, resource_or_type: Any, resource_id: str | None = None) -> None:
         if resource_id is None and not isinstance(resource_or_type, str):
             data = self.as_json(resource_or_type)
-            resource_or_type, resource_id = data["resourceType"], data["id"]
-        path = resource_or_type if resource_id is None else f"{resource_or_type}/{resource_id}"
-        self._write("DELETE", path, None)
+            resource_or_type, resource_id = data["resourceType"], data.get("id")
+        if resource_id is None:
+            raise TypeError(
+                f"ctx.delete({resource_or_type!r}) names no resource: give a resource, or a type and "
+                "an id (use ctx.conditional_delete for a search)"
+            )
+        self._write("DELETE", resource_path(resource_or_type, resource_id), None)
 
     def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
-        self._write("DELETE", f"{resource_type}?{_query(query)}", None)
+        self._write("DELETE", f"{resource_path(resource_type)}?{query_string(query)}", None)
 
     def batch(self, *, size: int | None = None, raise_errors: bool = True,
               transaction_first: bool = True) -> BundleWriter:
@@ -173,9 +181,30 @@ class MigrationContext:
             return None
         return self.connection.request(method, path, json=body, headers=headers)
 
+    def intercept_request(self, request: requests.PreparedRequest) -> requests.Response:
+        """A write sent through the session itself (fhirclient models, ctx.server): printed as
+        any other intercepted write, answered with an empty 200, never sent."""
+        url = request.url or ""
+        path = url[len(self.connection.base_url):] if url.startswith(self.connection.base_url) else url
+        body: Any = None
+        if request.body:
+            try:
+                body = json.loads(request.body)
+            except (TypeError, ValueError):
+                body = None
+        self.show_write(request.method or "?", path, body)
+        response = requests.Response()
+        response.status_code = 200
+        response.reason = "OK (dry run: not sent)"
+        response.url = url
+        response.request = request
+        response._content = b""
+        return response
+
     def show_write(self, method: str, path: str, body: Any) -> None:
         """Print one intercepted write: method, URL and what it changes."""
         summary = self._summarize(method, path, body)
+        path = printable(path, 300)
         self.dry_run_writes.append((method, path))
         self.stdout.write(f"  [dry-run] {method} {path}{summary}\n")
 
@@ -259,11 +288,3 @@ class MigrationContext:
         self._seen.move_to_end(key)
         while len(self._seen) > 1000:
             self._seen.popitem(last=False)
-
-
-def _query(query: str | Mapping[str, str]) -> str:
-    if isinstance(query, str):
-        return query
-    from urllib.parse import urlencode
-
-    return urlencode(query)

@@ -11,11 +11,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .redaction import scrub
+
 
 class FhirMigrationError(Exception):
-    """Base class: a problem the user can act on. `exit_code` is what front ends exit with."""
+    """Base class: a problem the user can act on. `exit_code` is what front ends exit with.
+
+    The message is scrubbed of every known credential when the error is made (server texts
+    and script exceptions end up in messages), and again by front ends when they print it.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object):
+        if args and isinstance(args[0], str):
+            args = (scrub(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -245,6 +256,40 @@ class ResourceNotFoundError(FhirServerError):
 
 class VersionConflictError(FhirServerError):
     """A version-aware write was refused: someone else changed the resource since our read."""
+
+
+class UntrustedResponseError(FhirServerError):
+    """The server answered something we must not act upon (a `next` link to another origin,
+    a paging loop, a bundle response that does not answer the bundle sent)."""
+
+
+class VersionCheckNotEnforcedError(StateError):
+    """The server accepted a write whose If-Match named a stale version."""
+
+    def __init__(self, state_id: str, resource_url: str, base_url: str):
+        self.state_id = state_id
+        self.resource_url = resource_url
+        self.base_url = base_url
+        super().__init__(
+            f"The FHIR server at {base_url} accepted an update of the migration state "
+            f"{state_id!r} ({resource_url}) whose If-Match header named a stale version: it does "
+            "not enforce If-Match (version-aware updates). Without it, the migration lock cannot "
+            "keep two processes apart and a stale write can overwrite a newer one, so nothing "
+            "was migrated. Use a server (or a server setting / gateway) that honours If-Match."
+        )
+
+
+class RunTimeExceededError(FhirMigrationError):
+    """A migration ran longer than MAX_RUN_TIME."""
+
+    def __init__(self, limit: float, during: str = ""):
+        self.limit = limit
+        self.during = during
+        what = f" (stopped at {during})" if during else ""
+        super().__init__(
+            f"The migration ran longer than MAX_RUN_TIME ({limit:g}s){what}; its lease is no "
+            "longer renewed and nothing more is sent for it."
+        )
 
 
 # --- running migrations -----------------------------------------------------------------

@@ -9,13 +9,15 @@ recorded. Re-running continues from there.
 
 from __future__ import annotations
 
+import _thread
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from .audit import Actor, AuditTrail
+from .audit import Actor, AuditTrail, error_text
 from .config import Settings
 from .context import MigrationContext
 from .errors import (
@@ -24,13 +26,16 @@ from .errors import (
     LockError,
     MigrationFailedError,
     RevisionError,
+    RunTimeExceededError,
     VersionConflictError,
 )
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
+from .interrupts import signals_interrupt
 from .loader import MigrationLoader
 from .lock import MigrationLock
 from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder, isoformat, utcnow
+from .redaction import scrub
 from .report import Reporter
 from .script import MigrationScript
 
@@ -57,8 +62,7 @@ class MigrationExecutor:
         self.actor = actor
         self.stdout = stdout or reporter.stream
         self.recorder = StateRecorder(connection, settings.state_id)
-        self.audit = AuditTrail(connection, actor, enabled=settings.audit_events,
-                                secrets=_secrets(settings))
+        self.audit = AuditTrail(connection, actor, enabled=settings.audit_events)
 
     # --- upgrade -------------------------------------------------------------------------
 
@@ -84,26 +88,27 @@ class MigrationExecutor:
         if dry_run:
             return self._dry_run(plan, "upgrade")
 
-        lock = self._lock(state, lock_timeout)
-        try:
-            # Re-plan from the state as it is now: another replica may have migrated meanwhile.
-            state = lock.state
-            applied = state.applied_revisions(graph)
-            plan = graph.forwards_plan(applied, target_rev)
-            if not plan:
-                self.reporter.info("No migrations to apply (another process applied them).")
-                return Outcome()
-            self.reporter.heading(
-                f"{'Faking' if fake else 'Applying'} {len(plan)} migration(s) on state "
-                f"{self.settings.state_id!r}:"
-            )
-            done = []
-            for script in plan:
-                self._run_one(graph, lock, script, "upgrade", fake=fake)
-                done.append(script)
-            return Outcome(done=done)
-        finally:
-            lock.release()
+        with signals_interrupt():
+            lock = self._lock(state, lock_timeout)
+            try:
+                # Re-plan from the state as it is now: another replica may have migrated meanwhile.
+                state = lock.state
+                applied = state.applied_revisions(graph)
+                plan = graph.forwards_plan(applied, target_rev)
+                if not plan:
+                    self.reporter.info("No migrations to apply (another process applied them).")
+                    return Outcome()
+                self.reporter.heading(
+                    f"{'Faking' if fake else 'Applying'} {len(plan)} migration(s) on state "
+                    f"{self.settings.state_id!r}:"
+                )
+                done = []
+                for script in plan:
+                    self._run_one(graph, lock, script, "upgrade", fake=fake)
+                    done.append(script)
+                return Outcome(done=done)
+            finally:
+                lock.release()
 
     # --- downgrade -----------------------------------------------------------------------
 
@@ -129,24 +134,25 @@ class MigrationExecutor:
         if dry_run:
             return self._dry_run(plan, "downgrade")
 
-        lock = self._lock(state, lock_timeout)
-        try:
-            fresh_plan = self._backwards(graph, lock.state, target, steps)
-            if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
-                # Reverting "one step" twice because two people asked at once would lose data.
-                raise LockError(
-                    "The migration state changed while this process waited for the lock; "
-                    "nothing was reverted. Check `fhirshowmigrations` and run the downgrade again."
+        with signals_interrupt():
+            lock = self._lock(state, lock_timeout)
+            try:
+                fresh_plan = self._backwards(graph, lock.state, target, steps)
+                if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
+                    # Reverting "one step" twice because two people asked at once would lose data.
+                    raise LockError(
+                        "The migration state changed while this process waited for the lock; "
+                        "nothing was reverted. Check `fhirshowmigrations` and run the downgrade again."
+                    )
+                self.reporter.heading(
+                    f"{'Unfaking' if fake else 'Reverting'} {len(plan)} migration(s) on state "
+                    f"{self.settings.state_id!r}:"
                 )
-            self.reporter.heading(
-                f"{'Unfaking' if fake else 'Reverting'} {len(plan)} migration(s) on state "
-                f"{self.settings.state_id!r}:"
-            )
-            for script in plan:
-                self._run_one(graph, lock, script, "downgrade", fake=fake)
-            return Outcome(done=plan)
-        finally:
-            lock.release()
+                for script in plan:
+                    self._run_one(graph, lock, script, "downgrade", fake=fake)
+                return Outcome(done=plan)
+            finally:
+                lock.release()
 
     def _backwards(self, graph: RevisionGraph, state: MigrationState, target: str | None,
                    steps: int | None) -> list[MigrationScript]:
@@ -168,12 +174,13 @@ class MigrationExecutor:
     def reset(self, *, lock_timeout: float | None = None) -> Outcome:
         """Forget the state (head := None, no applied list). Runs no migration."""
         state = self.recorder.read()
-        lock = self._lock(state, lock_timeout)
-        try:
-            state = lock.update(lambda s: s.with_applied([], None))
-            self.audit.record("reset", state=state, detail="head set to None")
-        finally:
-            lock.release()
+        with signals_interrupt():
+            lock = self._lock(state, lock_timeout)
+            try:
+                state = lock.update(lambda s: s.with_applied([], None))
+                self.audit.record("reset", state=state, detail="head set to None")
+            finally:
+                lock.release()
         self.reporter.success(
             f"Migration state {self.settings.state_id!r} reset: no migration is recorded as applied."
         )
@@ -238,12 +245,13 @@ class MigrationExecutor:
             ctx = MigrationContext(self.connection, self.settings, script=script,
                                    direction=direction, stdout=self.stdout)
             try:
-                script.run(direction, ctx)
-            except BaseException as exc:  # noqa: BLE001 - reported, audited, then re-raised
+                self._run_script(lock, script, direction, ctx)
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
-                if isinstance(exc, Exception):
-                    raise self._failed(script, direction, exc) from exc
                 raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a script is a failure too
+                self.audit.record("failed", script=script, state=lock.state, error=exc)
+                raise self._failed(script, direction, exc) from exc
         duration = time.monotonic() - started
         if direction == "upgrade":
             entry = AppliedMigration(
@@ -259,22 +267,57 @@ class MigrationExecutor:
         self.audit.record(event, script=script, state=state, duration=duration)
         self.reporter.success(f"    {'FAKED' if fake else 'OK'} ({duration:.2f}s)")
 
-    def _failed(self, script: MigrationScript, direction: str, exc: Exception) -> MigrationFailedError:
-        text = self.audit.scrub(f"{type(exc).__name__}: {exc}")
+    def _run_script(self, lock: MigrationLock, script: MigrationScript, direction: str,
+                    ctx: MigrationContext) -> None:
+        """Run one script under MAX_RUN_TIME: requests stop at the deadline, the lease stops
+        being renewed, and a script on the main thread is interrupted there."""
+        limit = self.settings.max_run_time
+        session = self.connection.session
+        lock.start_run(limit)
+        if limit:
+            session.run_deadline = time.monotonic() + limit
+            if threading.current_thread() is threading.main_thread():
+                lock.on_overrun = _thread.interrupt_main
+        try:
+            script.run(direction, ctx)
+        except KeyboardInterrupt:
+            if lock.overrun:  # our own interruption, not the user's
+                raise RunTimeExceededError(limit or 0, f"{script.name}") from None
+            raise
+        finally:
+            session.run_deadline = None
+            lock.on_overrun = None
+            lock.end_run()
+        if lock.overrun:
+            raise RunTimeExceededError(limit or 0, f"{script.name}")
+
+    def _failed(self, script: MigrationScript, direction: str, exc: BaseException) -> MigrationFailedError:
+        if isinstance(exc, SystemExit):
+            text = f"SystemExit({exc.code!r}): the script called sys.exit(); a migration must return"
+        else:
+            text = scrub(error_text(exc))
         return MigrationFailedError(script, direction, exc, text=text)
 
     def _dry_run(self, plan: list[MigrationScript], direction: str) -> Outcome:
         self.reporter.heading(
             f"Dry run: {len(plan)} migration(s), writes are printed and not sent, nothing is recorded:"
         )
+        session = self.connection.session
         for script in plan:
             self.reporter.info(f"  {direction} {script.label}/{script.name} ({script.short})")
             ctx = MigrationContext(self.connection, self.settings, dry_run=True, script=script,
                                    direction=direction, stdout=self.stdout)
+            # Writes made through ctx.server / fhirclient models, or the session itself, are
+            # intercepted too: in a dry run no request that changes anything leaves the process.
+            session.intercept = ctx.intercept_request
             try:
                 script.run(direction, ctx)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a script is a failure too
                 raise self._failed(script, f"{direction} (dry run)", exc) from exc
+            finally:
+                session.intercept = None
             self.reporter.info(f"    {len(ctx.dry_run_writes)} write(s) intercepted")
         return Outcome(pending=plan)
 
@@ -333,11 +376,6 @@ def _recording_reverted(graph: RevisionGraph, revision: str):
         return state.with_applied(entries, graph.top(e.revision for e in entries))
 
     return mutate
-
-
-def _secrets(settings: Settings) -> tuple[str, ...]:
-    auth = settings.auth or {}
-    return tuple(str(auth[k]) for k in ("token", "password", "private_key") if auth.get(k))
 
 
 __all__ = ["MigrationExecutor", "Outcome", "drifted_scripts"]

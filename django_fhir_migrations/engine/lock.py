@@ -10,6 +10,15 @@ Fencing: a write refused with 412 is never retried blindly. The holder re-reads 
 if the lease there is no longer its own token, it has lost the lease and stops without recording
 anything. Only when the lease is still its own (the refused write raced its own earlier write
 whose answer was lost on the network) is the change re-applied to the fresh copy.
+
+All of this rests on the server refusing a write whose If-Match names a stale version. Some
+servers (or gateways in front of them) ignore If-Match; so before it first relies on it, the
+lock proves it: one update of the state with a stale If-Match must be refused (409/412).
+Otherwise it refuses to migrate (`VersionCheckNotEnforcedError`).
+
+A migration may be given a run deadline (MAX_RUN_TIME): past it, the lease is no longer
+renewed (another process may take it over once it expires), nothing more is recorded, and
+`on_overrun` is called so the executor can stop the script.
 """
 
 from __future__ import annotations
@@ -24,7 +33,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .errors import FhirServerError, LeaseLostError, LockTimeoutError, VersionConflictError
+from .errors import (
+    FhirServerError,
+    LeaseLostError,
+    LockTimeoutError,
+    RunTimeExceededError,
+    VersionCheckNotEnforcedError,
+    VersionConflictError,
+)
 from .recorder import LockInfo, MigrationState, StateRecorder, isoformat, utcnow
 
 logger = logging.getLogger("django_fhir_migrations")
@@ -42,6 +58,13 @@ def current_user() -> str:
 
 
 class MigrationLock:
+    """The lease on one state resource, held by this process for one command run.
+
+    `acquire` takes it (waiting up to a timeout), `update` makes every state change as a fenced
+    write that also renews it, a background thread renews it every TTL/3, `release` removes it.
+    `check()` raises once the lease is lost (or the run deadline passed).
+    """
+
     poll_interval = 1.0
 
     def __init__(self, recorder: StateRecorder, *, ttl: float, command: str = "",
@@ -58,6 +81,11 @@ class MigrationLock:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
         self.started_at = isoformat(utcnow())
+        self.version_check_proven = False
+        self.run_deadline: float | None = None  # time.monotonic(); see start_run
+        self.run_limit: float = 0.0
+        self.overrun = False
+        self.on_overrun: Callable[[], None] | None = None
 
     @property
     def holder(self) -> str:
@@ -88,6 +116,8 @@ class MigrationLock:
                     state = self.recorder.read()
                     continue
                 if won:
+                    self.state = created
+                    self._prove_version_check(created)
                     return self._hold(created)
                 state = created
                 continue
@@ -98,6 +128,7 @@ class MigrationLock:
                 if state.lock is not None:
                     logger.warning("Taking over the expired migration lock of %s on state %r",
                                    state.lock.describe(), state.state_id)
+                self._prove_version_check(state)
                 try:
                     written = self.recorder.write(state.with_lock(self._info()))
                 except VersionConflictError:
@@ -114,6 +145,21 @@ class MigrationLock:
                     self.on_wait(state.lock)
             self._pause(deadline, state)
             state = self.recorder.reread(state)
+
+    def _prove_version_check(self, state: MigrationState) -> None:
+        """Once per lock: the server must refuse a state update with a stale If-Match."""
+        if self.version_check_proven:
+            return
+        if not self.recorder.refuses_stale_update(state):
+            if self.state is not None:  # we created the state with our lease: take it off again
+                self.lost = "released"
+                try:
+                    self.recorder.write(self.state.with_lock(None))
+                except FhirServerError:
+                    pass
+            raise VersionCheckNotEnforcedError(state.state_id, state.describe_location(),
+                                               self.recorder.connection.base_url)
+        self.version_check_proven = True
 
     def _pause(self, deadline: float, state: MigrationState) -> None:
         remaining = deadline - time.monotonic()
@@ -139,7 +185,10 @@ class MigrationLock:
         Every write also renews the lease (or, with `release`, removes it).
         """
         with self._mutex:
-            self.check()
+            if not release:
+                self.check()
+            elif self.lost:
+                raise LeaseLostError(self.recorder.state_id, self.lost)
             assert self.state is not None
             for _ in range(5):
                 lease = None if release else self._info()
@@ -159,6 +208,17 @@ class MigrationLock:
     def check(self) -> None:
         if self.lost:
             raise LeaseLostError(self.recorder.state_id, self.lost)
+        if self.overrun:
+            raise RunTimeExceededError(self.run_limit)
+
+    def start_run(self, limit: float | None) -> None:
+        """A migration starts: past `limit` seconds, stop renewing and call on_overrun."""
+        self.overrun = False
+        self.run_limit = limit or 0.0
+        self.run_deadline = time.monotonic() + limit if limit else None
+
+    def end_run(self) -> None:
+        self.run_deadline = None
 
     def _lose(self, why: str) -> None:
         self.lost = why
@@ -170,14 +230,31 @@ class MigrationLock:
 
     def _renew_loop(self) -> None:
         interval = max(1.0, self.ttl / 3)
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self._next_wait(interval)):
+            if self.run_deadline is not None and time.monotonic() >= self.run_deadline:
+                self._overran()
+                continue
             try:
                 self.update(lambda state: state)
                 logger.debug("Renewed the migration lock on state %r", self.recorder.state_id)
-            except LeaseLostError:
+            except (LeaseLostError, RunTimeExceededError):
                 return
             except FhirServerError as exc:  # try again next tick; the lease outlives one miss
                 logger.warning("Could not renew the migration lock: %s", exc)
+
+    def _next_wait(self, interval: float) -> float:
+        if self.run_deadline is None or self.overrun:
+            return interval
+        return max(0.05, min(interval, self.run_deadline - time.monotonic()))
+
+    def _overran(self) -> None:
+        if self.overrun:
+            return
+        self.overrun = True
+        logger.error("The migration ran longer than MAX_RUN_TIME (%gs): the lease on state %r is no "
+                     "longer renewed", self.run_limit, self.recorder.state_id)
+        if self.on_overrun is not None:
+            self.on_overrun()
 
     def release(self) -> None:
         self._stop.set()

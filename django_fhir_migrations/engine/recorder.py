@@ -12,6 +12,7 @@ state write is fenced by the lease: a write made with a stale version is refused
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -21,8 +22,9 @@ from fhirclient.models.basic import Basic
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
 from .errors import CorruptStateError, UnknownStateRevisionError
-from .fhir.client import FhirConnection, Reply, version_from_location
+from .fhir.client import FhirConnection, Reply, checked_id, version_from_location
 from .graph import RevisionGraph
+from .redaction import printable
 
 STATE_SYSTEM = "http://fhir.migration.system"
 HEAD_SYSTEM = "http://our.migration.system"
@@ -78,18 +80,18 @@ class AppliedMigration:
 
     @classmethod
     def from_extension(cls, ext: dict[str, Any]) -> AppliedMigration:
-        values = _sub_values(ext)
-        revision = values.get("revision")
-        if not isinstance(revision, str) or not revision:
-            raise ValueError("an applied-migration extension has no revision")
+        values = _Values(ext, "applied-migration")
+        revision = values.text("revision", required=True)
+        if any(c.isspace() for c in revision or ""):
+            raise ValueError(f"an applied-migration extension has the revision {revision!r}")
         return cls(
-            revision=revision,
-            name=values.get("name") or "",
-            applied_at=values.get("appliedAt"),
-            duration_ms=values.get("durationMs"),
-            checksum=values.get("checksum"),
-            applied_by=values.get("appliedBy"),
-            fake=bool(values.get("fake", False)),
+            revision=revision or "",
+            name=values.text("name") or "",
+            applied_at=values.moment("appliedAt"),
+            duration_ms=values.integer("durationMs", minimum=0),
+            checksum=values.text("checksum"),
+            applied_by=values.text("appliedBy"),
+            fake=values.boolean("fake"),
         )
 
 
@@ -128,28 +130,86 @@ class LockInfo:
 
     @classmethod
     def from_extension(cls, ext: dict[str, Any]) -> LockInfo:
-        values = _sub_values(ext)
-        if not values.get("token"):
-            raise ValueError("the migration-lock extension has no token")
+        values = _Values(ext, "migration-lock")
+        ttl = values.number("ttlSeconds", minimum=1)
         return cls(
-            token=values["token"],
-            host=values.get("host", "?"),
-            pid=int(values.get("pid") or 0),
-            user=values.get("user", "?"),
-            started_at=values.get("startedAt", "?"),
-            ttl=float(values.get("ttlSeconds") or 60),
-            renewed_at=values.get("renewedAt", values.get("startedAt", "")),
-            command=values.get("command", ""),
+            token=values.text("token", required=True) or "",
+            host=values.text("host") or "?",
+            pid=values.integer("pid", minimum=0) or 0,
+            user=values.text("user") or "?",
+            started_at=values.moment("startedAt") or "?",
+            ttl=60.0 if ttl is None else ttl,
+            renewed_at=values.moment("renewedAt") or values.moment("startedAt") or "",
+            command=values.text("command") or "",
         )
 
 
-def _sub_values(ext: dict[str, Any]) -> dict[str, Any]:
-    values = {}
-    for sub in ext.get("extension", []):
-        for key, value in sub.items():
-            if key.startswith("value"):
-                values[sub.get("url")] = value
-    return values
+class _Values:
+    """The sub-extensions of one of our extensions, read with type checks.
+
+    Whatever the server holds is checked before it is trusted or printed: a wrong type, a
+    non-finite number or an unreadable date raises ValueError (the caller turns it into a
+    CorruptStateError naming the state), and texts lose control characters (a holder string
+    with ANSI escapes must not repaint the terminal of whoever runs showmigrations).
+    """
+
+    def __init__(self, ext: Any, what: str):
+        self.what = what
+        self.values: dict[str, Any] = {}
+        subs = ext.get("extension") if isinstance(ext, dict) else None
+        if not isinstance(subs, list):
+            raise ValueError(f"a {what} extension has no sub-extensions")
+        for sub in subs:
+            if not isinstance(sub, dict) or not isinstance(sub.get("url"), str):
+                raise ValueError(f"a {what} extension has a malformed part")
+            for key, value in sub.items():
+                if key.startswith("value"):
+                    self.values[sub["url"]] = value
+
+    def _get(self, name: str, kinds: tuple[type, ...], required: bool) -> Any:
+        value = self.values.get(name)
+        if value is None:
+            if required:
+                raise ValueError(f"the {self.what} extension has no {name}")
+            return None
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise ValueError(f"the {self.what} extension's {name} is {type(value).__name__} "
+                             f"{printable(repr(value), 40)}, not {kinds[0].__name__}")
+        return value
+
+    def text(self, name: str, *, required: bool = False) -> str | None:
+        value = self._get(name, (str,), required)
+        if value is None:
+            return None
+        cleaned = printable(value, 500)
+        if required and not cleaned.strip():
+            raise ValueError(f"the {self.what} extension has an empty {name}")
+        return cleaned
+
+    def integer(self, name: str, *, minimum: int) -> int | None:
+        value = self._get(name, (int,), False)
+        if value is not None and value < minimum:
+            raise ValueError(f"the {self.what} extension's {name} is {value}, below {minimum}")
+        return value
+
+    def number(self, name: str, *, minimum: float) -> float | None:
+        value = self._get(name, (int, float), False)
+        if value is None:
+            return None
+        if not math.isfinite(value) or value < minimum:
+            raise ValueError(f"the {self.what} extension's {name} is {value!r}, not a finite "
+                             f"number of at least {minimum:g}")
+        return float(value)
+
+    def boolean(self, name: str) -> bool:
+        return bool(self._get(name, (bool,), False))
+
+    def moment(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and parse_datetime(value) is None:
+            raise ValueError(f"the {self.what} extension's {name} is not a date-time "
+                             f"({printable(repr(value), 40)})")
+        return value
 
 
 @dataclass
@@ -332,6 +392,23 @@ class StateRecorder:
         )
         return self._written(state, body, reply)
 
+    def refuses_stale_update(self, state: MigrationState) -> bool:
+        """Whether the server refuses an update of the state whose If-Match is stale.
+
+        The body is the state exactly as read, so a server that ignores If-Match only rewrites
+        what it holds (when nobody wrote in between; if someone did, that server offers no
+        protection against it anyway, which is what this finds out).
+        """
+        if not state.exists or not state.version_id:
+            return True  # nothing to update yet: the first write is a conditional create
+        body = state.to_json()
+        body["id"] = state.resource_id
+        reply = self.connection.request(
+            "PUT", f"Basic/{state.resource_id}", json=body,
+            headers={"If-Match": f'W/"{stale_version(state.version_id)}"'}, allow=(409, 412),
+        )
+        return reply.status in (409, 412)
+
     # --- parsing ---------------------------------------------------------------------------
 
     def _written(self, state: MigrationState, body: dict[str, Any], reply: Reply) -> MigrationState:
@@ -343,7 +420,11 @@ class StateRecorder:
         return self._parse(body, reply)
 
     def _parse(self, data: dict[str, Any], reply: Reply) -> MigrationState:
-        location = f"Basic/{data.get('id')}"
+        location = f"Basic/{printable(data.get('id'), 64)}"
+        try:
+            checked_id("Basic", data.get("id"))
+        except ValueError as exc:
+            raise CorruptStateError(self.state_id, f"its id is unusable ({exc})", location) from None
         try:
             resource = Basic(data)
         except (FHIRValidationError, Exception) as exc:  # fhirclient raises bare Exception too
@@ -356,6 +437,10 @@ class StateRecorder:
             code = codings[0].get("code")
             if not isinstance(code, str) or not code.strip():
                 raise CorruptStateError(self.state_id, "code.coding[0] has no code", location)
+            if code != printable(code, 200) or any(c.isspace() for c in code):
+                raise CorruptStateError(
+                    self.state_id, f"code.coding[0] ({printable(repr(code), 60)}) is not a revision id",
+                    location)
             head = None if code == NO_HEAD else code
         else:
             raise CorruptStateError(self.state_id, "it has no code.coding[0] naming the head", location)
@@ -367,7 +452,7 @@ class StateRecorder:
                     applied.append(AppliedMigration.from_extension(ext))
                 elif ext.get("url") == LOCK_EXTENSION:
                     lock = LockInfo.from_extension(ext)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptStateError(self.state_id, str(exc), location) from None
         seen: set[str] = set()
         for entry in applied:
@@ -389,6 +474,13 @@ class StateRecorder:
         )
 
 
+def stale_version(current: str) -> str:
+    """A version id that is certainly not the current one: the previous integer, or "0"."""
+    if current.isdigit() and int(current) > 1:
+        return str(int(current) - 1)
+    return "0" if current != "0" else "stale"
+
+
 def _server_time(reply: Reply) -> datetime | None:
     value = reply.headers.get("Date")
     if not value:
@@ -401,4 +493,4 @@ def _server_time(reply: Reply) -> datetime | None:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    return printable(text[0], 200) if text else type(exc).__name__

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from typing import IO
 
+from .redaction import scrub
+
 
 class Reporter:
     def __init__(self, stream: IO[str] | None = None, verbosity: int = 1):
@@ -21,7 +23,7 @@ class Reporter:
 
     def _write(self, kind: str, text: str, level: int) -> None:
         if self.verbosity >= level:
-            self.stream.write(self.style(kind, text) + "\n")
+            self.stream.write(self.style(kind, scrub(text)) + "\n")
             flush = getattr(self.stream, "flush", None)
             if flush:
                 flush()

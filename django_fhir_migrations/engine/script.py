@@ -71,7 +71,8 @@ _CACHE: dict[Path, tuple[tuple[int, int], MigrationScript]] = {}
 
 
 def load_script(path: Path, label: str = "dir") -> MigrationScript:
-    path = Path(path).resolve()
+    # absolute(), not resolve(): a symlinked script is named after the link, where it is listed.
+    path = Path(path).absolute()
     try:
         stat = path.stat()
         source = path.read_bytes()

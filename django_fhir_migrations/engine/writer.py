@@ -8,6 +8,7 @@ people generating at once cannot overwrite each other.
 
 from __future__ import annotations
 
+import ast
 import keyword
 import re
 import uuid
@@ -17,6 +18,7 @@ from pathlib import Path
 from .config import ScriptLocation
 from .errors import WriterError
 from .recorder import isoformat, utcnow
+from .redaction import printable
 
 MAX_NAME_LENGTH = 80
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +72,17 @@ def validate_name(name: str, existing: set[str]) -> str:
     return name
 
 
+def docstring_line(message: str) -> str:
+    """The -m message as one safe line of a triple-quoted docstring.
+
+    It is the user's text, but it lands in Python source: without this, `-m 'x\"\"\"\nimport os'`
+    would end the docstring and put code in the script. Control characters and line breaks
+    become spaces, and backslashes and quotes are escaped so the docstring cannot end early.
+    """
+    line = " ".join(printable(message, 200, single_line=False).split())
+    return line.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def render(name: str, revision: str, down_revisions: tuple[str, ...], message: str = "") -> str:
     if not down_revisions:
         down = "None"
@@ -77,14 +90,29 @@ def render(name: str, revision: str, down_revisions: tuple[str, ...], message: s
         down = f'"{down_revisions[0]}"'
     else:
         down = "(" + ", ".join(f'"{r}"' for r in down_revisions) + ")"
-    return TEMPLATE.format(
-        message=message or name.replace("_", " ").capitalize() + ".",
+    source = TEMPLATE.format(
+        message=docstring_line(message) or name.replace("_", " ").capitalize() + ".",
         revision=revision,
         revises=", ".join(down_revisions) or "None",
         created=isoformat(utcnow()),
         down_revision=down,
         extra="" if len(down_revisions) < 2 else "\n# Merges the heads above; usually nothing to do.",
     )
+    _check_rendered(source, revision)
+    return source
+
+
+def _check_rendered(source: str, revision: str) -> None:
+    """The rendered script must be exactly the template's statements (defence in depth)."""
+    tree = ast.parse(source)
+    kinds = [type(node).__name__ for node in tree.body]
+    assigned = [t.id for node in tree.body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    if (kinds[0] != "Expr" or kinds.count("Expr") != 1 or assigned != ["revision", "down_revision"]
+            or functions != ["upgrade", "downgrade"] or len(tree.body) != 5):
+        raise WriterError(revision, "the rendered script does not have the expected shape; "
+                                    "check the -m message.")
 
 
 def write_script(location: ScriptLocation, name: str, down_revisions: tuple[str, ...],

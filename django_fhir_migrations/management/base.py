@@ -15,6 +15,8 @@ from django.core.management.base import BaseCommand, CommandError
 from ..conf import get_settings
 from ..engine import FhirMigrationError, Project, Reporter
 from ..engine.config import Settings
+from ..engine.interrupts import exit_code_for
+from ..engine.redaction import scrub, scrubbed_traceback
 from ..runner import configure_logging
 
 
@@ -36,7 +38,7 @@ class StyledReporter(Reporter):
     def _write(self, kind: str, text: str, level: int) -> None:
         if self.verbosity >= level:
             stream = self.command.stderr if kind == "error" else self.command.stdout
-            stream.write(self.style(kind, text))
+            stream.write(self.style(kind, scrub(text)))
 
 
 class FhirCommand(BaseCommand):
@@ -55,15 +57,30 @@ class FhirCommand(BaseCommand):
             project = Project(self.settings(options), reporter=StyledReporter(self, verbosity),
                               command=f"manage.py {self.command_name}", source=self.source())
         except FhirMigrationError as exc:
-            raise CommandError(str(exc), returncode=exc.exit_code) from exc
+            raise CommandError(scrub(str(exc)), returncode=exc.exit_code) from exc
         try:
             exit_code = self.run(project, **options)
         except FhirMigrationError as exc:
-            raise CommandError(str(exc), returncode=exc.exit_code) from exc
+            raise CommandError(scrub(str(exc)), returncode=exc.exit_code) from exc
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the run already cleaned up
+            self.stderr.write(f"Interrupted ({exc or 'SIGINT'}); the lock was released and "
+                              "nothing more was recorded.")
+            sys.exit(exit_code_for(exc))
         finally:
             project.close()
         if exit_code:
             sys.exit(exit_code)
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        """As Django's, but a traceback (--traceback, or a bug) is printed scrubbed of credentials:
+        a script's exception may carry a token in its text."""
+        try:
+            super().run_from_argv(argv)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - printed, then the same exit status
+            self.stderr.write(scrubbed_traceback(exc).rstrip("\n"))
+            sys.exit(getattr(exc, "returncode", 1))
 
     def run(self, project: Project, **options: Any) -> int:
         raise NotImplementedError

@@ -35,10 +35,12 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from requests.auth import AuthBase, HTTPBasicAuth
+from requests.auth import AuthBase
 
 from ..errors import AuthenticationError, ConfigurationError, ServerUnreachableError
+from ..redaction import printable, register_secret
 from .retries import RetryPolicy
+from .session import is_loopback, origin_of
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -76,15 +78,41 @@ class _NoAuth(AuthBase):
 NO_AUTH = _NoAuth()
 
 
-class BearerAuth(AuthBase):
-    """A static bearer token (e.g. an API gateway key or a long-lived service token)."""
+class OriginBoundAuth(AuthBase):
+    """Credentials that are attached only to requests for BASE_URL's origin.
 
-    def __init__(self, token: str):
-        self._token = token
+    A `next` link, a Location or a script's own URL may point anywhere; whatever the session is
+    asked to send there goes without our `Authorization` header (scheme, host and port must all
+    match the base URL's).
+    """
+
+    def __init__(self, base_url: str):
+        self.origin = origin_of(base_url)
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self._token}"
+        if origin_of(request.url or "") == self.origin:
+            request.headers["Authorization"] = self.header()
+        else:
+            request.headers.pop("Authorization", None)
         return request
+
+    def header(self) -> str:
+        raise NotImplementedError
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
+
+class BearerAuth(OriginBoundAuth):
+    """A static bearer token (e.g. an API gateway key or a long-lived service token)."""
+
+    def __init__(self, token: str, base_url: str):
+        super().__init__(base_url)
+        self._token = token
+        register_secret(token)
+
+    def header(self) -> str:
+        return f"Bearer {self._token}"
 
     def __repr__(self) -> str:
         return "BearerAuth(token=***)"
@@ -93,30 +121,40 @@ class BearerAuth(AuthBase):
         return (self._token,)
 
 
-class BasicAuth(HTTPBasicAuth):
+class BasicAuth(OriginBoundAuth):
     """HTTP basic; the username may be shown, the password never."""
+
+    def __init__(self, username: str, password: str, base_url: str):
+        super().__init__(base_url)
+        self.username = username
+        self.password = password
+        self._encoded = base64.b64encode(f"{username}:{password}".encode()).decode()
+        register_secret(password, self._encoded)
+
+    def header(self) -> str:
+        return f"Basic {self._encoded}"
 
     def __repr__(self) -> str:
         return f"BasicAuth(username={self.username!r}, password=***)"
 
     def secrets(self) -> tuple[str, ...]:
-        encoded = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return (str(self.password), encoded)
+        return (str(self.password), self._encoded)
 
 
-class SmartBackendAuth(AuthBase):
+class SmartBackendAuth(OriginBoundAuth):
     """SMART Backend Services: client_credentials + private_key_jwt, token cached and renewed."""
 
     def __init__(self, options: Mapping[str, Any], base_url: str, session: requests.Session,
                  timeout: float, *, retries: int = 2):
+        super().__init__(base_url)
         self.client_id = str(options["client_id"])
         self.scope = str(options.get("scope") or DEFAULT_SCOPE)
         self.jku: str | None = options.get("jku") or None
         self._base_url = base_url.rstrip("/")
         self.token_url: str | None = None
         if options.get("token_url"):
-            self.token_url = _absolute_url(str(options["token_url"]), self._base_url,
-                                           f"{SETTING}['token_url']")
+            self.token_url = _token_url(str(options["token_url"]), self._base_url,
+                                        f"{SETTING}['token_url']")
         self._key = load_private_key(options)
         self.algorithm = _algorithm_for(self._key, options.get("algorithm"))
         self.key_id = str(options.get("kid") or options.get("key_id") or jwk_thumbprint(self._key))
@@ -133,9 +171,8 @@ class SmartBackendAuth(AuthBase):
         return (f"SmartBackendAuth(client_id={self.client_id!r}, kid={self.key_id!r}, "
                 f"algorithm={self.algorithm!r}, key=***)")
 
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.access_token()}"
-        return request
+    def header(self) -> str:
+        return f"Bearer {self.access_token()}"
 
     def secrets(self) -> tuple[str, ...]:
         with self._lock:
@@ -159,6 +196,7 @@ class SmartBackendAuth(AuthBase):
                 # early (a tenth of it, at most 30 s) so no request carries a dying token.
                 self._renew_at = asked_at + lifetime - min(MAX_RENEW_MARGIN, lifetime / 10)
                 self._token = token
+                register_secret(token)
                 self._issued.append(token)
                 del self._issued[:-20]
                 self.tokens_fetched += 1
@@ -191,7 +229,7 @@ class SmartBackendAuth(AuthBase):
                 "authorization server's token URL.",
                 url=well_known,
             )
-        self.token_url = _absolute_url(url, self._base_url, "the discovered token_endpoint")
+        self.token_url = _token_url(url, self._base_url, "the discovered token_endpoint")
         logger.debug("SMART token endpoint of %s: %s", self._base_url, self.token_url)
         return self.token_url
 
@@ -300,7 +338,9 @@ class SmartBackendAuth(AuthBase):
         headers = {"typ": "JWT", "kid": self.key_id}
         if self.jku:
             headers["jku"] = self.jku
-        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+        signed = jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+        register_secret(signed)
+        return signed
 
 
 # --- keys -------------------------------------------------------------------------------
@@ -337,6 +377,7 @@ def load_private_key(options: Mapping[str, Any]) -> Any:
                 setting, f"cannot read the SMART private key file {str(path)!r} "
                 f"({exc.strerror or type(exc).__name__})."
             ) from None
+    register_secret(pem.decode("utf-8", errors="ignore").strip())
     try:
         return load_pem_private_key(pem, password=None)
     except TypeError:
@@ -422,11 +463,25 @@ def public_jwk_set(options: Mapping[str, Any]) -> dict[str, list[dict[str, str]]
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _absolute_url(url: str, base_url: str, setting: str) -> str:
+def _token_url(url: str, base_url: str, setting: str) -> str:
+    """The token endpoint as an absolute URL; https, unless everything is on this machine.
+
+    The client assertion and the access token travel to and from it, so plain http is only
+    accepted when the FHIR server itself is plain http on loopback (a local test set-up) and the
+    token endpoint is on loopback too.
+    """
     absolute = urljoin(base_url + "/", url.strip())
     parts = urlsplit(absolute)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigurationError(setting, f"{url!r} is not an http(s) URL of a token endpoint.")
+        raise ConfigurationError(setting, f"{printable(url)!r} is not an http(s) URL of a token endpoint.")
+    if parts.scheme == "http":
+        base_scheme, base_host, _ = origin_of(base_url)
+        if not (base_scheme == "http" and is_loopback(base_host) and is_loopback(parts.hostname or "")):
+            raise ConfigurationError(
+                setting, f"the SMART token endpoint {printable(absolute)!r} is plain http. Access "
+                "tokens and client assertions must travel over https; plain http is accepted only "
+                "when BASE_URL is http on loopback and the token endpoint is on loopback too."
+            )
     return absolute
 
 
@@ -516,11 +571,11 @@ def build_auth(options: Mapping[str, Any] | None, base_url: str, session: reques
             f"known keys: {', '.join(sorted(OPTIONS[kind]))}."
         )
     if kind == "bearer":
-        return BearerAuth(_check_token(options["token"], f"{SETTING}['token']"))
+        return BearerAuth(_check_token(options["token"], f"{SETTING}['token']"), base_url)
     if kind == "basic":
         username = str(options["username"])
         if ":" in username:
             raise ConfigurationError(f"{SETTING}['username']",
                                      "HTTP basic usernames cannot contain ':'.")
-        return BasicAuth(username, str(options["password"]))
+        return BasicAuth(username, str(options["password"]), base_url)
     return SmartBackendAuth(options, base_url, session, timeout, retries=retries)

@@ -1,22 +1,25 @@
-"""The connection to one FHIR server: fhirclient's `FHIRClient` plus one requests session.
+"""The connection to one FHIR server: fhirclient's `FHIRClient` plus one guarded session.
 
-fhirclient (the SMART on FHIR client the design asks for) owns the session and the resource
-models; its own request helpers cannot send `If-Match`, `If-None-Exist` or `Prefer`, so every
-request goes through `FhirConnection.request`, which uses that same session and adds base URL,
-timeouts, TLS verification, auth, retries and one error vocabulary. Each response's body is
-parsed once here.
+fhirclient (the SMART on FHIR client the design asks for) owns the resource models and sends
+its requests through `server.session`, which we replace with a `GuardedSession` (deadlines, byte
+cap, origin-bound credentials, dry-run interception: see session.py). Its own request helpers
+cannot send `If-Match`, `If-None-Exist` or `Prefer`, so the engine's requests go through
+`FhirConnection.request`, on that same session, which adds the base URL, TLS verification,
+retries and one error vocabulary. Each response's body is parsed once here, and every text taken
+from it for a message is cleaned (`printable`) and scrubbed of credentials first.
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
 from fhirclient import client as fhirclient_client
@@ -27,16 +30,68 @@ from ..errors import (
     FhirServerError,
     NotAFhirServerError,
     ResourceNotFoundError,
+    RunTimeExceededError,
     ServerUnreachableError,
     VersionConflictError,
 )
+from ..redaction import printable, scrub
+from ..version import __version__
 from .auth import SmartBackendAuth, build_auth
 from .retries import IDEMPOTENT_METHODS, RetryPolicy
+from .session import DeadlineExceeded, GuardedSession, ResponseTooLarge, RunDeadlinePassed
 
 logger = logging.getLogger("django_fhir_migrations")
 
 FHIR_JSON = "application/fhir+json"
 APP_ID = "django-fhir-migrations"
+USER_AGENT = APP_ID
+
+# FHIR R4's grammar: a resource type is a name; an id is 1-64 of [A-Za-z0-9\-.].
+_RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+_RESOURCE_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+class InvalidResourceReference(ValueError):
+    """A resource type or id that FHIR's grammar does not allow (e.g. '../Basic/900')."""
+
+
+def checked_type(resource_type: Any) -> str:
+    if not isinstance(resource_type, str) or not _RESOURCE_TYPE.match(resource_type):
+        raise InvalidResourceReference(
+            f"{printable(repr(resource_type), 80)} is not a FHIR resource type (a name such as "
+            "'Patient': letters only, starting with a capital)"
+        )
+    return resource_type
+
+
+def checked_id(resource_type: str, resource_id: Any) -> str:
+    if (not isinstance(resource_id, str) or not _RESOURCE_ID.match(resource_id)
+            or resource_id in (".", "..")):
+        raise InvalidResourceReference(
+            f"{printable(repr(resource_id), 80)} is not a valid id for {resource_type}: FHIR ids are "
+            "1 to 64 of the characters A-Z a-z 0-9 - . (and not '.' or '..')"
+        )
+    return resource_id
+
+
+def query_string(query: str | Mapping[str, str]) -> str:
+    """A search query for a conditional write: a mapping (encoded here) or a query string."""
+    if isinstance(query, str):
+        text = query.lstrip("?")
+        if not text or any(c in text for c in "#\r\n") or any(ord(c) < 32 for c in text):
+            raise ValueError(f"{query!r} is not a usable search query (name=value&...)")
+        return text
+    return urlencode(query)
+
+
+def resource_path(resource_type: Any, resource_id: Any = None, *parts: str) -> str:
+    """'Patient/123' from script input, validated against FHIR's grammar and URL-encoded."""
+    path = quote(checked_type(resource_type), safe="")
+    if resource_id is not None:
+        path += "/" + quote(checked_id(resource_type, resource_id), safe="")
+    for part in parts:
+        path += "/" + quote(part, safe="$")
+    return path
 
 
 @dataclass
@@ -72,19 +127,26 @@ def version_from_location(location: str | None) -> tuple[str | None, str | None]
 
 
 class FhirConnection:
-    def __init__(self, settings: Settings, *, user_agent: str | None = None):
-        from ... import __version__
+    """The FHIR server as the engine sees it: one guarded session, retries, typed errors.
 
+    Built once per command run (`Project.connection`); the fhirclient `FHIRClient` and its
+    server (`ctx.client`, `ctx.server`) share the session, so every request, whoever makes it,
+    follows the same rules.
+    """
+
+    def __init__(self, settings: Settings, *, user_agent: str | None = None):
         self.settings = settings
         self.base_url = settings.require_base_url().rstrip("/") + "/"
         self.client = fhirclient_client.FHIRClient(
             settings={"app_id": APP_ID, "api_base": self.base_url}
         )
         self.server = self.client.server
-        self.session: requests.Session = self.server.session
+        self.session = GuardedSession(self.base_url, timeout=settings.timeout,
+                                      max_bytes=settings.max_response_bytes)
+        self.server.session = self.session  # fhirclient's requests take the same road
         self.session.verify = settings.verify_tls
         self.session.headers.update(
-            {"User-Agent": user_agent or f"{APP_ID}/{__version__}", "Accept": FHIR_JSON}
+            {"User-Agent": user_agent or f"{USER_AGENT}/{__version__}", "Accept": FHIR_JSON}
         )
         self.session.auth = build_auth(settings.auth, self.base_url, self.session, settings.timeout,
                                        retries=settings.retries)
@@ -106,6 +168,10 @@ class FhirConnection:
         if path.startswith(("http://", "https://")):
             return path
         return urljoin(self.base_url, path.lstrip("/"))
+
+    def same_origin(self, url: str) -> bool:
+        """Whether `url` is on BASE_URL's origin (the only one that gets our credentials)."""
+        return self.session.same_origin(self.url(url))
 
     # --- the one request path ---------------------------------------------------------------
 
@@ -179,6 +245,21 @@ class FhirConnection:
     def _unreachable(self, method: str, url: str, exc: requests.RequestException, attempt: int
                      ) -> FhirServerError:
         tries = f" after {attempt + 1} attempts" if attempt else ""
+        if isinstance(exc, RunDeadlinePassed):
+            return RunTimeExceededError(self.settings.max_run_time or 0, f"{method} {url}")
+        if isinstance(exc, ResponseTooLarge):
+            return FhirServerError(
+                f"The FHIR server at {self.base_url} answered {method} {url} with a body larger "
+                f"than {self.session.max_bytes // (1024 * 1024)} MB; it was not read. Raise "
+                "MAX_RESPONSE_MB if such answers are expected (e.g. lower PAGE_SIZE instead).",
+                url=url,
+            )
+        if isinstance(exc, DeadlineExceeded):
+            return ServerUnreachableError(
+                f"The FHIR server at {self.base_url} did not complete its answer to {method} {url} "
+                f"within {self.timeout:g}s{tries} (TIMEOUT bounds each request as a whole, body "
+                "included). Check that it is healthy, or raise TIMEOUT.", url=url,
+            )
         if isinstance(exc, requests.exceptions.SSLError):
             return ServerUnreachableError(
                 f"TLS verification failed for the FHIR server at {self.base_url} ({method} {url}). "
@@ -199,7 +280,7 @@ class FhirConnection:
                ) -> Reply:
         status = response.status_code
         body, not_fhir = _parse_body(response)
-        detail = outcome_text(body)
+        detail = scrub(outcome_text(body))
         if status in (401, 403):
             # Before any body check: a login wall answers HTML, and it is still an auth problem.
             what = "refused the credentials" if status == 401 else "denied permission"
@@ -258,7 +339,7 @@ def _parse_body(response: requests.Response) -> tuple[dict[str, Any] | None, str
         return None, ""
     content_type = response.headers.get("Content-Type", "")
     if "json" not in content_type:
-        return None, content_type.split(";")[0] or "no content type"
+        return None, printable(content_type.split(";")[0], 80) or "no content type"
     try:
         body = response.json()
     except ValueError:
@@ -273,11 +354,15 @@ def outcome_text(body: Mapping[str, Any] | None) -> str:
     if not body or body.get("resourceType") != "OperationOutcome":
         return ""
     texts = []
-    for issue in body.get("issue", []):
-        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
-        if text:
-            texts.append(text)
-    return "; ".join(texts)[:500]
+    issues = body.get("issue")
+    for issue in issues if isinstance(issues, list) else []:
+        if not isinstance(issue, Mapping):
+            continue
+        details = issue.get("details")
+        text = issue.get("diagnostics") or (details.get("text") if isinstance(details, Mapping) else None)
+        if isinstance(text, str) and text:
+            texts.append(printable(text, 500))
+    return printable("; ".join(texts), 500)
 
 
 def _exception_reason(exc: requests.RequestException) -> str:

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NotAFhirServerError
+from ..errors import NotAFhirServerError, UntrustedResponseError
+from ..redaction import printable
 
 if TYPE_CHECKING:
     from .client import FhirConnection, Reply
@@ -30,15 +31,57 @@ _END = object()  # the producer's last word: no more pages
 
 
 def next_link(bundle: Mapping[str, Any]) -> str | None:
-    return next((link.get("url") for link in bundle.get("link", []) if link.get("relation") == "next"),
-                None)
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            url = link.get("url")
+            return url if isinstance(url, str) and url else None
+    return None
 
 
 def _bundle(reply: Reply) -> dict[str, Any]:
     bundle = reply.body or {}
     if bundle.get("resourceType") != "Bundle":
         raise NotAFhirServerError(f"GET {reply.url} did not return a Bundle.", url=reply.url)
+    entries = bundle.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        raise UntrustedResponseError(f"GET {reply.url} returned a Bundle whose entry is not a list.",
+                                     url=reply.url)
     return bundle
+
+
+class NextLinks:
+    """Which `link[next]` URLs may be followed: BASE_URL's origin only, each URL once.
+
+    A next link to another origin (a misconfigured proxy, a hostile server) would get the
+    search's parameters and whatever the session sends; one seen before would loop forever.
+    Both stop the search with an error rather than end it early, since the pages not read
+    would be resources silently left unmigrated.
+    """
+
+    def __init__(self, connection: FhirConnection, first_url: str):
+        self.connection = connection
+        self.seen: set[str] = {connection.url(first_url)}
+
+    def check(self, url: str | None) -> str | None:
+        if url is None:
+            return None
+        absolute = self.connection.url(url)
+        if not self.connection.same_origin(absolute):
+            raise UntrustedResponseError(
+                f"The FHIR server's search result points its next page at another origin "
+                f"({printable(absolute, 200)}), not {self.connection.base_url}. The search was "
+                "stopped there and no credentials were sent to it; check the server's (or its "
+                "proxy's) base URL configuration.", url=absolute,
+            )
+        if absolute in self.seen:
+            raise UntrustedResponseError(
+                f"The FHIR server's search result gives a next page it has already given "
+                f"({printable(absolute, 200)}): following it would loop forever. The search was "
+                "stopped there.", url=absolute,
+            )
+        self.seen.add(absolute)
+        return absolute
 
 
 def search_entries(connection: FhirConnection, path: str, params: Mapping[str, Any] | None = None,
@@ -49,17 +92,19 @@ def search_entries(connection: FhirConnection, path: str, params: Mapping[str, A
     read by a background thread, at most PAGES_AHEAD ahead; an error there is raised where
     the caller would have waited for that page.
     """
-    bundle = _bundle(connection.get(path, params))
-    following = next_link(bundle)
+    first = connection.get(path, params)
+    links = NextLinks(connection, first.url)
+    bundle = _bundle(first)
+    following = links.check(next_link(bundle))
     if not read_ahead or not following:
         while True:
             yield from bundle.get("entry") or []
             if not following:
                 return
             bundle = _bundle(connection.get(following))
-            following = next_link(bundle)
+            following = links.check(next_link(bundle))
 
-    pages = _PageReader(connection, following)
+    pages = _PageReader(connection, following, links)
     try:
         yield from bundle.get("entry") or []
         while (bundle := pages.take()) is not None:
@@ -71,8 +116,9 @@ def search_entries(connection: FhirConnection, path: str, params: Mapping[str, A
 class _PageReader:
     """A background thread fetching pages: PAGES_AHEAD - 1 wait in the queue, one in its hands."""
 
-    def __init__(self, connection: FhirConnection, first_url: str):
+    def __init__(self, connection: FhirConnection, first_url: str, links: NextLinks):
         self.connection = connection
+        self.links = links
         self.pages: queue.Queue[Any] = queue.Queue(maxsize=PAGES_AHEAD - 1)  # PAGES_AHEAD >= 2
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(first_url,), name=THREAD_NAME,
@@ -83,7 +129,7 @@ class _PageReader:
         try:
             while url and not self.stopped.is_set():
                 bundle = _bundle(self.connection.get(url))
-                url = next_link(bundle)
+                url = self.links.check(next_link(bundle))
                 self._put(bundle)
         except BaseException as exc:  # handed to the caller, raised where it waits
             self._put(exc)

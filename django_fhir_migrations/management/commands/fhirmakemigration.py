@@ -26,6 +26,8 @@ class Command(FhirCommand):
                 location = app_script_folder(options["app"])
             except LookupError:
                 raise CommandError(f"No installed app with label {options['app']!r}.") from None
+            except ValueError as exc:
+                raise CommandError(f"Cannot put a migration script in {exc}") from None
         name = options["name"]
         if not name:
             if not options["merge"]:
