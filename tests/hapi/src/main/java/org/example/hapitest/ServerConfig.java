@@ -1,6 +1,9 @@
 package org.example.hapitest;
 
+import ca.uhn.fhir.batch2.jobs.bulkmodify.patch.BulkPatchJobAppCtx;
+import ca.uhn.fhir.batch2.jobs.bulkmodify.patch.BulkPatchProvider;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
+import ca.uhn.fhir.batch2.maintenance.JobMaintenanceServiceImpl;
 import ca.uhn.fhir.context.FhirContext;
 import ca.uhn.fhir.context.support.IValidationSupport;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
@@ -27,6 +30,7 @@ import ca.uhn.fhir.rest.server.provider.ResourceProviderFactory;
 import ca.uhn.fhir.rest.server.util.ISearchParamRegistry;
 import jakarta.persistence.EntityManagerFactory;
 import org.apache.commons.dbcp2.BasicDataSource;
+import org.springframework.beans.factory.config.BeanPostProcessor;
 import org.springframework.beans.factory.config.ConfigurableListableBeanFactory;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
@@ -37,7 +41,10 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
 
 import javax.sql.DataSource;
 import java.time.Duration;
+import java.util.LinkedHashSet;
+import java.util.List;
 import java.util.Properties;
+import java.util.Set;
 
 /**
  * Spring wiring for a HAPI FHIR JPA server: R4 DAOs and resource providers from HAPI's
@@ -49,10 +56,63 @@ import java.util.Properties;
 	HapiJpaConfig.class,
 	JpaBatch2Config.class,
 	Batch2JobsConfig.class,
+	// $hapi.fhir.bulk-patch: job definition "BULK_MODIFY_PATCH" (+ its steps) and the
+	// BulkPatchProvider bean; Batch2JobsConfig does not import it.
+	BulkPatchJobAppCtx.class,
 	SubscriptionChannelConfig.class,
 	ThreadPoolFactoryConfig.class
 })
 public class ServerConfig {
+
+	/**
+	 * Reference paths whose version ("Patient/1/_history/2") is stored as sent. HAPI strips
+	 * the version from every other reference (ParserOptions#isStripVersionsFromReferences);
+	 * FhirContextR4Config already exempts AuditEvent.entity.what, which we keep.
+	 */
+	static final List<String> VERSIONED_REFERENCE_PATHS = List.of("Provenance.target", "Provenance.entity.what");
+
+	/**
+	 * How often the Batch2 maintenance pass runs (HAPI's default: every 60 s). Every step of a
+	 * Batch2 job ($hapi.fhir.bulk-patch, $reindex, ...) waits for a pass to be dispatched, so with
+	 * the default a 5-step bulk patch of a handful of resources took ~4.5 min; at 2 s it takes a few
+	 * seconds. A pass with no job to advance is one small query.
+	 */
+	static final long BATCH2_MAINTENANCE_INTERVAL_MILLIS = 2_000;
+
+	/** Sets {@link #BATCH2_MAINTENANCE_INTERVAL_MILLIS} before the service schedules its Quartz job. */
+	@Bean
+	public static BeanPostProcessor batch2MaintenanceInterval() {
+		return new BeanPostProcessor() {
+			@Override
+			public Object postProcessBeforeInitialization(Object theBean, String theBeanName) {
+				if (theBean instanceof JobMaintenanceServiceImpl maintenance) {
+					maintenance.setScheduledJobFrequencyMillis(BATCH2_MAINTENANCE_INTERVAL_MILLIS);
+				}
+				return theBean;
+			}
+		};
+	}
+
+	/**
+	 * Adds {@link #VERSIONED_REFERENCE_PATHS} to the ParserOptions of HAPI's FhirContext bean
+	 * ("primaryFhirContext", created by FhirContextR4Config) right after it is built, before
+	 * any DAO, parser or validator uses it. Static: a BeanPostProcessor must not force this
+	 * configuration class to be created early.
+	 */
+	@Bean
+	public static BeanPostProcessor versionedReferencePaths() {
+		return new BeanPostProcessor() {
+			@Override
+			public Object postProcessAfterInitialization(Object theBean, String theBeanName) {
+				if (theBean instanceof FhirContext ctx) {
+					Set<String> paths = new LinkedHashSet<>(ctx.getParserOptions().getDontStripVersionsFromReferencesAtPaths());
+					paths.addAll(VERSIONED_REFERENCE_PATHS);
+					ctx.getParserOptions().setDontStripVersionsFromReferencesAtPaths(paths);
+				}
+				return theBean;
+			}
+		};
+	}
 
 	@Bean
 	public JpaStorageSettings storageSettings() {
@@ -73,6 +133,12 @@ public class ServerConfig {
 		settings.setHibernateSearchIndexFullText(false);
 		settings.setHibernateSearchIndexSearchParams(false);
 		settings.setAdvancedHSearchIndexing(false);
+		// A Batch2 step that produced a single work chunk triggers the next maintenance pass at
+		// once instead of waiting for the scheduled one (see batch2MaintenanceInterval()).
+		settings.setJobFastTrackingEnabled(true);
+		// Not set: setAutoVersionReferenceAtPaths("Provenance.target"). It keeps explicit versions,
+		// but also rewrites versionless references (Patient/X -> Patient/X/_history/<current>) and,
+		// next to a DELETE of the target in the same transaction, picked a wrong version. See README.
 		return settings;
 	}
 
@@ -145,10 +211,13 @@ public class ServerConfig {
 			JpaStorageSettings theStorageSettings,
 			ISearchParamRegistry theSearchParamRegistry,
 			IValidationSupport theValidationSupport,
-			DatabaseBackedPagingProvider thePagingProvider) {
+			DatabaseBackedPagingProvider thePagingProvider,
+			BulkPatchProvider theBulkPatchProvider) {
 		RestfulServer server = new RestfulServer(theFhirContext);
 		server.registerProviders(theResourceProviders.createProviders());
 		server.registerProvider(theSystemProvider);
+		// System-level $hapi.fhir.bulk-patch and $hapi.fhir.bulk-patch-status
+		server.registerProvider(theBulkPatchProvider);
 
 		thePagingProvider.setDefaultPageSize(20);
 		thePagingProvider.setMaximumPageSize(1000);
