@@ -1,0 +1,1 @@
+"""Test support: servers, proxies and builders the tests share (not tests themselves)."""

@@ -1,0 +1,271 @@
+"""A hostile server for tests: a loopback proxy in front of the real HAPI that can lie.
+
+`HostileProxy` forwards every request to HAPI (rewriting HAPI's base URL in bodies and headers
+to its own, so paging links lead back through it) unless a `Rule` matching the request's
+method and path (a regex on path + query) says otherwise. A rule's `before(exchange)` may
+change the request (drop a header, say) or answer it itself (`exchange.answer(...)`); its
+`after(exchange)` may change HAPI's answer (rewrite a next link, replace a bundle response).
+`exchange.trickle` sends the answer one byte at a time, `trickle` seconds apart.
+
+`Catcher` is another origin on loopback: it records every request it gets (with its
+Authorization header) and answers an empty searchset, as a hostile host would after luring a
+client there.
+
+Both log what they saw for the tests to assert on. Used by tests/test_hostile.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "te", "trailer",
+              "upgrade", "proxy-authenticate", "proxy-authorization", "content-encoding"}
+FHIR_JSON = "application/fhir+json"
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that give up (deadlines) are part of the scenarios
+
+
+@dataclass
+class Exchange:
+    """One request and (once forwarded or answered) its response, as the rules see them."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes | None
+    status: int = 0
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    response_body: bytes = b""
+    answered: bool = False
+    trickle: float = 0.0
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+    def response_json(self) -> Any:
+        return json.loads(self.response_body) if self.response_body else None
+
+    def answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
+        """Answer the request here, without forwarding it (body: JSON-able or bytes)."""
+        self.answered = True
+        self.status = status
+        self.response_headers = list((headers or {"Content-Type": FHIR_JSON}).items())
+        self.response_body = body if isinstance(body, bytes) else json.dumps(body or {}).encode()
+
+    def set_response_json(self, data: Any) -> None:
+        self.response_body = json.dumps(data).encode()
+
+
+@dataclass
+class Rule:
+    method: str | None
+    path: str
+    before: Callable[[Exchange], None] | None = None
+    after: Callable[[Exchange], None] | None = None
+    times: int = -1  # -1: every match
+    applied: int = 0
+
+    def claim(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        if re.search(self.path, path) is None:
+            return False
+        if self.times != -1 and self.applied >= self.times:
+            return False
+        self.applied += 1
+        return True
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+    status: int = 0
+
+
+class _Server:
+    """What HostileProxy and Catcher share: a threaded loopback server with a request log."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[Seen] = []
+        self.server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def record(self, seen: Seen) -> None:
+        with self.lock:
+            self.seen.append(seen)
+
+    def requests(self, method: str | None = None, path: str = "") -> list[Seen]:
+        with self.lock:
+            return [s for s in self.seen if (method is None or s.method == method)
+                    and re.search(path, s.path)]
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        raise NotImplementedError
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                owner.handle(self, self.rfile.read(length) if length else None)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _any
+
+        return Handler
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], body: bytes,
+         trickle: float = 0.0) -> None:
+    """Write a whole response; with `trickle`, one byte at a time (status line included)."""
+    lines = [f"HTTP/1.1 {status} {http.client.responses.get(status, 'Status')}"]
+    lines += [f"{k}: {v}" for k, v in headers if k.lower() not in HOP_BY_HOP]
+    lines += [f"Content-Length: {len(body)}", "", ""]
+    raw = "\r\n".join(lines).encode("latin-1") + body
+    try:
+        if not trickle:
+            handler.wfile.write(raw)
+            return
+        for index in range(len(raw)):
+            handler.wfile.write(raw[index:index + 1])
+            handler.wfile.flush()
+            time.sleep(trickle)
+    except OSError:
+        handler.close_connection = True  # the client gave up: that is the point
+
+
+class HostileProxy(_Server):
+    def __init__(self, upstream: str):
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.rules: list[Rule] = []
+        super().__init__()
+
+    @property
+    def base_url(self) -> str:
+        return self.origin + self.prefix
+
+    def add(self, *rules: Rule) -> HostileProxy:
+        with self.lock:
+            self.rules.extend(rules)
+        return self
+
+    def rewrite(self, data: bytes) -> bytes:
+        upstream = f"http://{self.upstream_host}:{self.upstream_port}".encode()
+        return data.replace(upstream, self.origin.encode())
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        exchange = Exchange(handler.command, handler.path, dict(handler.headers.items()), body)
+        with self.lock:
+            rules = [r for r in self.rules if r.claim(exchange.method, exchange.path)]
+        for rule in rules:
+            if rule.before:
+                rule.before(exchange)
+        if not exchange.answered:
+            self._forward(exchange)
+            for rule in rules:
+                if rule.after:
+                    rule.after(exchange)
+        self.record(Seen(exchange.method, exchange.path, exchange.headers.get("Authorization"),
+                         exchange.status))
+        send(handler, exchange.status, exchange.response_headers, exchange.response_body,
+             exchange.trickle)
+
+    def _forward(self, exchange: Exchange) -> None:
+        connection = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=120)
+        skipped = HOP_BY_HOP | {"host", "accept-encoding"}
+        headers = {k: v for k, v in exchange.headers.items() if k.lower() not in skipped}
+        try:
+            connection.request(exchange.method, exchange.path, body=exchange.body, headers=headers)
+            response = connection.getresponse()
+            exchange.status = response.status
+            exchange.response_headers = [
+                (k, self.rewrite(v.encode()).decode() if k.lower() in ("location", "content-location") else v)
+                for k, v in response.getheaders()
+            ]
+            exchange.response_body = self.rewrite(response.read())
+        finally:
+            connection.close()
+
+
+class Catcher(_Server):
+    """Another origin: records what reaches it, answers an empty searchset Bundle."""
+
+    def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        self.record(Seen(handler.command, handler.path, handler.headers.get("Authorization"), 200))
+        payload = json.dumps({"resourceType": "Bundle", "type": "searchset", "total": 0}).encode()
+        send(handler, 200, [("Content-Type", FHIR_JSON)], payload)
+
+
+# --- rules used by the tests -----------------------------------------------------------------
+
+
+def next_link_to(url_for: Callable[[str], str]) -> Callable[[Exchange], None]:
+    """An `after` that points a searchset's next link at url_for(current next url)."""
+
+    def after(exchange: Exchange) -> None:
+        bundle = exchange.response_json()
+        for link in (bundle or {}).get("link", []):
+            if link.get("relation") == "next":
+                link["url"] = url_for(link["url"])
+        exchange.set_response_json(bundle)
+
+    return after
+
+
+def drop_header(name: str) -> Callable[[Exchange], None]:
+    def before(exchange: Exchange) -> None:
+        for key in [k for k in exchange.headers if k.lower() == name.lower()]:
+            del exchange.headers[key]
+
+    return before
+
+
+def echo_authorization_401(exchange: Exchange) -> None:
+    """A 401 whose OperationOutcome repeats the credentials it was sent (a careless server)."""
+    exchange.answer(401, {"resourceType": "OperationOutcome", "issue": [{
+        "severity": "error", "code": "login",
+        "diagnostics": f"Refused Authorization: {exchange.headers.get('Authorization')}"}]})
+
+
+def trickle(seconds_per_byte: float) -> Callable[[Exchange], None]:
+    def after(exchange: Exchange) -> None:
+        exchange.trickle = seconds_per_byte
+
+    return after
