@@ -101,7 +101,7 @@ def child(args: dict) -> int:
     import tracemalloc
 
     sys.path.insert(0, str(REPO))
-    from django_fhir_migrations.engine import FhirMigrationError, Project, Reporter
+    from django_fhir_migrations.engine import FhirMigrationError, Project
     from django_fhir_migrations.engine.config import Settings
 
     settings = Settings.build(
@@ -111,7 +111,7 @@ def child(args: dict) -> int:
         environ={},  # the benchmark decides every setting; nothing leaks in from the shell
         source="benchmark",
     )
-    project = Project(settings, reporter=Reporter(io.StringIO(), verbosity=0), command="benchmark")
+    project = Project(settings, command="benchmark", stdout=io.StringIO())
     project.loader.valid_graph()  # import the script before measuring, as any command does first
     rss_before = _rss_kib()
     if args["trace"]:

@@ -3,7 +3,7 @@
 The Django commands and the standalone CLI are argparse; the Flask blueprint is click. Writing
 each flag once as data, and rendering it for either library, keeps names, destinations and help
 texts identical across `manage.py fhirmigrate`, `fhir-migrations migrate` and `flask upgrade`.
-The `dest` of every argument is the option key the shared command bodies read (runner.py).
+The `dest` of every argument is the option key the command bodies read (commands.py).
 
 No Django and no click at import time: click is imported only when click parameters are built.
 """
@@ -51,7 +51,7 @@ NOINPUT = Arg(("--noinput", "--no-input", "--yes"), "Do not ask for confirmation
               action="store_false", dest="interactive", default=True)
 
 MIGRATE: tuple[Arg, ...] = (
-    Arg(("target",), "Revision (or unique prefix), migration name, or 'head'."),
+    Arg(("target",), "Revision (or unique prefix), migration name, 'head', or +N (the next N)."),
     PLAN,
     Arg(("--fake",), "Record the migrations as applied without running them.", action="store_true"),
     Arg(("--dry-run",), "Run the migrations with every write printed instead of sent; record nothing.",
@@ -60,6 +60,8 @@ MIGRATE: tuple[Arg, ...] = (
         action="store_true"),
     Arg(("--ignore-checksums",), "Proceed even if applied scripts were edited since they ran.",
         action="store_true"),
+    Arg(("--accept-checksums",), "Record the current checksum of applied scripts edited since they "
+        "ran (audited); runs nothing.", action="store_true"),
     Arg(("--break-lock",), "Remove another process's migration lock (asks first), then stop.",
         action="store_true"),
     LOCK_TIMEOUT,
@@ -67,7 +69,8 @@ MIGRATE: tuple[Arg, ...] = (
 )
 
 DOWNGRADE: tuple[Arg, ...] = (
-    Arg(("target",), "Revision, prefix or name to keep as the new head, or 'zero'."),
+    Arg(("target",), "Revision, prefix or name to keep as the new head, -N (N steps back), or "
+        "'zero'."),
     Arg(("--steps",), "Revert this many migrations.", type=int, metavar="N"),
     PLAN,
     Arg(("--fake",), "Record the migrations as reverted without running them.", action="store_true"),
@@ -79,7 +82,7 @@ DOWNGRADE: tuple[Arg, ...] = (
 RESET: tuple[Arg, ...] = (LOCK_TIMEOUT, NOINPUT)
 
 MAKEMIGRATION: tuple[Arg, ...] = (
-    Arg(("name",), "The migration's name (becomes <name>.py)."),
+    Arg(("name",), "The migration's name (the file becomes NNNN_<name>.py)."),
     Arg(("--merge",), "Create a merge script whose down_revision is every head.", action="store_true"),
     Arg(("--no-check",), "Do not ask the server whether every migration is applied.",
         action="store_false", dest="check", default=True),
@@ -89,6 +92,10 @@ MAKEMIGRATION: tuple[Arg, ...] = (
 # Outside Django there are no apps to choose (--app); the CLI and Flask choose a folder.
 SCRIPTS_FOLDER = Arg(("--dir",), "Put the script in this one of the configured scripts folders.",
                      metavar="FOLDER")
+
+HISTORY: tuple[Arg, ...] = (
+    Arg(("--limit",), "Show at most this many events (default 50).", type=int, metavar="N"),
+)
 
 SHOWMIGRATIONS: tuple[Arg, ...] = (
     Arg(("--offline",), "Do not contact the server; list the scripts only.", action="store_true"),

@@ -10,7 +10,8 @@ Ids are stable (tests and users silence them with SILENCED_SYSTEM_CHECKS):
 
     E001 invalid FHIR_MIGRATIONS setting or environment override
     E002 a scripts folder (SCRIPTS_DIRS, MIGRATION_SCRIPTS_DIR) does not exist
-    E003 a migration script cannot be imported or is malformed
+    E003 a migration script cannot be imported or is malformed (a Warning in the everyday
+         checks, so `migrate`, `runserver` and `test` keep working; every fhir* command refuses)
     E004 duplicate revision        E005 down_revision points nowhere   E006 cycle
     E007 several roots             E008 several heads (merge needed)   E009 other graph problem
     W001 no FHIR server configured
@@ -19,6 +20,7 @@ Ids are stable (tests and users silence them with SILENCED_SYSTEM_CHECKS):
     W004 (deploy) TLS certificate verification is off
     W005 (deploy) the state on the server does not match the scripts
     W006 (deploy) applied scripts were edited after they ran
+    E010 (deploy) migration scripts cannot be loaded (the deploy must not go on)
     W000 a check itself failed (a bug; reported, never raised)
 
 Checks must never raise: each is wrapped so an unexpected exception becomes W000.
@@ -27,7 +29,6 @@ Checks must never raise: each is wrapped so an unexpected exception becomes W000
 from __future__ import annotations
 
 import functools
-import io
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,26 +39,18 @@ from django.conf import settings as django_settings
 from django.core import checks
 
 from .conf import APP_SCRIPTS_FOLDER, get_settings
-from .engine import Project, Reporter
+from .engine import Project
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV, Settings
 from .engine.errors import (
     ConfigurationError,
     CycleError,
     DanglingRevisionError,
     DuplicateRevisionError,
-    FhirServerError,
     MultipleHeadsError,
     MultipleRootsError,
     RevisionError,
-    ScriptError,
-    StateError,
 )
-from .engine.executor import drifted_scripts
-from .engine.graph import RevisionGraph
-from .engine.loader import script_files
-from .engine.recorder import StateRecorder
 from .engine.redaction import scrub
-from .engine.script import MigrationScript, load_script
 
 TAG = "fhir_migrations"
 SETTING = "FHIR_MIGRATIONS"
@@ -163,24 +156,35 @@ def _is_folder_problem(exc: ConfigurationError) -> bool:
     return "SCRIPTS_DIRS" in exc.setting or SCRIPTS_DIR_ENV in exc.setting
 
 
-def _script_and_graph_messages(settings: Settings) -> Messages:
-    messages: Messages = []
-    scripts: list[MigrationScript] = []
-    for location in settings.locations:
-        for path in script_files(location):
-            try:
-                scripts.append(load_script(path, location.label))
-            except ScriptError as exc:
-                messages.append(checks.Error(
-                    str(exc), id=_id("E003"),
-                    hint="Fix the script (revision, down_revision, upgrade(ctx), downgrade(ctx)); "
-                         "helpers that are not migrations go in files starting with '_'.",
-                ))
+def _script_and_graph_messages(settings: Settings, *, deploy: bool = False) -> Messages:
+    """Broken scripts and graph problems, from the same status `fhirshowmigrations` prints.
+
+    A script that cannot be loaded is a Warning in the everyday checks, so one syntax error in
+    a FHIR migration does not stop `manage.py migrate`, `runserver` or `test`; every fhir*
+    command still refuses to run, and `check --deploy` reports it as an Error. The id stays
+    E003 either way (ids are stable; the level says what it blocks).
+    """
+    project = Project(settings, command="manage.py check")
+    status = project.status(offline=True)
+    if deploy:
+        if not status.broken:
+            return []
+        files = ", ".join(str(exc.path) for exc in status.broken)
+        return [checks.Error(
+            f"{len(status.broken)} FHIR migration script(s) cannot be loaded ({files}); every "
+            "fhir* command refuses to run until they are fixed.",
+            hint="See fhir_migrations.E003 for each file's problem.", id=_id("E010"),
+        )]
+    messages: Messages = [checks.Warning(
+        str(exc), id=_id("E003"),
+        hint="Fix the script (revision, down_revision, upgrade(ctx), downgrade(ctx)); "
+             "helpers that are not migrations go in files starting with '_'.",
+    ) for exc in status.broken]
     if messages:
-        # A script that failed to import would make its children look dangling: report only
-        # the import errors until they are fixed.
+        # A script that failed to load would make its children look dangling: report only
+        # the load errors until they are fixed.
         return messages
-    for problem in RevisionGraph.build(scripts).problems:
+    for problem in status.graph_problems:
         code, hint = GRAPH_ERRORS.get(type(problem), ("E009", "Fix the down_revision links."))
         messages.append(checks.Error(str(problem), hint=hint, id=_id(code)))
     return messages
@@ -217,46 +221,42 @@ def check_server_before_deploy(app_configs: Sequence[AppConfig] | None = None, *
 
 def _server_messages(settings: Settings) -> Messages:
     quick = settings.with_overrides(timeout=min(settings.timeout, DEPLOY_TIMEOUT), retries=0)
-    project = Project(quick, reporter=Reporter(io.StringIO(), 0), command="manage.py check --deploy")
+    messages = _script_and_graph_messages(quick, deploy=True)
+    project = Project(quick, command="manage.py check --deploy")
     try:
-        try:
-            graph = project.loader.valid_graph()
-        except (ScriptError, RevisionError):
-            return []  # reported by check_settings_and_scripts
-        where = f"state {settings.state_id!r} on {settings.base_url}"
-        try:
-            state = StateRecorder(project.connection, settings.state_id).read()
-            applied = state.applied_revisions(graph)
-        except FhirServerError as exc:
-            return [checks.Warning(
-                f"Could not ask the FHIR server whether migrations are pending ({where}): {exc}",
-                hint="Check BASE_URL, AUTH and the network; `manage.py fhirshowmigrations` "
-                     "shows the same status.",
-                id=_id("W003"),
-            )]
-        except StateError as exc:
-            return [checks.Warning(str(exc), id=_id("W005"),
-                                   hint="`manage.py fhirshowmigrations` shows the state.")]
-        messages: Messages = []
-        pending = graph.forwards_plan(applied)
-        if pending:
-            names = ", ".join(f"{s.label}/{s.name} ({s.short})" for s in pending)
-            messages.append(checks.Warning(
-                f"{len(pending)} FHIR migration(s) are not applied ({where}): {names}.",
-                hint="Run `manage.py fhirmigrate` as part of the deploy (or gate it with "
-                     "`manage.py fhirmigrate --check`).",
-                id=_id("W002"),
-            ))
-        drifted = drifted_scripts(graph, state, applied)
-        if drifted:
-            files = ", ".join(f"{s.path} ({s.short})" for s in drifted)
-            messages.append(checks.Warning(
-                f"Applied migration script(s) were edited after they ran ({where}): {files}.",
-                hint="Revert the edit and put the change in a new migration.", id=_id("W006"),
-            ))
-        return messages
+        status = project.status()
     finally:
         project.close()
+    if status.broken or status.graph_problems:
+        return messages  # reported above, or by check_settings_and_scripts
+    where = f"state {settings.state_id!r} on {settings.base_url}"
+    if status.server_error:
+        return [checks.Warning(
+            f"Could not ask the FHIR server whether migrations are pending ({where}): "
+            f"{status.server_error}",
+            hint="Check BASE_URL, AUTH and the network; `manage.py fhirshowmigrations` "
+                 "shows the same status.",
+            id=_id("W003"),
+        )]
+    if status.state_problem is not None:
+        return [checks.Warning(str(status.state_problem), id=_id("W005"),
+                               hint="`manage.py fhirshowmigrations` shows the state.")]
+    if status.pending:
+        names = ", ".join(f"{r.script.label}/{r.script.name} ({r.script.short})" for r in status.pending)
+        messages.append(checks.Warning(
+            f"{len(status.pending)} FHIR migration(s) are not applied ({where}): {names}.",
+            hint="Run `manage.py fhirmigrate` as part of the deploy (or gate it with "
+                 "`manage.py fhirmigrate --check`).",
+            id=_id("W002"),
+        ))
+    if status.drifted:
+        files = ", ".join(f"{s.path} ({s.short})" for s in status.drifted)
+        messages.append(checks.Warning(
+            f"Applied migration script(s) were edited after they ran ({where}): {files}.",
+            hint="Revert the edit and put the change in a new migration, or accept it with "
+                 "`manage.py fhirmigrate --accept-checksums`.", id=_id("W006"),
+        ))
+    return messages
 
 
 __all__ = ["TAG", "check_server_before_deploy", "check_settings_and_scripts"]

@@ -2,7 +2,7 @@
 
     fhir-migrations makemigration NAME    fhir-migrations migrate [TARGET]
     fhir-migrations downgrade [TARGET]    fhir-migrations reset
-    fhir-migrations showmigrations
+    fhir-migrations showmigrations        fhir-migrations history
 
 Same arguments, flags and exit codes as the Django commands (fhirmakemigration, fhirmigrate,
 ...; the flags come from arguments.py for both). Configuration comes from the environment, as
@@ -20,9 +20,10 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from . import __version__, runner
+from . import __version__, commands
 from .arguments import (
     DOWNGRADE,
+    HISTORY,
     MAKEMIGRATION,
     MIGRATE,
     RESET,
@@ -32,10 +33,12 @@ from .arguments import (
     Arg,
     add_arguments,
 )
+from .console import CLI, Console, configure_logging, plain_console
 from .engine import FhirMigrationError, Project, Settings
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
 from .engine.interrupts import exit_code_for
 from .engine.redaction import scrubbed_traceback
+from .standalone import build_settings, require_scripts, scripts_folder
 
 PROG = "fhir-migrations"
 SOURCE = "fhir-migrations"  # how the engine names settings that came from nowhere in particular
@@ -60,7 +63,7 @@ exit status: 0 success; 1 an error, or unapplied migrations with `migrate --chec
 
 
 class Command:
-    """One subcommand: its arguments and the shared body that runs it."""
+    """One subcommand: its arguments; its body is commands.VERBS[name]."""
 
     def __init__(self, name: str, help: str, args: Sequence[Arg], *, aliases: Sequence[str] = (),
                  needs_scripts: Callable[[Mapping[str, Any]], bool] = lambda options: True):
@@ -80,13 +83,11 @@ COMMANDS = (
             "TARGET (kept applied), or 'zero' for all.", DOWNGRADE),
     Command("reset", "Forget the migration state (head := None). Runs no migration and changes no "
             "data; asks for confirmation.", RESET, needs_scripts=lambda options: False),
-    Command("showmigrations", "List every migration in order: applied [X] or not [ ], when and by "
-            "whom.", SHOWMIGRATIONS),
+    Command("showmigrations", "List every migration in graph order: applied [X], not [ ], unknown "
+            "[?], when and by whom, the branches and any problem.", SHOWMIGRATIONS),
+    Command("history", "What happened to this migration state, newest first, from the server's "
+            "AuditEvents.", HISTORY, needs_scripts=lambda options: False),
 )
-
-
-# Each Django command's name -> this CLI's, for advice in engine messages.
-DJANGO_EQUIVALENTS = {f"fhir{c.name}": f"{PROG} {c.name}" for c in COMMANDS}
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -144,7 +145,7 @@ def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]
     if options.get("scripts_dirs"):
         env[SCRIPTS_DIR_ENV] = os.pathsep.join(options["scripts_dirs"])
         renames[f"environment variable {SCRIPTS_DIR_ENV}"] = "--scripts-dir"
-    return runner.build_settings({}, environ=env, source=SOURCE, renames=renames), renames
+    return build_settings({}, environ=env, source=SOURCE, renames=renames), renames
 
 
 _ANSI = {"heading": "1;36", "success": "32", "warning": "33", "error": "31"}
@@ -163,42 +164,32 @@ def ansi_styler(stream: IO[str], disabled: bool) -> Callable[[str, str], str] | 
     return style
 
 
-def terminal_confirm(options: Mapping[str, Any], stdout: IO[str], stderr: IO[str]
-                     ) -> runner.Confirm | None:
-    """A yes/no prompt on the terminal, or None (meaning yes) with --noinput."""
-    if not options.get("interactive", True):
-        return None
-
-    def ask(question: str) -> bool:
-        stdout.write(question + "\n")
-        stdout.flush()
-        try:
-            answer = input("Type 'yes' to continue, or 'no' to cancel: ")
-        except EOFError:
-            stderr.write("No answer (stdin closed); pass --noinput to confirm without asking.\n")
-            return False
-        return answer.strip().lower() == "yes"
-
-    return ask
-
-
-def run_command(name: str, project: Project, options: Mapping[str, Any], stdout: IO[str],
-                stderr: IO[str], styler: Callable[[str, str], str] | None) -> int:
-    confirm = terminal_confirm(options, stdout, stderr)
-    if name == "migrate":
-        return runner.migrate(project, options, confirm)
-    if name == "downgrade":
-        return runner.downgrade(project, options)
-    if name == "reset":
-        return runner.reset(project, options, confirm, migrate_command=f"{PROG} migrate")
+def run_command(name: str, project: Project, console: Console, options: Mapping[str, Any]) -> int:
     if name == "makemigration":
-        return runner.makemigration(project, options, example=f"{PROG} makemigration add_mrn",
-                                    folder_flag="--dir")
+        location = scripts_folder(project.settings, options.get("dir"), "--dir")
+        return commands.makemigration(project, console, options, location=location)
+    return commands.VERBS[name](project, console, options)
 
-    def emit(kind: str, line: str) -> None:
-        stdout.write((styler(kind, line) if styler else line) + "\n")
 
-    return runner.showmigrations(project, options, emit, options.get("verbosity", 1))
+CHANGES_STATE = {"migrate", "downgrade", "reset"}
+
+
+def warn_inside_django(name: str, settings: Settings, options: Mapping[str, Any],
+                       stderr: IO[str]) -> None:
+    """Run inside a Django project, this command does not read its FHIR_MIGRATIONS setting, so a
+    `migrate` there may use another state than manage.py's (a different STATE_ID) and apply
+    everything again: before a command that changes the state, say so on stderr, unless a state
+    id was given explicitly."""
+    inside = os.environ.get("DJANGO_SETTINGS_MODULE") or os.path.exists("manage.py")
+    changes = name in CHANGES_STATE and not (options.get("plan") or options.get("check")
+                                              or options.get("dry_run"))
+    if not inside or not changes or options.get("state_id") is not None or any(
+            os.environ.get(v) for v in ("MIGRATION_RESOURCE_ID", "FHIR_MIGRATIONS_STATE_ID")):
+        return
+    stderr.write(f"Warning: this looks like a Django project (DJANGO_SETTINGS_MODULE is set or "
+                 f"./manage.py exists), but {PROG} does not read its settings: it uses state "
+                 f"{settings.state_id!r}. Use `python manage.py fhir...` there, or pass --state-id "
+                 "to say which state you mean.\n")
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -213,24 +204,25 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     name = next(c.name for c in COMMANDS if options["command"] in (c.name, *c.aliases))
     command = next(c for c in COMMANDS if c.name == name)
     styler = ansi_styler(stdout, options.get("no_color", False))
-    runner.configure_logging(verbosity)
+    configure_logging(verbosity)
+    console = plain_console(CLI, stdout=stdout, stderr=stderr, verbosity=verbosity, styler=styler,
+                            interactive=options.get("interactive", True))
     renames: dict[str, str] = {}
     try:
         settings, renames = settings_from(options, os.environ)
         if command.needs_scripts(options):
-            runner.require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})")
-        reporter = runner.ConsoleReporter(stdout, stderr, verbosity, styler)
-        project = Project(settings, reporter=reporter, command=f"{PROG} {name}",
-                          source=f"{PROG} CLI")
+            require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})")
+        warn_inside_django(name, settings, options, stderr)
+        project = Project(settings, listeners=[console.on_event], command=f"{PROG} {name}",
+                          source=f"{PROG} CLI", stdout=stdout)
         try:
-            return run_command(name, project, options, stdout, stderr, styler)
+            return run_command(name, project, console, options)
         finally:
             project.close()
     except FhirMigrationError as exc:
         if options.get("traceback"):
             stderr.write(scrubbed_traceback(exc))
-        message = f"Error: {runner.error_message(exc, renames, DJANGO_EQUIVALENTS)}"
-        stderr.write((styler("error", message) if styler else message) + "\n")
+        console.line("error", f"Error: {console.error_text(exc, renames)}", 0)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         stderr.write(f"Interrupted ({exc or 'SIGINT'}).\n")

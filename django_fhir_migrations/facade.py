@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
-from .engine import Project, Reporter, Settings
+from .console import PLAIN, Console, plain_console
+from .engine import Project, Settings
 from .engine.config import SCRIPTS_DIR_ENV
 from .engine.errors import ConfigurationError
 from .engine.executor import Outcome
@@ -40,11 +41,12 @@ class Migration:
             )
         self.settings = Settings.build(values, environ=environ, source="Migration()")
         self.migrations_dir = str(self.settings.locations[0].path)
-        self._reporter = Reporter(stdout, verbosity)
+        self._console: Console = plain_console(PLAIN, stdout=stdout, verbosity=verbosity,
+                                               interactive=False)
 
     def _project(self) -> Project:
-        return Project(self.settings, reporter=self._reporter, command="Migration facade",
-                       source="django-fhir-migrations facade")
+        return Project(self.settings, listeners=[self._console.on_event], command="Migration facade",
+                       source="django-fhir-migrations facade", stdout=self._console.stream)
 
     def run_migrations(self, direction: str = "upgrade", **options: Any) -> Outcome:
         """upgrade: apply every unapplied migration; downgrade: revert the most recent one."""
@@ -63,7 +65,9 @@ class Migration:
         """Write `<migration_name>.py` after the current head; returns its path."""
         project = self._project()
         try:
-            return str(project.make_migration(migration_name, check=check, message=message).path)
+            # The seed tool's API wrote `<name>.py`: its users get what they expect.
+            return str(project.make_migration(migration_name, check=check, message=message,
+                                              numbered=False).path)
         finally:
             project.close()
 

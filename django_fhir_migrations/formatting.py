@@ -1,23 +1,32 @@
-"""The showmigrations report as lines, so every front door prints the same thing.
+"""The showmigrations and history reports as lines, so every front door prints the same thing.
 
-`format_status` turns a ProjectStatus into `(kind, line)` pairs; the kind ("heading", "info",
-"warning", "error") is what a front end styles with (Django's `self.style`, click colours, ANSI
-on a terminal, or nothing). No Django imports: the CLI and the Flask blueprint use it too.
+`format_status` and `format_history` turn engine data into `(kind, line)` pairs; the kind
+("heading", "info", "warning", "error") is what a console styles. No Django imports.
+
+Marks: `[X]` applied, `[ ]` not applied, `[?]` unknown (offline, or the server could not be
+read: "[ ]" would read "unapplied"), `[!]` a file that could not be loaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .engine.audit import AuditRecord
 from .engine.status import ProjectStatus, ScriptStatus
+
+if TYPE_CHECKING:
+    from .console import Vocabulary
 
 Line = tuple[str, str]
 
 
-def format_row(row: ScriptStatus, verbosity: int = 1) -> str:
+def format_row(row: ScriptStatus, verbosity: int = 1, *, known: bool = True) -> str:
     """One script: ` [X] label/name  short  applied <when> by <who>  (head)`."""
     script = row.script
-    mark = "[X]" if row.applied else "[ ]"
+    mark = ("[X]" if row.applied else "[ ]") if known else "[?]"
     line = f" {mark} {script.label}/{script.name}  {script.short}"
-    record = row.record
+    record = row.record if known else None
     if record and record.applied_at:
         line += f"  applied {record.applied_at}"
         if record.applied_by:
@@ -26,30 +35,46 @@ def format_row(row: ScriptStatus, verbosity: int = 1) -> str:
         line += "  (faked)"
     if verbosity >= 2 and record and record.duration_ms is not None:
         line += f"  in {record.duration_ms / 1000:.2f}s"
-    if row.is_head:
+    if row.is_head and known:
         line += "  (head)"
+    if row.branch_head:
+        line += "  (branch head)"
     if row.drifted:
         line += "  (edited since applied)"
     if row.out_of_order:
         line += "  (out of order)"
+    if row.progress:
+        line += f"  (partially applied: {row.progress})"
     return line
 
 
-def format_status(status: ProjectStatus, verbosity: int = 1, *, offline: bool = False) -> list[Line]:
+def format_status(status: ProjectStatus, verbosity: int = 1, *,
+                  vocabulary: Vocabulary | None = None) -> list[Line]:
     where = f" ({status.state_location})" if status.state and status.state.exists else ""
     lines: list[Line] = [(
         "heading",
         f"FHIR migrations for state {status.state_id!r} on {status.base_url or '(no server)'}{where}",
     )]
-    if not status.scripts:
+    if not status.scripts and not status.broken:
         lines.append(("info", "  (no migration scripts found)"))
-    lines.extend(("info", format_row(row, verbosity)) for row in status.scripts)
+    known = status.known
+    lines.extend(("info", format_row(row, verbosity, known=known)) for row in status.scripts)
+    lines.extend(("error", f" [!] {exc.path.parent.name}/{exc.path.stem}  (cannot be loaded: see "
+                           "Problems)") for exc in status.broken)
+    if status.heads:
+        merge = vocabulary.command("makemigration") if vocabulary else "makemigration"
+        names = ", ".join(f"{s.label}/{s.name} ({s.short})" for s in status.heads)
+        lines.append(("warning", f"Branches: {len(status.heads)} heads ({names}); join them with "
+                                 f"`{merge} --merge`."))
     if status.lock is not None:
         expired = " (lease expired)" if status.lock_expired else ""
         lines.append(("warning", f"Lock: held by {status.lock.describe()}{expired}"))
-    if status.server_error:
+    if status.offline:
+        lines.append(("info", "Offline: the server was not asked, so what is applied is unknown ([?])."))
+    elif status.server_error:
         lines.append(("error", f"Server: {status.server_error}"))
-    elif not offline and status.state is not None:
+        lines.append(("info", "What is applied is unknown ([?])."))
+    elif known:
         pending = len(status.pending)
         lines.append(("info", f"{pending} unapplied migration(s)." if pending
                       else "All migrations are applied."))
@@ -59,7 +84,26 @@ def format_status(status: ProjectStatus, verbosity: int = 1, *, offline: bool = 
     return lines
 
 
-def status_exit_code(status: ProjectStatus, *, offline: bool = False) -> int:
-    """1 when the report shows something broken (graph, server, unreadable state), else 0."""
-    broken = not status.graph_valid or status.server_error or (status.state is None and not offline)
+def status_exit_code(status: ProjectStatus) -> int:
+    """1 when the report shows something broken (scripts, graph, server, unreadable state)."""
+    broken = not status.graph_valid or status.server_error or (not status.offline and not status.known)
     return 1 if broken else 0
+
+
+def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1) -> list[Line]:
+    """`fhirhistory`: newest first, one line per AuditEvent of this state."""
+    lines: list[Line] = [("heading", f"History of migration state {state_id!r} (newest first):")]
+    if not records:
+        lines.append(("info", "  (nothing recorded yet)"))
+    for record in records:
+        when = record.recorded.strftime("%Y-%m-%d %H:%M:%S") if record.recorded else "?"
+        what = record.script or record.detail or ""
+        if record.revision:
+            what += f" ({record.revision[:12]})"
+        took = f"  {record.duration:.2f}s" if record.duration is not None else ""
+        outcome = "ok" if record.success else "FAILED"
+        line = f"  {when}  {record.event:<12} {what}  by {record.who or '?'}{took}  {outcome}"
+        lines.append(("info" if record.success else "error", line))
+        if not record.success and record.error and verbosity >= 1:
+            lines.append(("error", f"      {record.error[:300]}"))
+    return lines

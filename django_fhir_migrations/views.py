@@ -23,8 +23,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from .conf import get_settings
-from .engine import FhirMigrationError, Project, Reporter
-from .engine.recorder import parse_datetime
+from .engine import FhirMigrationError, Project
+from .engine.clock import parse_datetime
 from .engine.redaction import scrub
 from .engine.status import ProjectStatus, ScriptStatus
 from .models import VIEW_PERMISSION
@@ -194,8 +194,7 @@ def _run_action(model_admin: ModelAdmin, request: HttpRequest, run) -> HttpRespo
     user = request.user.get_username()
     try:
         settings = get_settings().with_overrides(applied_by=f"{user} (Django admin)")
-        project = Project(settings, reporter=Reporter(io.StringIO(), verbosity=1),
-                          command=ADMIN_COMMAND, source=source_name())
+        project = Project(settings, command=ADMIN_COMMAND, source=source_name(), stdout=io.StringIO())
     except FhirMigrationError as exc:
         messages.error(request, str(exc))
         return _back(model_admin)

@@ -56,9 +56,11 @@ def scripts(tmp_path):
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    """No FHIR_*/MIGRATION_* variables from the outside world leak into a test."""
+    """No FHIR_*/MIGRATION_* variables from the outside world leak into a test, nor
+    pytest-django's DJANGO_SETTINGS_MODULE (the CLI warns inside a Django project)."""
     for name in list(os.environ):
-        if name.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) or name == "FHIR_BASE_URL":
+        if name.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) or name in ("FHIR_BASE_URL",
+                                                                          "DJANGO_SETTINGS_MODULE"):
             monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

@@ -138,7 +138,7 @@ def test_showmigrations_offline_needs_no_server(fhir, scripts, clean_env, capsys
     scripts.add("one")
     assert main(["showmigrations", "--offline", "--scripts-dir", str(scripts.path)]) == 0
     out = capsys.readouterr().out
-    assert " [ ] dir/one" in out and "(no server)" in out
+    assert " [?] dir/one" in out and "(no server)" in out  # offline: unknown, not unapplied
 
 
 def test_makemigration_chains_after_the_head_and_refuses_while_unapplied(configured, fhir, scripts,
@@ -147,10 +147,10 @@ def test_makemigration_chains_after_the_head_and_refuses_while_unapplied(configu
     assert main(["makemigration", "second"]) == 1
     err = capsys.readouterr().err
     assert "not applied" in err and "--no-check" in err and "(fhir-migrations migrate)" in err
-    assert not (scripts.path / "second.py").exists()
+    assert not list(scripts.path.glob("*second.py"))
     assert main(["migrate"]) == 0
     assert main(["makemigration", "second", "-m", "Add the second thing."]) == 0
-    source = (scripts.path / "second.py").read_text()
+    source = (scripts.path / "0002_second.py").read_text()  # numbered: 0002, after first.py
     assert f'down_revision = "{first}"' in source and "Add the second thing." in source
     assert main(["makemigration"]) == 1
     assert "fhir-migrations makemigration add_mrn" in capsys.readouterr().err
@@ -161,7 +161,7 @@ def test_makemigration_merge_joins_two_heads(configured, fhir, scripts):
     left = scripts.add("left", down=base)
     right = scripts.add("right", down=base)
     assert main(["makemigration", "--merge", "--no-check"]) == 0
-    merged = [p for p in scripts.path.glob("merge_*.py")]
+    merged = [p for p in scripts.path.glob("*_merge_*.py")]
     assert len(merged) == 1
     assert left in merged[0].read_text() and right in merged[0].read_text()
     assert main(["migrate"]) == 0
@@ -178,7 +178,7 @@ def test_makemigration_chooses_between_folders_with_dir(configured, scripts, tmp
     assert main(["makemigration", "first", "--no-check", "--dir", str(tmp_path)]) == 1
     assert "not one of the configured scripts folders" in capsys.readouterr().err
     assert main(["makemigration", "first", "--no-check", "--dir", str(other)]) == 0
-    assert (other / "first.py").exists()
+    assert (other / "0001_first.py").exists()
 
 
 def test_a_failing_migration_is_one_message_and_a_nonzero_exit(configured, fhir, scripts):
@@ -254,7 +254,7 @@ def test_commands_take_the_same_flags_as_the_django_commands():
 
     django_names = {"makemigration": "fhirmakemigration", "migrate": "fhirmigrate",
                     "downgrade": "fhirdowngrade", "reset": "fhirreset",
-                    "showmigrations": "fhirshowmigrations"}
+                    "showmigrations": "fhirshowmigrations", "history": "fhirhistory"}
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
     for command in COMMANDS:
         django_command = load_command_class("django_fhir_migrations", django_names[command.name])

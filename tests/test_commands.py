@@ -130,9 +130,9 @@ def test_makemigration_refuses_while_unapplied_unless_no_check(fhir_settings, fh
     add_patient_migrations(scripts, fhir, "one")
     code, _, err = call("fhirmakemigration", "next_step")
     assert code != 0 and "not applied" in err and "--no-check" in err
-    assert not (scripts.path / "next_step.py").exists()
+    assert not list(scripts.path.glob("*next_step.py"))
     assert call("fhirmakemigration", "next_step", "--no-check")[0] == 0
-    assert (scripts.path / "next_step.py").exists()
+    assert (scripts.path / "0002_next_step.py").exists()
 
 
 def test_state_naming_an_unknown_revision_is_an_error_and_left_alone(fhir_settings, fhir, scripts):

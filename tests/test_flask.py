@@ -134,11 +134,11 @@ def test_migrate_name_creates_a_script_after_the_head(flask, fhir, scripts):
     refused = flask("migrate", "second")
     assert refused.exit_code == 1
     assert "not applied" in refused.stderr and "--no-check" in refused.stderr
-    assert not (scripts.path / "second.py").exists()
+    assert not list(scripts.path.glob("*second.py"))
     assert flask("upgrade").exit_code == 0
     made = flask("migrate", "second", "-m", "Recode the second thing.")
     assert made.exit_code == 0, made.stderr
-    source = (scripts.path / "second.py").read_text()
+    source = (scripts.path / "0002_second.py").read_text()
     assert f'down_revision = "{first}"' in source and "Recode the second thing." in source
     unnamed = flask("migrate")
     assert unnamed.exit_code == 1 and "flask migrate add_mrn" in unnamed.stderr
@@ -152,7 +152,7 @@ def test_migrate_merge_joins_two_heads(flask, fhir, scripts):
     assert "more than one head" in refused and "`flask migrate --merge NAME`" in refused
     made = flask("migrate", "--merge", "--no-check")
     assert made.exit_code == 0, made.stderr
-    merged = list(scripts.path.glob("merge_*.py"))
+    merged = list(scripts.path.glob("*_merge_*.py"))
     assert len(merged) == 1 and left in merged[0].read_text() and right in merged[0].read_text()
     assert flask("upgrade").exit_code == 0 and len(fhir.applied()) == 4
 

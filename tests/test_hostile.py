@@ -438,7 +438,7 @@ def test_a_message_cannot_inject_code_into_a_generated_script(fhir_settings, scr
     message = f'x"""\nimport os\nopen({str(marker)!r}, "w")\n"""'
     code, out, err = call("fhirmakemigration", "evil", "--no-check", "-m", message)
     assert code == 0, err
-    path = scripts.path / "evil.py"
+    path = scripts.path / "0001_evil.py"
     from django_fhir_migrations.engine.script import load_script
     script = load_script(path)
     assert not marker.exists()

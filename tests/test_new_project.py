@@ -27,7 +27,7 @@ def test_full_cycle_from_a_new_django_project(tmp_path, fhir, clean_env):
 
     made = manage(tmp_path, "fhirmakemigration", "add_demo_patient", "--app", "clinic")
     assert made.returncode == 0, made.stderr
-    script = tmp_path / "clinic" / "fhir_migrations" / "add_demo_patient.py"
+    script = tmp_path / "clinic" / "fhir_migrations" / "0001_add_demo_patient.py"
     source = script.read_text()
     revision = re.search(r'^revision = "([0-9a-f]{32})"$', source, re.M).group(1)
     assert "down_revision = None" in source
@@ -49,7 +49,7 @@ def test_full_cycle_from_a_new_django_project(tmp_path, fhir, clean_env):
     shown = manage(tmp_path, "fhirshowmigrations")
     assert shown.returncode == 0
     row = next(line for line in shown.stdout.splitlines() if "add_demo_patient" in line)
-    assert row.startswith(" [X] clinic/add_demo_patient") and "(head)" in row
+    assert row.startswith(" [X] clinic/0001_add_demo_patient") and "(head)" in row
 
     # The state, read with plain HTTP: head in code.coding[0].code, and the applied list.
     state = fhir.state()
@@ -58,7 +58,7 @@ def test_full_cycle_from_a_new_django_project(tmp_path, fhir, clean_env):
     fields = {sub["url"]: next(v for k, v in sub.items() if k.startswith("value"))
               for sub in applied[0]["extension"]}
     assert fields["revision"] == revision
-    assert fields["name"] == "add_demo_patient"
+    assert fields["name"] == "0001_add_demo_patient"
     assert fields["checksum"].startswith("sha256:")
     assert fields["appliedAt"].startswith("20") and "appliedBy" in fields and "durationMs" in fields
 

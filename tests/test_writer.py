@@ -19,7 +19,8 @@ def test_first_script_has_no_parent_and_next_follows_head(scripts, clean_env):
     second = Project(project.settings).make_migration("add_things", check=False)
     assert load_script(first.path).down_revisions == ()
     assert load_script(second.path).down_revisions == (first.revision,)
-    assert first.path.name == "create_things.py"
+    assert first.path.name == "0001_create_things.py"
+    assert second.path.name == "0002_add_things.py"
     text = second.path.read_text()
     assert f'revision = "{second.revision}"' in text
     assert f"Revises: {first.revision}" in text

@@ -10,6 +10,7 @@ gives, at the top level of the app's CLI (the seed tool's names):
     flask downgrade        revert the most recent migration (TARGET, --steps N, 'zero')
     flask reset            forget the state (asks; --yes / --noinput)
     flask showmigrations   what exists, what is applied, when, by whom
+    flask history          what happened to the state, newest first (AuditEvents)
 
 Configuration is read when a command runs, from `app.config`: FHIR_BASE_URL,
 MIGRATION_SCRIPTS_DIR, MIGRATION_RESOURCE_ID (the seed tool's names), and optionally a
@@ -32,9 +33,10 @@ import click
 from flask import Blueprint, Flask, current_app
 from flask.cli import with_appcontext
 
-from .. import runner
+from .. import commands as verbs
 from ..arguments import (
     DOWNGRADE,
+    HISTORY,
     MAKEMIGRATION,
     MIGRATE,
     RESET,
@@ -44,11 +46,12 @@ from ..arguments import (
     Arg,
     click_params,
 )
-from ..engine import FhirMigrationError, Project, Reporter, Settings
+from ..console import FLASK, Console, configure_logging
+from ..engine import FhirMigrationError, Project, Settings
 from ..engine.config import SCRIPTS_DIR_ENV
 from ..engine.errors import ConfigurationError
 from ..engine.interrupts import exit_code_for
-from ..engine.redaction import scrub
+from ..standalone import build_settings, require_scripts, scripts_folder
 
 CONFIG = "FHIR_MIGRATIONS"
 SOURCE = f"app.config[{CONFIG!r}]"
@@ -56,12 +59,7 @@ SOURCE = f"app.config[{CONFIG!r}]"
 TOP_LEVEL_KEYS = {"FHIR_BASE_URL": "BASE_URL", "MIGRATION_RESOURCE_ID": "STATE_ID"}
 SCRIPTS_KEY = f"app.config[{SCRIPTS_DIR_ENV!r}]"
 
-# Each Django command's name -> the seed tool's Flask command, for advice in engine messages.
-DJANGO_EQUIVALENTS = {"fhirmakemigration": "flask migrate", "fhirmigrate": "flask upgrade",
-                      "fhirdowngrade": "flask downgrade", "fhirreset": "flask reset",
-                      "fhirshowmigrations": "flask showmigrations"}
-
-Body = Callable[[Project, dict[str, Any], int], int]
+Body = Callable[[Project, Console, dict[str, Any]], int]
 
 
 class CommandFailed(click.ClickException):
@@ -83,18 +81,18 @@ def click_style(kind: str, text: str) -> str:
     return click.style(text, **STYLES[kind]) if kind in STYLES else text
 
 
-class ClickReporter(Reporter):
-    """Engine output through click: errors on stderr."""
+def click_console(verbosity: int, interactive: bool) -> Console:
+    """The console for click: colours dropped by click.echo when not on a terminal."""
 
-    def __init__(self, verbosity: int):
-        super().__init__(sys.stdout, verbosity)
+    def ask(prompt: str) -> str:
+        try:
+            return click.prompt(prompt.rstrip(": "), default="", show_default=False)
+        except click.Abort:
+            raise EOFError from None
 
-    def style(self, kind: str, text: str) -> str:
-        return click_style(kind, text)
-
-    def _write(self, kind: str, text: str, level: int) -> None:
-        if self.verbosity >= level:
-            click.echo(self.style(kind, scrub(text)), err=kind == "error")
+    return Console(FLASK, out=click.echo, err=lambda text: click.echo(text, err=True),
+                   verbosity=verbosity, styler=click_style, interactive=interactive, ask=ask,
+                   stream=sys.stdout)
 
 
 def flask_settings(app: Flask, environ: Mapping[str, str] | None = None
@@ -120,7 +118,7 @@ def flask_settings(app: Flask, environ: Mapping[str, str] | None = None
     if folders and not env.get(SCRIPTS_DIR_ENV):
         env[SCRIPTS_DIR_ENV] = os.pathsep.join(_from_root(app, folders))
         renames[f"environment variable {SCRIPTS_DIR_ENV}"] = SCRIPTS_KEY
-    return runner.build_settings(values, environ=env, source=SOURCE, renames=renames), renames
+    return build_settings(values, environ=env, source=SOURCE, renames=renames), renames
 
 
 def _from_root(app: Flask, folders: Any) -> Any:
@@ -132,46 +130,9 @@ def _from_root(app: Flask, folders: Any) -> Any:
     return [str(Path(app.root_path, os.path.expanduser(str(f)))) for f in folders if str(f)]
 
 
-def click_confirm(options: Mapping[str, Any]) -> runner.Confirm | None:
-    """A yes/no prompt, or None (meaning yes) with --yes / --noinput."""
-    if not options.get("interactive", True):
-        return None
-
-    def ask(question: str) -> bool:
-        click.echo(question)
-        try:
-            answer = click.prompt("Type 'yes' to continue, or 'no' to cancel", default="",
-                                  show_default=False)
-        except click.Abort:
-            click.echo("No answer (stdin closed); pass --yes to confirm without asking.", err=True)
-            return False
-        return answer.strip().lower() == "yes"
-
-    return ask
-
-
-def _emit(kind: str, line: str) -> None:
-    click.echo(click_style(kind, line))
-
-
-def _makemigration(project: Project, options: dict[str, Any], verbosity: int) -> int:
-    return runner.makemigration(project, options, example="flask migrate add_mrn", folder_flag="--dir")
-
-
-def _upgrade(project: Project, options: dict[str, Any], verbosity: int) -> int:
-    return runner.migrate(project, options, click_confirm(options))
-
-
-def _downgrade(project: Project, options: dict[str, Any], verbosity: int) -> int:
-    return runner.downgrade(project, options)
-
-
-def _reset(project: Project, options: dict[str, Any], verbosity: int) -> int:
-    return runner.reset(project, options, click_confirm(options), migrate_command="flask upgrade")
-
-
-def _showmigrations(project: Project, options: dict[str, Any], verbosity: int) -> int:
-    return runner.showmigrations(project, options, _emit, verbosity)
+def _makemigration(project: Project, console: Console, options: dict[str, Any]) -> int:
+    location = scripts_folder(project.settings, options.get("dir"), "--dir")
+    return verbs.makemigration(project, console, options, location=location)
 
 
 def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
@@ -180,21 +141,21 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
     @with_appcontext
     def callback(**options: Any) -> None:
         verbosity = options.pop("verbosity")
-        runner.configure_logging(verbosity)
+        configure_logging(verbosity)
+        console = click_console(verbosity, options.get("interactive", True))
         renames: dict[str, str] = {}
         try:
             settings, renames = flask_settings(current_app)
             if needs_scripts(options):
-                runner.require_scripts(settings, SCRIPTS_KEY)
-            project = Project(settings, reporter=ClickReporter(verbosity), command=f"flask {name}",
-                              source=current_app.name)
+                require_scripts(settings, SCRIPTS_KEY)
+            project = Project(settings, listeners=[console.on_event], command=f"flask {name}",
+                              source=current_app.name, stdout=sys.stdout)
             try:
-                exit_code = body(project, options, verbosity)
+                exit_code = body(project, console, options)
             finally:
                 project.close()
         except FhirMigrationError as exc:
-            raise CommandFailed(runner.error_message(exc, renames, DJANGO_EQUIVALENTS),
-                                exc.exit_code) from None
+            raise CommandFailed(console.error_text(exc, renames), exc.exit_code) from None
         except KeyboardInterrupt as exc:
             click.echo(f"Interrupted ({exc or 'SIGINT'}).", err=True)
             click.get_current_context().exit(exit_code_for(exc))
@@ -207,16 +168,19 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
 
 def commands() -> list[click.Command]:
     return [
-        _command("migrate", "Create a new migration script NAME.py whose down_revision is the "
+        _command("migrate", "Create a new migration script NNNN_NAME.py whose down_revision is the "
                  "current head.", (*MAKEMIGRATION, SCRIPTS_FOLDER), _makemigration),
         _command("upgrade", "Apply every unapplied FHIR migration, in order (or up to TARGET).",
-                 MIGRATE, _upgrade, needs_scripts=lambda options: not options.get("break_lock")),
+                 MIGRATE, verbs.migrate, needs_scripts=lambda options: not options.get("break_lock")),
         _command("downgrade", "Revert the most recent FHIR migration (or --steps N, down to "
-                 "TARGET, or 'zero' for all).", DOWNGRADE, _downgrade),
+                 "TARGET, or 'zero' for all).", DOWNGRADE, verbs.downgrade),
         _command("reset", "Forget the FHIR migration state (head := None). Runs no migration and "
-                 "changes no data; asks first.", RESET, _reset, needs_scripts=lambda options: False),
+                 "changes no data; asks first.", RESET, verbs.reset,
+                 needs_scripts=lambda options: False),
         _command("showmigrations", "List every FHIR migration: applied [X] or not [ ], when and "
-                 "by whom.", SHOWMIGRATIONS, _showmigrations),
+                 "by whom.", SHOWMIGRATIONS, verbs.showmigrations),
+        _command("history", "What happened to the FHIR migration state, newest first "
+                 "(AuditEvents).", HISTORY, verbs.history, needs_scripts=lambda options: False),
     ]
 
 

@@ -12,7 +12,6 @@ from typing import Any
 _EXPORTS = {
     "FhirMigrationError": ".errors",
     "Project": ".project",
-    "Reporter": ".report",
     "ScriptLocation": ".config",
     "Settings": ".config",
 }

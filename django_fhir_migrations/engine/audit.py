@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from .clock import isoformat, parse_datetime, utcnow
 from .errors import FhirMigrationError
 from .fhir.client import FhirConnection
-from .recorder import MigrationState, isoformat, parse_datetime, utcnow
+from .recorder import MigrationState
 from .redaction import printable, scrub
 from .script import MigrationScript
 from .version import __version__
@@ -46,6 +47,7 @@ EVENTS = {
     "failed": ("Migration failed", "E"),
     "reset": ("Migration state reset", "U"),
     "lock-broken": ("Migration lock broken", "U"),
+    "checksums-accepted": ("Checksums of edited migrations accepted", "U"),
 }
 SUCCESS, SERIOUS_FAILURE = "0", "8"
 
@@ -205,6 +207,7 @@ class AuditRecord:
     revision: str
     script: str
     detail: str
+    duration: float | None = None  # seconds, from the AuditEvent's period
 
     @classmethod
     def from_resource(cls, resource: dict[str, Any]) -> AuditRecord:
@@ -217,6 +220,9 @@ class AuditRecord:
         entity = (_dicts(resource.get("entity")) or [{}])[0]
         details = {d.get("type"): _text(d.get("valueString"), 300) for d in _dicts(entity.get("detail"))}
         recorded = resource.get("recorded")
+        period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+        start, end = (parse_datetime(period.get(k)) if isinstance(period.get(k), str) else None
+                      for k in ("start", "end"))
         return cls(
             id=_text(resource.get("id"), 64),
             event=code,
@@ -228,6 +234,7 @@ class AuditRecord:
             revision=details.get("revision", ""),
             script=details.get("script", ""),
             detail=details.get("detail", ""),
+            duration=(end - start).total_seconds() if start and end else None,
         )
 
 

@@ -23,24 +23,30 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
 from .bundles import BundleWriter
 from .config import Settings
+from .events import Event, EventStream
 from .fhir.client import FhirConnection, Reply, query_string, resource_path
 from .fhir.paging import search_entries
 from .redaction import printable
 
 T = TypeVar("T")
+PROGRESS_INTERVAL = 0.25  # seconds between progress events (a bar redraws no faster)
 
 script_logger = logging.getLogger("django_fhir_migrations.scripts")
 
 
 class MigrationContext:
     def __init__(self, connection: FhirConnection, settings: Settings, *, dry_run: bool = False,
-                 script: Any = None, direction: str = "upgrade", stdout: IO[str] | None = None):
+                 script: Any = None, direction: str = "upgrade", events: EventStream | None = None,
+                 stdout: IO[str] | None = None):
         self.connection = connection
         self.settings = settings
         self.dry_run = dry_run
         self.script = script
         self.direction = direction
         self.stdout = stdout or sys.stdout
+        # A ctx made on its own (tests, a notebook) has no front end listening: it prints its
+        # intercepted writes to its stdout itself.
+        self.events = events or EventStream([self._print_intercepted])
         self.log = script_logger
         self.dry_run_writes: list[tuple[str, str]] = []
         # Last version of resources this migration has seen, for dry-run diffs. Bounded: memory
@@ -201,12 +207,16 @@ class MigrationContext:
         response._content = b""
         return response
 
+    def _print_intercepted(self, event: Event) -> None:
+        if event.action == "write_intercepted":
+            self.stdout.write(f"  [dry-run] {event.detail}\n")
+
     def show_write(self, method: str, path: str, body: Any) -> None:
         """Print one intercepted write: method, URL and what it changes."""
         summary = self._summarize(method, path, body)
         path = printable(path, 300)
         self.dry_run_writes.append((method, path))
-        self.stdout.write(f"  [dry-run] {method} {path}{summary}\n")
+        self.events.emit("write_intercepted", script=self.script, detail=f"{method} {path}{summary}")
 
     def _summarize(self, method: str, path: str, body: Any) -> str:
         if not isinstance(body, Mapping):
@@ -226,27 +236,27 @@ class MigrationContext:
 
     def progress(self, iterable: Iterable[T], total: int | None = None,
                  desc: str | None = None) -> Iterator[T]:
-        """A tqdm bar on a terminal; otherwise a log line every 10 seconds (no bar in CI logs)."""
+        """Yield from `iterable`, reporting how far it got: a bar on a terminal, a line every
+        10 seconds otherwise (the front end decides, from `progress` events), and one log line
+        at the end."""
         desc = desc or (self.script.name if self.script is not None else "progress")
-        isatty = getattr(self.stdout, "isatty", lambda: False)()
-        if isatty:
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                pass
-            else:
-                yield from tqdm(iterable, total=total, desc=desc, file=self.stdout)
-                return
         started = last = time.monotonic()
         count = 0
-        for count, item in enumerate(iterable, 1):
-            yield item
-            now = time.monotonic()
-            if now - last >= 10:
-                last = now
-                of = f"/{total}" if total else ""
-                self.log.info("%s: %d%s done (%.0f/s)", desc, count, of, count / (now - started))
-        self.log.info("%s: %d done in %.1fs", desc, count, time.monotonic() - started)
+        self.events.emit("progress", script=self.script, detail=desc, count=0, total=total,
+                         duration=0.0)
+        try:
+            for count, item in enumerate(iterable, 1):
+                yield item
+                now = time.monotonic()
+                if now - last >= PROGRESS_INTERVAL:
+                    last = now
+                    self.events.emit("progress", script=self.script, detail=desc, count=count,
+                                     total=total, duration=now - started)
+        finally:
+            elapsed = time.monotonic() - started
+            self.events.emit("progress", script=self.script, detail=desc, count=count, total=total,
+                             duration=elapsed, final=True)
+            self.log.info("%s: %d done in %.1fs", desc, count, elapsed)
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -1,9 +1,14 @@
 """Every error the engine raises on purpose.
 
 Each class keeps the facts as attributes (tests assert on those) and builds a one-paragraph
-message from them that tells the user what is wrong and what to do. Front ends catch
-`FhirMigrationError` and print the message; anything else is a bug and shows a traceback.
-Messages never contain credentials: they name files, revisions, settings and URLs only.
+message from them: what is wrong, then what to do. The "what to do" part may name a command
+(`{makemigration} --merge`, `{migrate} --break-lock`); the engine does not know which front end
+runs it, so such a remedy is a template with one placeholder per verb, and each front end
+renders it with its own command names (`render(names)`: `fhirmigrate` for manage.py,
+`fhir-migrations migrate` for the CLI, `flask upgrade` for the seed blueprint). `str(error)` uses
+the verbs' plain names. Front ends catch `FhirMigrationError` and print the message; anything
+else is a bug and shows a traceback. Messages never contain credentials: they name files,
+revisions, settings and URLs only, and are scrubbed when made.
 """
 
 from __future__ import annotations
@@ -13,20 +18,32 @@ from pathlib import Path
 
 from .redaction import scrub
 
+# The verbs a remedy may name, with the names `str(error)` gives them (no front end's).
+PLAIN_NAMES: dict[str, str] = {
+    "makemigration": "makemigration", "migrate": "migrate", "downgrade": "downgrade",
+    "reset": "reset", "showmigrations": "showmigrations", "history": "history",
+    "folder_flag": "--dir", "noinput_flag": "--noinput",
+}
+
 
 class FhirMigrationError(Exception):
     """Base class: a problem the user can act on. `exit_code` is what front ends exit with.
 
-    The message is scrubbed of every known credential when the error is made (server texts
-    and script exceptions end up in messages), and again by front ends when they print it.
+    `problem` is the facts; `remedy` what to do, a template over PLAIN_NAMES' keys. Both are
+    scrubbed of every known credential (server texts and script exceptions end up in them).
     """
 
     exit_code = 1
 
-    def __init__(self, *args: object):
-        if args and isinstance(args[0], str):
-            args = (scrub(args[0]), *args[1:])
-        super().__init__(*args)
+    def __init__(self, problem: str = "", remedy: str = ""):
+        self.text = scrub(problem)
+        self.remedy = remedy
+        super().__init__(self.render(PLAIN_NAMES))
+
+    def render(self, names: dict[str, str]) -> str:
+        """The message with the remedy's commands named as the front end `names` them."""
+        remedy = scrub(self.remedy.format_map(names)) if self.remedy else ""
+        return f"{self.text} {remedy}".strip()
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -115,8 +132,9 @@ class MultipleHeadsError(RevisionError):
         self.revisions = [s.revision for s in self.heads]
         super().__init__(
             f"The migration history has more than one head: {_describe(self.heads)}. "
-            "Two scripts were created on the same parent. Run `fhirmakemigration --merge NAME` "
-            "to join them (or point one's down_revision at the other)."
+            "Two scripts were created on the same parent.",
+            "Run `{makemigration} --merge NAME` to join them (or point one's down_revision at the "
+            "other).",
         )
 
 
@@ -155,9 +173,10 @@ class UnknownStateRevisionError(StateError):
         super().__init__(
             f"The migration state {state_id!r} on the server ({resource_url}) records "
             f"revision(s) {listed}, but no migration script declares them. The state was left "
-            "untouched. Deploy the code that has those scripts, check that STATE_ID / "
-            "MIGRATION_RESOURCE_ID names the right state, or, if they are gone for good, run "
-            "`fhirreset` and `fhirmigrate --fake` up to where the data really is."
+            "untouched.",
+            "Deploy the code that has those scripts, check that STATE_ID / MIGRATION_RESOURCE_ID "
+            "names the right state, or, if they are gone for good, run `{reset}` and "
+            "`{migrate} --fake` up to where the data really is.",
         )
 
 
@@ -211,8 +230,9 @@ class LockTimeoutError(LockError):
         self.waited = waited
         super().__init__(
             f"Timed out after {waited:.0f}s waiting for the migration lock on state {state_id!r}, "
-            f"held by {holder}. Try again later, raise --lock-timeout, or, if that process is "
-            "gone, break the lock with `fhirmigrate --break-lock`."
+            f"held by {holder}.",
+            "Try again later, raise --lock-timeout, or, if that process is gone, break the lock "
+            "with `{migrate} --break-lock`.",
         )
 
 
@@ -222,7 +242,8 @@ class LeaseLostError(LockError):
         self.detail = detail
         super().__init__(
             f"This process lost the migration lock on state {state_id!r} ({detail}). It stopped "
-            "without recording anything further; run fhirmigrate again to continue."
+            "without recording anything further;",
+            "run {migrate} again to continue.",
         )
 
 
@@ -323,7 +344,7 @@ class BundleError(FhirMigrationError):
 
 
 class WriterError(FhirMigrationError):
-    def __init__(self, name: str, problem: str):
+    def __init__(self, name: str, problem: str, remedy: str = ""):
         self.name = name
         self.problem = problem
-        super().__init__(f"Cannot create migration {name!r}: {problem}")
+        super().__init__(f"Cannot create migration {name!r}: {problem}", remedy)

@@ -5,19 +5,23 @@ request made. Otherwise the lock is taken and the plan computed again from the s
 now (another replica may have migrated while this one waited). Each migration runs, then is
 recorded with a fenced write; a migration that raises stops the run at once and is not
 recorded. Re-running continues from there.
+
+The executor reports through events (events.py), never prose: front ends render them.
 """
 
 from __future__ import annotations
 
 import _thread
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO
 
 from .audit import Actor, AuditTrail, error_text
+from .clock import isoformat, utcnow
 from .config import Settings
 from .context import MigrationContext
 from .errors import (
@@ -29,14 +33,15 @@ from .errors import (
     RunTimeExceededError,
     VersionConflictError,
 )
+from .events import Direction, EventStream
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
+from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
 from .loader import MigrationLoader
 from .lock import MigrationLock
-from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder, isoformat, utcnow
+from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder
 from .redaction import scrub
-from .report import Reporter
 from .script import MigrationScript
 
 Confirm = Callable[[str], bool]
@@ -53,14 +58,20 @@ class Outcome:
 
 
 class MigrationExecutor:
+    """Plans and runs upgrades, downgrades, resets and lock breaks on one state.
+
+    Built by `Project` with the loader (the scripts), the connection (the server) and the actor
+    (who is acting, for records and AuditEvents); reports through `events`.
+    """
+
     def __init__(self, settings: Settings, loader: MigrationLoader, connection: FhirConnection,
-                 *, reporter: Reporter, actor: Actor, stdout: IO[str] | None = None):
+                 *, events: EventStream, actor: Actor, stdout: IO[str] | None = None):
         self.settings = settings
+        self.stdout = stdout
         self.loader = loader
         self.connection = connection
-        self.reporter = reporter
+        self.events = events
         self.actor = actor
-        self.stdout = stdout or reporter.stream
         self.recorder = StateRecorder(connection, settings.state_id)
         self.audit = AuditTrail(connection, actor, enabled=settings.audit_events)
 
@@ -70,43 +81,36 @@ class MigrationExecutor:
                 dry_run: bool = False, check: bool = False, lock_timeout: float | None = None,
                 ignore_checksums: bool = False) -> Outcome:
         graph = self.loader.valid_graph()
-        target_rev = self._target(graph, target)
-        state = self.recorder.read()
-        applied = state.applied_revisions(graph)
-        self._check_drift(graph, state, applied, fatal=not (ignore_checksums or plan_only or check))
-        plan = graph.forwards_plan(applied, target_rev)
+        count = _relative(target, "+", "migrate")
+        target_rev = None if count is not None else self._target(graph, target)
+        history = History(self.recorder.read(), graph)
+        self._check_drift(history, fatal=not (ignore_checksums or plan_only or check))
+        plan = history.forwards_plan(target_rev)[:count]
         if not plan:
-            self.reporter.info("No migrations to apply.")
+            below = target_rev is not None and target_rev in history.applied and any(
+                r not in graph.ancestors(target_rev) for r in history.applied)
+            self.events.emit("nothing_to_do", detail="below_head" if below else "",
+                             script=graph.script(target_rev) if below else None)
             return Outcome()
-        self._warn_out_of_order(graph, applied, plan)
+        self._warn_out_of_order(history, plan)
         if check:
-            self._show_plan("Unapplied migrations:", plan, "upgrade")
+            self.events.emit("plan", scripts=tuple(plan), detail="check")
             return Outcome(pending=plan, exit_code=1)
         if plan_only:
-            self._show_plan("Planned operations:", plan, "upgrade")
+            self.events.emit("plan", scripts=tuple(plan), detail="plan")
             return Outcome(pending=plan)
         if dry_run:
             return self._dry_run(plan, "upgrade")
 
         with signals_interrupt():
-            lock = self._lock(state, lock_timeout)
+            lock = self._lock(history.state, lock_timeout)
             try:
                 # Re-plan from the state as it is now: another replica may have migrated meanwhile.
-                state = lock.state
-                applied = state.applied_revisions(graph)
-                plan = graph.forwards_plan(applied, target_rev)
+                plan = History(lock.state, graph).forwards_plan(target_rev)[:count]
                 if not plan:
-                    self.reporter.info("No migrations to apply (another process applied them).")
+                    self.events.emit("nothing_to_do", detail="another_process")
                     return Outcome()
-                self.reporter.heading(
-                    f"{'Faking' if fake else 'Applying'} {len(plan)} migration(s) on state "
-                    f"{self.settings.state_id!r}:"
-                )
-                done = []
-                for script in plan:
-                    self._run_one(graph, lock, script, "upgrade", fake=fake)
-                    done.append(script)
-                return Outcome(done=done)
+                return Outcome(done=self._run_all(graph, lock, plan, "upgrade", fake))
             finally:
                 lock.release()
 
@@ -120,16 +124,19 @@ class MigrationExecutor:
             raise RevisionError(f"--steps must be at least 1, got {steps}.")
         if target is not None and steps is not None:
             raise RevisionError("Give either a target or --steps, not both.")
+        relative = _relative(target, "-", "downgrade")
+        if relative is not None:
+            target, steps = None, relative
         state = self.recorder.read()
-        plan = self._backwards(graph, state, target, steps)
+        plan = self._backwards(History(state, graph), target, steps)
         if not plan:
-            self.reporter.info("No migrations to revert.")
+            self.events.emit("nothing_to_do", direction="downgrade")
             return Outcome()
         irreversible = [s for s in plan if s.irreversible]
         if irreversible and not fake:
             raise IrreversibleMigrationError(irreversible[0])
         if plan_only:
-            self._show_plan("Planned operations:", plan, "downgrade")
+            self.events.emit("plan", direction="downgrade", scripts=tuple(plan), detail="plan")
             return Outcome(pending=plan)
         if dry_run:
             return self._dry_run(plan, "downgrade")
@@ -137,26 +144,21 @@ class MigrationExecutor:
         with signals_interrupt():
             lock = self._lock(state, lock_timeout)
             try:
-                fresh_plan = self._backwards(graph, lock.state, target, steps)
+                fresh_plan = self._backwards(History(lock.state, graph), target, steps)
                 if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
                     # Reverting "one step" twice because two people asked at once would lose data.
                     raise LockError(
                         "The migration state changed while this process waited for the lock; "
-                        "nothing was reverted. Check `fhirshowmigrations` and run the downgrade again."
+                        "nothing was reverted.",
+                        "Check `{showmigrations}` and run the downgrade again.",
                     )
-                self.reporter.heading(
-                    f"{'Unfaking' if fake else 'Reverting'} {len(plan)} migration(s) on state "
-                    f"{self.settings.state_id!r}:"
-                )
-                for script in plan:
-                    self._run_one(graph, lock, script, "downgrade", fake=fake)
-                return Outcome(done=plan)
+                return Outcome(done=self._run_all(graph, lock, plan, "downgrade", fake))
             finally:
                 lock.release()
 
-    def _backwards(self, graph: RevisionGraph, state: MigrationState, target: str | None,
-                   steps: int | None) -> list[MigrationScript]:
-        applied = state.applied_revisions(graph)
+    def _backwards(self, history: History, target: str | None, steps: int | None
+                   ) -> list[MigrationScript]:
+        graph, applied = history.graph, history.applied
         if target in ("zero", "base"):
             return graph.backwards_plan(applied, steps=len(applied))
         if target is None:
@@ -181,16 +183,14 @@ class MigrationExecutor:
                 self.audit.record("reset", state=state, detail="head set to None")
             finally:
                 lock.release()
-        self.reporter.success(
-            f"Migration state {self.settings.state_id!r} reset: no migration is recorded as applied."
-        )
+        self.events.emit("reset", detail=self.settings.state_id)
         return Outcome()
 
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         """Remove a lease on purpose (its holder died and you will not wait for expiry)."""
         state = self.recorder.read()
         if state.lock is None:
-            self.reporter.info(f"No process holds the migration lock on state {self.settings.state_id!r}.")
+            self.events.emit("lock_free", detail=self.settings.state_id)
             return Outcome()
         held: LockInfo = state.lock
         expired = " (its lease has expired)" if state.lock_expired() else " (its lease is still being renewed)"
@@ -198,12 +198,12 @@ class MigrationExecutor:
                     f"{held.describe()}{expired}. Break it? If that process is still running, "
                     "it will stop before recording anything more.")
         if confirm is not None and not confirm(question):
-            self.reporter.info("Lock left in place.")
+            self.events.emit("lock_kept", detail=held.describe())
             return Outcome(exit_code=1)
         for _ in range(5):
             if state.lock is None or state.lock.token != held.token:
-                raise LockError("The lock changed hands while breaking it; nothing was changed. "
-                                "Look again with fhirshowmigrations.")
+                raise LockError("The lock changed hands while breaking it; nothing was changed.",
+                                "Look again with {showmigrations}.")
             try:
                 state = self.recorder.write(state.with_lock(None))
                 break
@@ -212,8 +212,33 @@ class MigrationExecutor:
         else:
             raise LockError("The lock holder kept renewing while breaking it; try again.")
         self.audit.record("lock-broken", state=state, detail=f"lock of {held.describe()}")
-        self.reporter.success(f"Broke the migration lock held by {held.describe()}.")
+        self.events.emit("lock_broken", detail=held.describe())
         return Outcome()
+
+    def accept_checksums(self, *, lock_timeout: float | None = None) -> Outcome:
+        """Record the current checksum of every applied script edited since it ran (Flyway's
+        `repair`): the edit is accepted as what the migration is; nothing runs."""
+        graph = self.loader.valid_graph()
+        state = self.recorder.read()
+        if not History(state, graph).drifted():
+            self.events.emit("checksums_accepted")
+            return Outcome()
+        with signals_interrupt():
+            lock = self._lock(state, lock_timeout)
+            try:
+                drifted = History(lock.state, graph).drifted()
+                if drifted:
+                    checksums = {s.revision: s.checksum for s in drifted}
+                    state = lock.update(lambda s: s.with_applied(
+                        [replace(e, checksum=checksums.get(e.revision, e.checksum))
+                         for e in History(s, graph).entries()], s.head))
+                    for script in drifted:
+                        self.audit.record("checksums-accepted", script=script, state=state,
+                                          detail=f"checksum now {script.checksum}")
+            finally:
+                lock.release()
+        self.events.emit("checksums_accepted", scripts=tuple(drifted))
+        return Outcome(done=drifted)
 
     # --- pieces --------------------------------------------------------------------------
 
@@ -227,23 +252,33 @@ class MigrationExecutor:
         lock = MigrationLock(
             self.recorder, ttl=self.settings.lock_ttl, command=self.actor.command,
             user=self.actor.user,
-            on_wait=lambda held: self.reporter.warning(
-                f"Waiting up to {timeout:.0f}s for the migration lock held by {held.describe()}..."
-            ),
+            on_wait=lambda held: self.events.emit("lock_wait", detail=held.describe(),
+                                                  duration=timeout),
         )
         lock.acquire(state, timeout)
         return lock
 
+    def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
+                 direction: Direction, fake: bool) -> list[MigrationScript]:
+        self.events.emit("run_start", direction=direction, scripts=tuple(plan), fake=fake,
+                         detail=self.settings.state_id)
+        started = time.monotonic()
+        done: list[MigrationScript] = []
+        for script in plan:
+            self._run_one(graph, lock, script, direction, fake=fake)
+            done.append(script)
+        self.events.emit("run_done", direction=direction, scripts=tuple(done), fake=fake,
+                         duration=time.monotonic() - started)
+        return done
+
     def _run_one(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
-                 direction: str, *, fake: bool) -> None:
-        verb = {"upgrade": "Applying", "downgrade": "Reverting"}[direction]
-        label = f"  {verb} {script.label}/{script.name} ({script.short})..."
-        self.reporter.info(label)
+                 direction: Direction, *, fake: bool) -> None:
+        self.events.emit("apply_start", direction=direction, script=script, fake=fake)
         lock.check()
         started = time.monotonic()
         if not fake:
             ctx = MigrationContext(self.connection, self.settings, script=script,
-                                   direction=direction, stdout=self.stdout)
+                                   direction=direction, events=self.events, stdout=self.stdout)
             try:
                 self._run_script(lock, script, direction, ctx)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
@@ -259,13 +294,14 @@ class MigrationExecutor:
                 duration_ms=int(duration * 1000), checksum=script.checksum,
                 applied_by=self.actor.describe(), fake=fake,
             )
-            state = lock.update(_recording_applied(graph, entry))
+            state = lock.update(recording_applied(graph, entry))
             event = "faked" if fake else "applied"
         else:
-            state = lock.update(_recording_reverted(graph, script.revision))
+            state = lock.update(recording_reverted(graph, script.revision))
             event = "unfaked" if fake else "reverted"
         self.audit.record(event, script=script, state=state, duration=duration)
-        self.reporter.success(f"    {'FAKED' if fake else 'OK'} ({duration:.2f}s)")
+        self.events.emit("apply_success", direction=direction, script=script, fake=fake,
+                         duration=duration)
 
     def _run_script(self, lock: MigrationLock, script: MigrationScript, direction: str,
                     ctx: MigrationContext) -> None:
@@ -277,7 +313,7 @@ class MigrationExecutor:
         if limit:
             session.run_deadline = time.monotonic() + limit
             if threading.current_thread() is threading.main_thread():
-                lock.on_overrun = _thread.interrupt_main
+                lock.on_overrun = interrupt_main_thread
         try:
             script.run(direction, ctx)
         except KeyboardInterrupt:
@@ -298,15 +334,13 @@ class MigrationExecutor:
             text = scrub(error_text(exc))
         return MigrationFailedError(script, direction, exc, text=text)
 
-    def _dry_run(self, plan: list[MigrationScript], direction: str) -> Outcome:
-        self.reporter.heading(
-            f"Dry run: {len(plan)} migration(s), writes are printed and not sent, nothing is recorded:"
-        )
+    def _dry_run(self, plan: list[MigrationScript], direction: Direction) -> Outcome:
+        self.events.emit("dry_run_start", direction=direction, scripts=tuple(plan))
         session = self.connection.session
         for script in plan:
-            self.reporter.info(f"  {direction} {script.label}/{script.name} ({script.short})")
+            self.events.emit("dry_run_script", direction=direction, script=script)
             ctx = MigrationContext(self.connection, self.settings, dry_run=True, script=script,
-                                   direction=direction, stdout=self.stdout)
+                                   direction=direction, events=self.events, stdout=self.stdout)
             # Writes made through ctx.server / fhirclient models, or the session itself, are
             # intercepted too: in a dry run no request that changes anything leaves the process.
             session.intercept = ctx.intercept_request
@@ -318,18 +352,12 @@ class MigrationExecutor:
                 raise self._failed(script, f"{direction} (dry run)", exc) from exc
             finally:
                 session.intercept = None
-            self.reporter.info(f"    {len(ctx.dry_run_writes)} write(s) intercepted")
+            self.events.emit("dry_run_done", direction=direction, script=script,
+                             count=len(ctx.dry_run_writes))
         return Outcome(pending=plan)
 
-    def _show_plan(self, title: str, plan: list[MigrationScript], direction: str) -> None:
-        self.reporter.heading(title)
-        for script in plan:
-            doc = f": {script.doc}" if script.doc else ""
-            self.reporter.info(f"  {direction} {script.label}/{script.name} ({script.revision}){doc}")
-
-    def _check_drift(self, graph: RevisionGraph, state: MigrationState, applied: set[str],
-                     *, fatal: bool) -> None:
-        drifted = drifted_scripts(graph, state, applied)
+    def _check_drift(self, history: History, *, fatal: bool) -> None:
+        drifted = history.drifted()
         if not drifted:
             return
         error = ChecksumMismatchError(drifted)
@@ -337,45 +365,37 @@ class MigrationExecutor:
         logger.warning("%s", error)
         if fatal:
             raise error
-        self.reporter.warning(f"Warning: {error}")
+        self.events.emit("checksum_warning", scripts=tuple(drifted), detail=str(error))
 
-    def _warn_out_of_order(self, graph: RevisionGraph, applied: set[str],
-                           plan: list[MigrationScript]) -> None:
-        late = {s.revision for s in graph.out_of_order(applied)}
+    def _warn_out_of_order(self, history: History, plan: list[MigrationScript]) -> None:
+        late = {s.revision for s in history.out_of_order()}
         for script in plan:
             if script.revision in late:
-                self.reporter.warning(
-                    f"Warning: {script.name} ({script.revision}) sits below migrations that are "
-                    "already applied; it will be applied now, out of order."
-                )
+                self.events.emit("out_of_order", script=script)
 
 
-def drifted_scripts(graph: RevisionGraph, state: MigrationState, applied: set[str]
-                    ) -> list[MigrationScript]:
-    changed = {
-        entry.revision for entry in state.applied
-        if entry.revision in applied and entry.checksum and entry.revision in graph
-        and graph.script(entry.revision).checksum != entry.checksum
-    }
-    return graph.in_order(changed)
+def _relative(target: str | None, sign: str, verb: str) -> int | None:
+    """N for a relative target ('+N' upgrades N more, '-N' reverts N: Alembic's notation)."""
+    if not target or target[0] not in "+-" or not target[1:].isdigit():
+        return None
+    if target[0] != sign:
+        other = "downgrade" if verb == "migrate" else "migrate"
+        example = "+1 applies the next migration" if sign == "+" else "-1 reverts the last one"
+        raise RevisionError(f"{target!r} is a relative target for {other}, not {verb}: use "
+                            f"{sign}N here ({example}).")
+    number = int(target[1:])
+    if number < 1:
+        raise RevisionError(f"{target!r}: a relative target needs N of at least 1.")
+    return number
 
 
-def _recording_applied(graph: RevisionGraph, entry: AppliedMigration):
-    def mutate(state: MigrationState) -> MigrationState:
-        entries = state.applied_entries(graph)
-        if all(e.revision != entry.revision for e in entries):
-            entries.append(entry)
-        return state.with_applied(entries, graph.top(e.revision for e in entries))
-
-    return mutate
-
-
-def _recording_reverted(graph: RevisionGraph, revision: str):
-    def mutate(state: MigrationState) -> MigrationState:
-        entries = [e for e in state.applied_entries(graph) if e.revision != revision]
-        return state.with_applied(entries, graph.top(e.revision for e in entries))
-
-    return mutate
+def interrupt_main_thread() -> None:
+    """Stop the script running on the main thread, even inside time.sleep() or a blocking read:
+    a real SIGINT wakes such a call, where `_thread.interrupt_main()` only sets a flag."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler and hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+    else:
+        _thread.interrupt_main()
 
 
-__all__ = ["MigrationExecutor", "Outcome", "drifted_scripts"]
+__all__ = ["Confirm", "MigrationExecutor", "Outcome"]

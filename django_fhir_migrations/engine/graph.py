@@ -24,7 +24,7 @@ from .errors import (
     RevisionError,
     UnknownTargetError,
 )
-from .script import MigrationScript
+from .script import MigrationScript, bare_name
 
 
 @dataclass(eq=False)
@@ -190,6 +190,8 @@ class RevisionGraph:
         if target in self.nodes:
             return self.nodes[target].script
         by_name = [n.script for n in self.nodes.values() if n.script.name == target]
+        if not by_name:  # 'add_mrn' names '0003_add_mrn.py' too
+            by_name = [n.script for n in self.nodes.values() if bare_name(n.script.name) == target]
         if len(by_name) == 1:
             return by_name[0]
         if len(by_name) > 1:

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .clock import isoformat, utcnow
 from .errors import (
     FhirServerError,
     LeaseLostError,
@@ -41,7 +42,7 @@ from .errors import (
     VersionCheckNotEnforcedError,
     VersionConflictError,
 )
-from .recorder import LockInfo, MigrationState, StateRecorder, isoformat, utcnow
+from .recorder import LockInfo, MigrationState, StateRecorder
 
 logger = logging.getLogger("django_fhir_migrations")
 

@@ -1,35 +1,49 @@
-"""The engine's front door: one object per command run, which the Django commands, the CLI,
-the Flask blueprint, the admin page and the seed facade all call.
+"""The engine's front door: one object per command run, which the command bodies (commands.py),
+the admin page, the system checks and the seed facade all call.
 
 Expensive things are built once and lazily (as Alembic's RevisionMap): the loader imports the
 scripts on first use, the connection is made on first use, and a command that only needs the
-scripts (`makemigration --no-check`) never talks to the server.
+scripts (`makemigration --no-check`, `--merge`, `showmigrations --offline`) never talks to the
+server.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import cached_property
+from typing import IO
 
-from .audit import Actor
+from .audit import Actor, AuditRecord, recent_events
 from .config import ScriptLocation, Settings
-from .errors import FhirServerError, WriterError
+from .errors import ConfigurationError, FhirServerError, WriterError
+from .events import EventStream, Listener
 from .executor import Confirm, MigrationExecutor, Outcome
 from .fhir.client import FhirConnection
+from .history import History
 from .loader import MigrationLoader
 from .lock import current_user
 from .recorder import StateRecorder
-from .report import Reporter
+from .script import file_number
 from .status import ProjectStatus, build_status
 from .writer import NewScript, validate_name, write_script
 
 
 class Project:
-    def __init__(self, settings: Settings, *, reporter: Reporter | None = None,
-                 command: str = "fhir-migrations", source: str = "django-fhir-migrations"):
+    """Settings plus everything built from them for one command run.
+
+    `listeners` receive the engine's events (console reporter, admin messages, tests);
+    `command` and `source` name the front end in records and AuditEvents; `stdout` is what a
+    script gets as `ctx.stdout`.
+    """
+
+    def __init__(self, settings: Settings, *, listeners: list[Listener] | None = None,
+                 command: str = "fhir-migrations", source: str = "django-fhir-migrations",
+                 stdout: IO[str] | None = None):
         self.settings = settings
-        self.reporter = reporter or Reporter()
+        self.events = EventStream(listeners)
         self.command = command
         self.source = source
+        self.stdout = stdout or sys.stdout
 
     @cached_property
     def loader(self) -> MigrationLoader:
@@ -46,7 +60,7 @@ class Project:
     @cached_property
     def executor(self) -> MigrationExecutor:
         return MigrationExecutor(self.settings, self.loader, self.connection,
-                                 reporter=self.reporter, actor=self.actor)
+                                 events=self.events, actor=self.actor, stdout=self.stdout)
 
     def close(self) -> None:
         if "connection" in self.__dict__:
@@ -66,41 +80,64 @@ class Project:
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         return self.executor.break_lock(confirm)
 
+    def accept_checksums(self, *, lock_timeout: float | None = None) -> Outcome:
+        return self.executor.accept_checksums(lock_timeout=lock_timeout)
+
+    def history(self, *, limit: int = 50) -> list[AuditRecord]:
+        """What happened to this state, newest first, from the server's AuditEvents."""
+        state = StateRecorder(self.connection, self.settings.state_id).read()
+        return recent_events(self.connection, state, limit)
+
     def status(self, *, offline: bool = False, audit_events: int = 0) -> ProjectStatus:
         connection = None if offline else self.connection
         return build_status(self.loader, connection, self.settings.base_url or "",
                             self.settings.state_id, audit_events=audit_events)
 
     def make_migration(self, name: str, *, location: ScriptLocation | None = None,
-                       merge: bool = False, check: bool = True, message: str = "") -> NewScript:
+                       merge: bool = False, check: bool = True, message: str = "",
+                       numbered: bool = True) -> NewScript:
+        """Write a new script after the head (or, with `merge`, after every head).
+
+        A merge never asks the server: its heads cannot be applied while there are two (as
+        Alembic's `merge` does not look at the database).
+        """
         name = validate_name(name, self.loader.names())
         graph = self.loader.valid_graph(allow_multiple_heads=merge)
         heads = [node.script for node in graph.heads]
         if merge and len(heads) < 2:
             raise WriterError(name, "there is nothing to merge: the history has a single head.")
-        if check and heads:
+        if check and heads and not merge:
             self._refuse_while_unapplied(name, graph)
         location = location or self._default_location(name, heads)
         down = tuple(h.revision for h in heads)
-        new = write_script(location, name, down, message)
-        self.reporter.success(f"Created {new.path} (revision {new.revision}, revises "
-                              f"{', '.join(down) or 'None'}).")
+        new = write_script(location, name, down, message,
+                           number=self.next_number() if numbered else None)
+        self.events.emit("script_created", detail=str(new.path), script_revision=new.revision,
+                         parents=down)
         return new
+
+    def next_number(self) -> int:
+        """The number the next file gets (Django's convention, so `ls` lists files in the order
+        they apply): one more than the highest number in use, and never below the number of
+        scripts, so a project that starts numbering after unnumbered seed files counts them."""
+        scripts = self.loader.loadable
+        numbers = [n for n in (file_number(s.path.name) for s in scripts) if n is not None]
+        return max([*numbers, len(scripts)]) + 1
 
     def _refuse_while_unapplied(self, name: str, graph) -> None:
         try:
             state = StateRecorder(self.connection, self.settings.state_id).read()
-        except FhirServerError as exc:
+        except (FhirServerError, ConfigurationError) as exc:
             raise WriterError(
-                name, f"could not check the server for unapplied migrations ({exc}). Pass "
-                "--no-check to create the script without asking the server."
+                name, f"could not check the server for unapplied migrations ({exc}).",
+                "Pass --no-check to create the script without asking the server.",
             ) from None
-        pending = graph.forwards_plan(state.applied_revisions(graph))
+        pending = History(state, graph).forwards_plan()
         if pending:
             names = ", ".join(f"{s.name} ({s.short})" for s in pending)
             raise WriterError(
-                name, f"migration(s) {names} are not applied on {self.settings.base_url} yet. "
-                "Apply them first (fhirmigrate), or pass --no-check to create it anyway."
+                name, f"migration(s) {names} are not applied on {self.settings.base_url} yet.",
+                "Apply them first ({migrate}), or pass --no-check to create it anyway.",
             )
 
     def _default_location(self, name: str, heads) -> ScriptLocation:
@@ -114,8 +151,10 @@ class Project:
                 return found
         if not locations:
             raise WriterError(
-                name, "there is no scripts folder: add an app with a fhir_migrations/ folder, "
-                "set SCRIPTS_DIRS or MIGRATION_SCRIPTS_DIR, or give --app."
+                name, "there is no scripts folder.",
+                "Add an app with a fhir_migrations/ folder, set SCRIPTS_DIRS or "
+                "MIGRATION_SCRIPTS_DIR, or give {folder_flag}.",
             )
-        labels = ", ".join(loc.label for loc in locations)
-        raise WriterError(name, f"several script folders exist ({labels}); choose one with --app.")
+        labels = ", ".join(loc.label if loc.label != "dir" else str(loc.path) for loc in locations)
+        raise WriterError(name, f"several script folders exist ({labels});",
+                          "choose one with {folder_flag}.")

@@ -21,9 +21,9 @@ from typing import Any
 from fhirclient.models.basic import Basic
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
-from .errors import CorruptStateError, UnknownStateRevisionError
+from .clock import isoformat, parse_datetime, utcnow
+from .errors import CorruptStateError
 from .fhir.client import FhirConnection, Reply, checked_id, version_from_location
-from .graph import RevisionGraph
 from .redaction import printable
 
 STATE_SYSTEM = "http://fhir.migration.system"
@@ -33,23 +33,6 @@ EXTENSION_BASE = "http://fhir.migration.system/StructureDefinition/"
 APPLIED_EXTENSION = EXTENSION_BASE + "applied-migration"
 LOCK_EXTENSION = EXTENSION_BASE + "migration-lock"
 OUR_EXTENSIONS = (APPLIED_EXTENSION, LOCK_EXTENSION)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def isoformat(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_datetime(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -243,44 +226,6 @@ class MigrationState:
         now = self.server_time or utcnow()
         last = self.last_updated or parse_datetime(self.lock.renewed_at) or now
         return (now - last).total_seconds() > self.lock.ttl
-
-    # --- what is applied -----------------------------------------------------------------
-
-    def applied_revisions(self, graph: RevisionGraph) -> set[str]:
-        """The applied set, adopting a seed-tool state (head only) as "the head and its ancestors".
-
-        Raises UnknownStateRevisionError when the state names revisions no script declares.
-        """
-        named = [a.revision for a in self.applied]
-        if self.head:
-            named.append(self.head)
-        unknown = sorted({r for r in named if r not in graph})
-        if unknown:
-            raise UnknownStateRevisionError(self.state_id, unknown, self.describe_location())
-        if self.head is None:
-            return set()
-        listed = {a.revision for a in self.applied}
-        if listed and graph.top(listed) == self.head:
-            return listed
-        # Written by the seed tool (or moved by it since we last wrote): it applies linearly
-        # up to its head, so the head and everything below it is applied.
-        return graph.ancestors(self.head)
-
-    def applied_entries(self, graph: RevisionGraph) -> list[AppliedMigration]:
-        """The applied list to write back: recorded entries in order, then adopted ones."""
-        applied = self.applied_revisions(graph)
-        entries = [a for a in self.applied if a.revision in applied]
-        listed = {a.revision for a in entries}
-        for script in graph.in_order(applied - listed):
-            entries.append(AppliedMigration(revision=script.revision, name=script.name,
-                                            applied_by="adopted from an earlier state"))
-        return entries
-
-    def adopted_from_head(self, graph: RevisionGraph) -> bool:
-        if self.head is None:
-            return False
-        listed = {a.revision for a in self.applied}
-        return not listed or graph.top(listed) != self.head
 
     def describe_location(self) -> str:
         if self.resource_id:

@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import io
 import keyword
+import re
 import sys
 import tokenize
 from collections.abc import Callable
@@ -25,6 +26,19 @@ from typing import Any
 from .errors import ScriptError
 
 SEED_NONE = "None"  # the seed tool wrote the string 'None' for "no parent"
+_NUMBERED = re.compile(r"^(\d+)_(.+)$")
+
+
+def bare_name(stem: str) -> str:
+    """'add_mrn' for '0003_add_mrn' (and for the seed tool's unnumbered 'add_mrn')."""
+    match = _NUMBERED.match(stem)
+    return match.group(2) if match else stem
+
+
+def file_number(filename: str) -> int | None:
+    """3 for '0003_add_mrn.py'; None for an unnumbered (seed) file."""
+    match = _NUMBERED.match(Path(filename).stem)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(eq=False)

@@ -1,7 +1,9 @@
-"""What exists, what is applied, when and by whom: the data behind showmigrations and the admin.
+"""What exists, what is applied, when and by whom: the data behind showmigrations, the admin
+page and the system checks.
 
-Building a status never raises for graph or server problems: they become `problems` (and
-`server_error`), because the status page is exactly where a user goes to see them. The same
+Building a status never raises for script, graph or server problems: they become `problems`
+(and `server_error`), because the status page is exactly where a user goes to see them. A
+broken script does not hide the others: they are listed, and it is listed as broken. The same
 holds for the recent AuditEvents the admin page shows: a server that refuses to list them
 gives `audit_error`, not an exception.
 """
@@ -11,9 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .audit import AuditRecord, recent_events
-from .errors import FhirMigrationError, FhirServerError, RevisionError, StateError
+from .errors import (
+    DanglingRevisionError,
+    FhirMigrationError,
+    FhirServerError,
+    RevisionError,
+    ScriptError,
+    StateError,
+)
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
+from .history import History
 from .loader import MigrationLoader
 from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder
 from .script import MigrationScript
@@ -21,26 +31,44 @@ from .script import MigrationScript
 
 @dataclass
 class ScriptStatus:
+    """One script's row. `applied` is meaningful only when the status `known`s the state."""
+
     script: MigrationScript
     applied: bool = False
     record: AppliedMigration | None = None
     is_head: bool = False
     drifted: bool = False
     out_of_order: bool = False
+    branch_head: bool = False  # a head of the graph while there are several (merge needed)
+    progress: str = ""  # an interrupted attempt's progress, e.g. "3,200 resources written"
 
 
 @dataclass
 class ProjectStatus:
+    """The whole picture for one state: scripts in graph order, what the server records, the
+    lock, and every problem found on the way."""
+
     base_url: str
     state_id: str
     scripts: list[ScriptStatus] = field(default_factory=list)
+    broken: list[ScriptError] = field(default_factory=list)
+    graph_problems: list[RevisionError] = field(default_factory=list)
+    state_problem: StateError | None = None
     head: str | None = None
     state: MigrationState | None = None
     problems: list[str] = field(default_factory=list)
     server_error: str | None = None
     graph_valid: bool = True
+    offline: bool = False
+    heads: list[MigrationScript] = field(default_factory=list)
     audit_events: list[AuditRecord] = field(default_factory=list)
     audit_error: str | None = None
+    history: History | None = None
+
+    @property
+    def known(self) -> bool:
+        """Whether what is applied is known (the state was read and makes sense)."""
+        return self.state is not None and self.history is not None and not self.server_error
 
     @property
     def pending(self) -> list[ScriptStatus]:
@@ -67,12 +95,19 @@ class ProjectStatus:
         """The script the recorded head names (None when nothing is applied or it is unknown)."""
         return next((s.script for s in self.scripts if s.is_head), None)
 
+    @property
+    def drifted(self) -> list[MigrationScript]:
+        return [s.script for s in self.scripts if s.drifted]
+
 
 def build_status(loader: MigrationLoader, connection: FhirConnection | None, base_url: str,
                  state_id: str, *, audit_events: int = 0) -> ProjectStatus:
-    """The status; with `audit_events` > 0 also that many of the newest AuditEvents."""
-    status = ProjectStatus(base_url=base_url, state_id=state_id)
-    _fill(status, loader, connection)
+    """The status (offline when `connection` is None); with `audit_events` > 0 also that many
+    of the newest AuditEvents."""
+    status = ProjectStatus(base_url=base_url, state_id=state_id, offline=connection is None)
+    graph = _fill_scripts(status, loader)
+    if connection is not None:
+        _fill_state(status, graph, connection)
     if audit_events and connection is not None and status.state is not None and not status.server_error:
         try:
             status.audit_events = recent_events(connection, status.state, audit_events)
@@ -81,49 +116,56 @@ def build_status(loader: MigrationLoader, connection: FhirConnection | None, bas
     return status
 
 
-def _fill(status: ProjectStatus, loader: MigrationLoader, connection: FhirConnection | None) -> None:
-    state_id = status.state_id
+def _fill_scripts(status: ProjectStatus, loader: MigrationLoader) -> RevisionGraph:
+    status.broken = list(loader.broken)
+    status.problems.extend(str(exc) for exc in status.broken)
+    graph = loader.graph
+    for problem in graph.problems:
+        # A script that failed to load makes its children look dangling: say the real problem.
+        if status.broken and isinstance(problem, DanglingRevisionError):
+            continue
+        status.graph_problems.append(problem)
+        status.problems.append(str(problem))
+    status.graph_valid = not graph.problems and not status.broken
+    ordered = list(graph.ordered)
+    if len(ordered) < len(graph):  # a cycle: its scripts are not in the topological order
+        listed = {s.revision for s in ordered}
+        ordered += sorted((n.script for n in graph.nodes.values() if n.revision not in listed),
+                          key=lambda s: (s.label, s.name))
+    heads = [n.script for n in graph.heads] if len(graph) else []
+    status.heads = heads if len(heads) > 1 else []
+    branch_heads = {s.revision for s in status.heads}
+    status.scripts = [ScriptStatus(script=s, branch_head=s.revision in branch_heads) for s in ordered]
+    return graph
+
+
+def _fill_state(status: ProjectStatus, graph: RevisionGraph, connection: FhirConnection) -> None:
     try:
-        graph: RevisionGraph | None = loader.graph
-    except FhirMigrationError as exc:  # a script that cannot be imported
-        status.problems.append(str(exc))
-        status.graph_valid = False
-        return
-    status.problems.extend(str(p) for p in graph.problems)
-    status.graph_valid = not graph.problems
-    ordered = graph.ordered if status.graph_valid else sorted(
-        (n.script for n in graph.nodes.values()), key=lambda s: (s.label, s.name)
-    )
-    status.scripts = [ScriptStatus(script=s) for s in ordered]
-    if connection is None:
-        return
-    try:
-        state = StateRecorder(connection, state_id).read()
+        state = StateRecorder(connection, status.state_id).read()
     except FhirServerError as exc:
         status.server_error = str(exc)
         return
     except StateError as exc:
+        status.state_problem = exc
         status.problems.append(str(exc))
         return
     status.state = state
     status.head = state.head
+    history = History(state, graph)
     try:
-        applied = state.applied_revisions(graph)
+        applied = history.applied
     except StateError as exc:
+        status.state_problem = exc
         status.problems.append(str(exc))
         return
-    if state.adopted_from_head(graph):
+    status.history = history
+    if history.adopted_from_head:
         status.problems.append(
             f"The state records only its head ({state.head}), as the seed tool wrote it; the head "
             "and its ancestors are taken as applied. The next migrate records them in full."
         )
-    from .executor import drifted_scripts
-
-    drifted = {s.revision for s in drifted_scripts(graph, state, applied)}
-    try:
-        late = {s.revision for s in graph.out_of_order(applied)} if status.graph_valid else set()
-    except RevisionError:
-        late = set()
+    drifted = {s.revision for s in history.drifted()}
+    late = {s.revision for s in history.out_of_order()}
     for row in status.scripts:
         revision = row.script.revision
         row.applied = revision in applied
@@ -140,5 +182,5 @@ def _fill(status: ProjectStatus, loader: MigrationLoader, connection: FhirConnec
         if row.out_of_order:
             status.problems.append(
                 f"{row.script.path} ({row.script.revision}) is not applied but sits below applied "
-                "migrations; fhirmigrate will apply it out of order."
+                "migrations; the next migrate will apply it out of order."
             )

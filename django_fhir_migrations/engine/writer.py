@@ -1,9 +1,12 @@
 """Render a new migration script and write it next to the others.
 
-The name becomes the file name (`<name>.py`, as the seed tool did), so it must be a plain
-Python identifier, not a keyword, not already used. The new script's down_revision is the head
-of the graph (or, for a merge, the tuple of all heads). The file is created exclusively: two
-people generating at once cannot overwrite each other.
+The file is `<number>_<name>.py` (`0003_add_mrn.py`, Django's convention: `ls` lists files in
+the order they apply; the seed tool's unnumbered `<name>.py` files are still read). The name
+must be a plain Python identifier, not a keyword, not already used (with or without a number).
+The new script's down_revision is the head of the graph (or, for a merge, the tuple of all
+heads). The file is created exclusively: two people generating at once cannot overwrite each
+other. The default downgrade body is `ctx.undo()`: it reverts every write the upgrade made
+through ctx, from their Provenance.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .clock import isoformat, utcnow
 from .config import ScriptLocation
 from .errors import WriterError
-from .recorder import isoformat, utcnow
 from .redaction import printable
+from .script import bare_name
 
 MAX_NAME_LENGTH = 80
+NUMBER_WIDTH = 4
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED = {"head", "heads", "zero", "base", "none", "true", "false"}
 
@@ -30,8 +35,8 @@ Revision: {revision}   Revises: {revises}   Created: {created}
 """
 
 revision = "{revision}"
-down_revision = {down_revision}
-{extra}
+down_revision = {down_revision}{extra}
+
 
 def upgrade(ctx):
     """Change the data. `ctx` has search/read/create/update/delete/batch/transaction helpers."""
@@ -39,8 +44,8 @@ def upgrade(ctx):
 
 
 def downgrade(ctx):
-    """Undo what upgrade() did."""
-    pass
+    """Revert every write upgrade() made through ctx (from their Provenance)."""
+    ctx.undo()
 '''
 
 
@@ -67,7 +72,7 @@ def validate_name(name: str, existing: set[str]) -> str:
             name, "that word is reserved (Python keywords, names starting with '_', "
             f"and {', '.join(sorted(_RESERVED))} are not allowed)."
         )
-    if name in existing:
+    if name in existing or name in {bare_name(stem) for stem in existing}:
         raise WriterError(name, "a migration with that name already exists.")
     return name
 
@@ -96,7 +101,7 @@ def render(name: str, revision: str, down_revisions: tuple[str, ...], message: s
         revises=", ".join(down_revisions) or "None",
         created=isoformat(utcnow()),
         down_revision=down,
-        extra="" if len(down_revisions) < 2 else "\n# Merges the heads above; usually nothing to do.",
+        extra="" if len(down_revisions) < 2 else "  # a merge of the heads above: usually nothing to do",
     )
     _check_rendered(source, revision)
     return source
@@ -116,9 +121,10 @@ def _check_rendered(source: str, revision: str) -> None:
 
 
 def write_script(location: ScriptLocation, name: str, down_revisions: tuple[str, ...],
-                 message: str = "") -> NewScript:
+                 message: str = "", *, number: int | None = None) -> NewScript:
     revision = uuid.uuid4().hex
-    path = location.path / f"{name}.py"
+    stem = f"{number:0{NUMBER_WIDTH}d}_{name}" if number is not None else name
+    path = location.path / f"{stem}.py"
     location.path.mkdir(parents=True, exist_ok=True)
     try:
         with open(path, "x", encoding="utf-8") as handle:

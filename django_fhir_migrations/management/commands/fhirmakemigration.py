@@ -4,22 +4,26 @@ from typing import Any
 
 from django.core.management.base import CommandError
 
-from ...arguments import MAKEMIGRATION, add_arguments
+from ... import commands
+from ...arguments import MAKEMIGRATION
 from ...conf import app_script_folder
+from ...console import Console
 from ...engine import Project
 from ..base import FhirCommand
 
 
 class Command(FhirCommand):
-    help = "Create a new FHIR data migration script whose down_revision is the current head."
-    command_name = "fhirmakemigration"
+    help = ("Create a new FHIR data migration script (numbered, e.g. 0003_add_mrn.py) whose "
+            "down_revision is the current head.")
+    verb = "makemigration"
+    arguments = MAKEMIGRATION
 
     def add_arguments(self, parser) -> None:
-        add_arguments(parser, MAKEMIGRATION)
+        super().add_arguments(parser)
         parser.add_argument("--app", default=None,
                             help="Put the script in this app's fhir_migrations/ folder.")
 
-    def run(self, project: Project, **options: Any) -> int:
+    def run(self, project: Project, console: Console, options: dict[str, Any]) -> int:
         location = None
         if options["app"]:
             try:
@@ -28,12 +32,4 @@ class Command(FhirCommand):
                 raise CommandError(f"No installed app with label {options['app']!r}.") from None
             except ValueError as exc:
                 raise CommandError(f"Cannot put a migration script in {exc}") from None
-        name = options["name"]
-        if not name:
-            if not options["merge"]:
-                raise CommandError("Give the migration a name, e.g. fhirmakemigration add_mrn.")
-            heads = project.loader.valid_graph(allow_multiple_heads=True).heads
-            name = "merge_" + "_".join(node.revision[:8] for node in heads)
-        project.make_migration(name, location=location, merge=options["merge"],
-                               check=options["check"], message=options["message"])
-        return 0
+        return commands.makemigration(project, console, options, location=location)

@@ -1,0 +1,97 @@
+"""One function per verb: the whole behaviour of each command, for every front door.
+
+As Alembic's `command.py`: `migrate`, `downgrade`, `reset`, `makemigration`, `showmigrations`
+and `history` take the engine's `Project`, the front door's `Console` and the parsed options
+(keys as in arguments.py, the same for argparse and click) and return the exit status. The
+Django commands, the `fhir-migrations` CLI and the Flask blueprint only parse arguments, build
+these two objects and call the function; nothing about a verb lives in two places. Engine
+errors (`FhirMigrationError`) propagate: each front door reports them its own way (Django's
+CommandError, click's "Error:") with `Console.error_text`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .console import Console
+from .engine import FhirMigrationError, Project
+from .engine.config import ScriptLocation
+from .formatting import format_history, format_status, status_exit_code
+
+Options = Mapping[str, Any]
+
+
+class UsageError(FhirMigrationError):
+    """The command was called in a way that cannot work (as Django's CommandError)."""
+
+
+def migrate(project: Project, console: Console, options: Options) -> int:
+    if options.get("break_lock"):
+        return project.break_lock(console.confirm()).exit_code
+    if options.get("accept_checksums"):
+        return project.accept_checksums().exit_code
+    outcome = project.migrate(
+        options.get("target"), plan_only=options.get("plan", False),
+        fake=options.get("fake", False), dry_run=options.get("dry_run", False),
+        check=options.get("check", False), lock_timeout=options.get("lock_timeout"),
+        ignore_checksums=options.get("ignore_checksums", False),
+    )
+    return outcome.exit_code
+
+
+def downgrade(project: Project, console: Console, options: Options) -> int:
+    outcome = project.downgrade(
+        options.get("target"), steps=options.get("steps"), plan_only=options.get("plan", False),
+        fake=options.get("fake", False), dry_run=options.get("dry_run", False),
+        lock_timeout=options.get("lock_timeout"),
+    )
+    return outcome.exit_code
+
+
+def reset(project: Project, console: Console, options: Options) -> int:
+    confirm = console.confirm()
+    settings = project.settings
+    question = (f"This forgets which FHIR migrations are applied on state {settings.state_id!r} at "
+                f"{settings.base_url}. No data is changed, and the next "
+                f"`{console.vocabulary.command('migrate')}` will run every migration again.")
+    if confirm is not None and not confirm(question):
+        console.line("info", "Reset cancelled.")
+        return 1
+    return project.reset(lock_timeout=options.get("lock_timeout")).exit_code
+
+
+def makemigration(project: Project, console: Console, options: Options, *,
+                  location: ScriptLocation | None = None) -> int:
+    """`location`: the folder the front door's own flag chose (--app, --dir), or None."""
+    name = options.get("name")
+    merge = bool(options.get("merge"))
+    if not name:
+        if not merge:
+            raise UsageError(f"Give the migration a name, e.g. `{console.vocabulary.example}`.")
+        heads = project.loader.valid_graph(allow_multiple_heads=True).heads
+        name = "merge_" + "_".join(node.revision[:8] for node in heads)
+    project.make_migration(name, location=location, merge=merge, check=options.get("check", True),
+                           message=options.get("message") or "")
+    return 0
+
+
+def showmigrations(project: Project, console: Console, options: Options) -> int:
+    offline = bool(options.get("offline"))
+    status = project.status(offline=offline)
+    for kind, line in format_status(status, console.verbosity, vocabulary=console.vocabulary):
+        console.line(kind, line, 0 if kind == "error" else 1, to_stdout=True)
+    return status_exit_code(status)
+
+
+def history(project: Project, console: Console, options: Options) -> int:
+    records = project.history(limit=options.get("limit") or 50)
+    for kind, line in format_history(records, project.settings.state_id, console.verbosity):
+        console.line(kind, line)
+    return 0
+
+
+VERBS = {
+    "makemigration": makemigration, "migrate": migrate, "downgrade": downgrade, "reset": reset,
+    "showmigrations": showmigrations, "history": history,
+}

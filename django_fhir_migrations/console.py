@@ -1,0 +1,290 @@
+"""What a person sees: engine events as lines, one yes/no prompt, errors with their remedy.
+
+Every front door (the manage.py commands, the `fhir-migrations` CLI, the Flask blueprint, the
+seed facade) builds one `Console` with its own `Vocabulary` (what its commands are called:
+`fhirmigrate`, `fhir-migrations migrate`, `flask upgrade`), its own way of writing a line and
+styling it, and subscribes `Console.on_event` to the engine's events. So the words a user
+reads are the same everywhere, and a remedy names the command they would actually type.
+No Django or click here: front ends pass their writers and stylers in.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .engine.errors import PLAIN_NAMES, ConfigurationError, FhirMigrationError
+from .engine.events import Event
+from .engine.redaction import scrub
+
+Write = Callable[[str], None]
+Styler = Callable[[str, str], str]  # (kind, text) -> styled text
+Confirm = Callable[[str], bool]
+
+LOGGER = "django_fhir_migrations"
+PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines when there is no terminal
+PROMPT = "Type 'yes' to continue, or 'no' to cancel: "
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """How one front door names things: its command per verb and its flags (PLAIN_NAMES' keys)."""
+
+    names: Mapping[str, str]
+    example: str  # how to name a new migration, e.g. "fhirmakemigration add_mrn"
+
+    def command(self, verb: str) -> str:
+        return self.names.get(verb, verb)
+
+
+DJANGO = Vocabulary(
+    {**PLAIN_NAMES, "makemigration": "fhirmakemigration", "migrate": "fhirmigrate",
+     "downgrade": "fhirdowngrade", "reset": "fhirreset", "showmigrations": "fhirshowmigrations",
+     "history": "fhirhistory", "folder_flag": "--app"},
+    example="fhirmakemigration add_mrn",
+)
+CLI = Vocabulary(
+    {**PLAIN_NAMES, **{verb: f"fhir-migrations {verb}" for verb in
+                       ("makemigration", "migrate", "downgrade", "reset", "showmigrations", "history")},
+     "folder_flag": "--dir FOLDER"},
+    example="fhir-migrations makemigration add_mrn",
+)
+FLASK = Vocabulary(
+    {**PLAIN_NAMES, "makemigration": "flask migrate", "migrate": "flask upgrade",
+     "downgrade": "flask downgrade", "reset": "flask reset", "showmigrations": "flask showmigrations",
+     "history": "flask history", "folder_flag": "--dir FOLDER", "noinput_flag": "--yes"},
+    example="flask migrate add_mrn",
+)
+PLAIN = Vocabulary(dict(PLAIN_NAMES), example="makemigration add_mrn")
+
+
+def _label(script: Any) -> str:
+    return f"{script.label}/{script.name} ({script.short})"
+
+
+@dataclass
+class Console:
+    """Lines to stdout/stderr at a verbosity (Django's meaning: 0 errors only ... 3 debug)."""
+
+    vocabulary: Vocabulary
+    out: Write
+    err: Write
+    verbosity: int = 1
+    styler: Styler | None = None
+    interactive: bool = True
+    ask: Callable[[str], str] = input
+    stream: IO[str] | None = None  # the terminal, if any, for progress bars
+    _bars: dict[str, Any] = field(default_factory=dict)
+    _last_line: dict[str, float] = field(default_factory=dict)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def line(self, kind: str, text: str, level: int = 1, *, to_stdout: bool = False) -> None:
+        """One line of `kind` (heading, info, success, warning, error), scrubbed and styled;
+        errors go to stderr unless the line is part of a report (`to_stdout`)."""
+        if self.verbosity < level:
+            return
+        text = scrub(text)
+        if self.styler is not None:
+            text = self.styler(kind, text)
+        (self.err if kind == "error" and not to_stdout else self.out)(text)
+
+    def error_text(self, exc: FhirMigrationError, renames: Mapping[str, str] | None = None) -> str:
+        """The error's paragraph, its remedy naming this front door's commands and, for a
+        setting, the name the user gave it (a flag, an app.config key)."""
+        if isinstance(exc, ConfigurationError) and renames and exc.setting in renames:
+            exc = ConfigurationError(renames[exc.setting], exc.problem)
+        return scrub(exc.render(dict(self.vocabulary.names)))
+
+    # --- asking ------------------------------------------------------------------------------
+
+    def confirm(self) -> Confirm | None:
+        """A yes/no prompt, or None (meaning yes) when not interactive (--noinput, --yes)."""
+        if not self.interactive:
+            return None
+
+        def ask(question: str) -> bool:
+            self.out(question)
+            try:
+                answer = self.ask(PROMPT)
+            except (EOFError, OSError):
+                self.line("error", f"No answer (stdin closed); pass {self.vocabulary.command('noinput_flag')} "
+                                   "to confirm without asking.", 0)
+                return False
+            return answer.strip().lower() == "yes"
+
+        return ask
+
+    # --- engine events -------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        handler = getattr(self, f"_on_{event.action}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_nothing_to_do(self, event: Event) -> None:
+        if event.direction == "downgrade":
+            self.line("info", "No migrations to revert.")
+        elif event.detail == "another_process":
+            self.line("info", "No migrations to apply (another process applied them).")
+        elif event.detail == "below_head" and event.script is not None:
+            self.line("info", f"No migrations to apply: {event.script.label}/{event.script.name} "
+                              f"({event.script.short}) is below the head, so everything up to it is "
+                              f"applied. To go back to it, run `{self.vocabulary.command('downgrade')} "
+                              f"{event.script.name}`.")
+        else:
+            self.line("info", "No migrations to apply.")
+
+    def _on_plan(self, event: Event) -> None:
+        self.line("heading", "Unapplied migrations:" if event.detail == "check" else "Planned operations:")
+        for script in event.scripts:
+            doc = f": {script.doc}" if script.doc else ""
+            self.line("info", f"  {event.direction} {script.label}/{script.name} ({script.revision}){doc}")
+
+    def _on_run_start(self, event: Event) -> None:
+        verb = ({"upgrade": "Applying", "downgrade": "Reverting"} if not event.fake
+                else {"upgrade": "Faking", "downgrade": "Unfaking"})[event.direction]
+        self.line("heading", f"{verb} {len(event.scripts)} migration(s) on state {event.detail!r}:")
+
+    def _on_apply_start(self, event: Event) -> None:
+        verb = {"upgrade": "Applying", "downgrade": "Reverting"}[event.direction]
+        self.line("info", f"  {verb} {_label(event.script)}...")
+
+    def _on_apply_success(self, event: Event) -> None:
+        self.line("success", f"    {'FAKED' if event.fake else 'OK'} ({event.duration or 0:.2f}s)")
+
+    def _on_run_done(self, event: Event) -> None:
+        verb = ({"upgrade": "Applied", "downgrade": "Reverted"} if not event.fake
+                else {"upgrade": "Faked", "downgrade": "Unfaked"})[event.direction]
+        count = len(event.scripts)
+        self.line("success", f"{verb} {count} migration{'' if count == 1 else 's'} in "
+                             f"{event.duration or 0:.1f} s.")
+
+    def _on_dry_run_start(self, event: Event) -> None:
+        self.line("heading", f"Dry run: {len(event.scripts)} migration(s), writes are printed and "
+                             "not sent, nothing is recorded:")
+
+    def _on_dry_run_script(self, event: Event) -> None:
+        self.line("info", f"  {event.direction} {_label(event.script)}")
+
+    def _on_write_intercepted(self, event: Event) -> None:
+        self.line("info", f"  [dry-run] {event.detail}")
+
+    def _on_dry_run_done(self, event: Event) -> None:
+        self.line("info", f"    {event.count} write(s) intercepted")
+
+    def _on_checksum_warning(self, event: Event) -> None:
+        self.line("warning", f"Warning: {event.detail}")
+
+    def _on_out_of_order(self, event: Event) -> None:
+        script = event.script
+        self.line("warning", f"Warning: {script.name} ({script.revision}) sits below migrations that "
+                             "are already applied; it will be applied now, out of order.")
+
+    def _on_lock_wait(self, event: Event) -> None:
+        self.line("warning", f"Waiting up to {event.duration or 0:.0f}s for the migration lock held "
+                             f"by {event.detail}...")
+
+    def _on_lock_free(self, event: Event) -> None:
+        self.line("info", f"No process holds the migration lock on state {event.detail!r}.")
+
+    def _on_lock_kept(self, event: Event) -> None:
+        self.line("info", "Lock left in place.")
+
+    def _on_lock_broken(self, event: Event) -> None:
+        self.line("success", f"Broke the migration lock held by {event.detail}.")
+
+    def _on_reset(self, event: Event) -> None:
+        self.line("success", f"Migration state {event.detail!r} reset: no migration is recorded as "
+                             "applied.")
+
+    def _on_script_created(self, event: Event) -> None:
+        self.line("success", f"Created {event.detail} (revision {event.script_revision}, revises "
+                             f"{', '.join(event.parents) or 'None'}).")
+
+    def _on_checksums_accepted(self, event: Event) -> None:
+        if not event.scripts:
+            self.line("info", "No applied migration was edited: there is no checksum to accept.")
+            return
+        for script in event.scripts:
+            self.line("success", f"Accepted the edited {_label(script)}: its checksum is now "
+                                 f"{script.checksum}.")
+
+    def _on_resumed(self, event: Event) -> None:
+        self.line("warning", f"    Resuming an interrupted attempt: {event.count:,} resource(s) it "
+                             "wrote are skipped.")
+
+    def _on_bundle_failures(self, event: Event) -> None:
+        self.line("warning", f"    {event.detail}")
+
+    def _on_progress(self, event: Event) -> None:
+        key = event.detail
+        if self._terminal():
+            self._bar(event, key)
+            return
+        now = time.monotonic()
+        last = self._last_line.setdefault(key, now)
+        if event.final:
+            self._last_line.pop(key, None)
+            if (event.duration or 0) >= PROGRESS_LINE_EVERY:
+                self.line("info", f"    {key}: {event.count:,} done in {event.duration or 0:.1f}s")
+        elif now - last >= PROGRESS_LINE_EVERY:
+            self._last_line[key] = now
+            of = f"/{event.total:,}" if event.total else ""
+            rate = event.count / event.duration if event.duration else 0.0
+            self.line("info", f"    {key}: {event.count:,}{of} done ({rate:,.0f}/s)")
+
+    def _terminal(self) -> bool:
+        isatty = getattr(self.stream, "isatty", None)
+        return bool(self.verbosity >= 1 and isatty and isatty())
+
+    def _bar(self, event: Event, key: str) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError:  # the [progress] extra is not installed: lines instead
+            self.stream = None
+            return
+        bar = self._bars.get(key)
+        if bar is None:
+            bar = self._bars[key] = tqdm(total=event.total, desc=key, file=self.stream, leave=True)
+        bar.update(event.count - bar.n)
+        if event.final:
+            bar.close()  # prints the final state once
+            del self._bars[key]
+
+
+def configure_logging(verbosity: int, stream: IO[str] | None = None) -> None:
+    """-v 2 shows the engine's INFO log lines on stderr, -v 3 its DEBUG lines too.
+
+    Left alone when the application configured logging itself (any handler present).
+    """
+    logger = logging.getLogger(LOGGER)
+    if verbosity < 2 or logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.INFO)
+
+
+def stream_writer(stream: IO[str]) -> Write:
+    """A Write for a plain text stream: one line, flushed (so progress shows in CI logs)."""
+
+    def write(text: str) -> None:
+        stream.write(text + "\n")
+        stream.flush()
+
+    return write
+
+
+def plain_console(vocabulary: Vocabulary = PLAIN, *, stdout: IO[str] | None = None,
+                  stderr: IO[str] | None = None, verbosity: int = 1, styler: Styler | None = None,
+                  interactive: bool = True) -> Console:
+    """A console on two text streams (the CLI and the seed facade)."""
+    out = stdout or sys.stdout
+    return Console(vocabulary, out=stream_writer(out), err=stream_writer(stderr or sys.stderr),
+                   verbosity=verbosity, styler=styler, interactive=interactive, stream=out)

@@ -1,0 +1,84 @@
+"""What the engine reports while it works: events, not sentences.
+
+The engine never prints. It emits an `Event` (as Django's executor calls
+`progress_callback("apply_start", migration, fake)`), and whoever listens turns it into what
+they need: the console reporter into the lines a person reads (console.py), the admin page into
+a message, a test into assertions, a JSON log into records. A listener must not raise; one
+that does is logged and skipped, so a broken display never stops a migration.
+
+Actions and the fields they fill:
+
+    nothing_to_do     direction, detail ("", "another_process", "below_head")
+    plan              direction, scripts, detail ("plan" | "check")
+    run_start         direction, scripts, fake
+    apply_start       direction, script, fake
+    apply_success     direction, script, fake, duration
+    run_done          direction, scripts (done), fake, duration
+    dry_run_start     direction, scripts
+    dry_run_script    direction, script
+    dry_run_done      direction, script, count (writes intercepted)
+    write_intercepted detail (method, URL and what changes; never a resource body)
+    progress          script, detail (label), count, total, duration (seconds so far), final
+    checksum_warning  scripts (edited since applied), detail (the full warning)
+    out_of_order      script
+    lock_wait         detail (holder), duration (seconds it will wait)
+    lock_free         -                 lock_kept   detail (holder)
+    lock_broken       detail (holder)   reset       -
+    script_created    detail (path), script_revision, parents
+    resumed           script, count (resources the interrupted attempt wrote)
+    bundle_failures   script, detail (the grouped summary)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .script import MigrationScript
+
+logger = logging.getLogger("django_fhir_migrations")
+
+Direction = Literal["upgrade", "downgrade"]
+
+
+@dataclass(frozen=True)
+class Event:
+    action: str
+    direction: Direction = "upgrade"
+    script: MigrationScript | None = None
+    scripts: tuple[MigrationScript, ...] = ()
+    fake: bool = False
+    duration: float | None = None
+    count: int = 0
+    total: int | None = None
+    detail: str = ""
+    final: bool = False
+    script_revision: str = ""
+    parents: tuple[str, ...] = field(default=())
+
+
+Listener = Callable[[Event], None]
+
+
+class EventStream:
+    """The listeners of one command run; `emit` builds the event and hands it to each."""
+
+    def __init__(self, listeners: list[Listener] | None = None):
+        self.listeners: list[Listener] = list(listeners or [])
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, action: str, **fields: object) -> None:
+        event = Event(action, **fields)  # type: ignore[arg-type]
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a display must never stop a migration
+                logger.exception("An event listener failed on %r", action)
+
+
+__all__ = ["Direction", "Event", "EventStream", "Listener"]
