@@ -13,7 +13,8 @@ from django_fhir_migrations.engine.config import Settings
 from django_fhir_migrations.engine.errors import LeaseLostError
 from django_fhir_migrations.engine.fhir.client import FhirConnection
 from django_fhir_migrations.engine.lock import MigrationLock
-from django_fhir_migrations.engine.recorder import AppliedMigration, StateRecorder
+from django_fhir_migrations.engine.recorder import StateRecorder
+from django_fhir_migrations.engine.state import AppliedMigration
 
 from .concurrency import run_together, start_command, write_creating_migrations
 

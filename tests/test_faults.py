@@ -15,6 +15,8 @@ pytestmark = pytest.mark.server
 
 STATE_READ = r"^/fhir/Basic\?identifier="
 STATE_WRITE = r"^/fhir/Basic/[^/?]+$"
+# A ctx write is a transaction (the write and its Provenance) posted to the base URL.
+CTX_WRITE = r"^/fhir/?$"
 
 
 @pytest.fixture
@@ -49,12 +51,12 @@ def test_503_with_retry_after_on_the_state_read_is_retried(via_proxy, fhir, scri
     assert values(fhir) == ["one"] and len(fhir.applied()) == 1
 
 
-def test_429_on_a_plain_create_is_retried_because_it_was_not_processed(via_proxy, fhir, scripts):
+def test_429_on_a_create_is_retried_because_it_was_not_processed(via_proxy, fhir, scripts):
     add_creates(scripts, fhir, "one")
-    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "status", status=429, retry_after="1"))
+    via_proxy.add(Fault("POST", CTX_WRITE, "status", status=429, retry_after="1"))
     code, _, err = call("fhirmigrate")
     assert code == 0, err
-    assert via_proxy.count("POST", r"^/fhir/Patient$") == 2
+    assert via_proxy.count("POST", CTX_WRITE) == 2
     assert values(fhir) == ["one"]
 
 
@@ -79,13 +81,13 @@ def test_lost_answer_to_taking_the_lock_is_recognised_as_our_own(via_proxy, fhir
     assert values(fhir) == ["one", "two"] and len(fhir.applied()) == 2
 
 
-def test_lost_answer_to_a_plain_post_is_not_retried_and_not_recorded(via_proxy, fhir, scripts):
+def test_lost_answer_to_a_create_is_not_retried_and_not_recorded(via_proxy, fhir, scripts):
     add_creates(scripts, fhir, "one")
-    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "drop-response"))
+    via_proxy.add(Fault("POST", CTX_WRITE, "drop-response"))
     code, _, err = call("fhirmigrate")
     assert code != 0
     assert "one" in err and "was not recorded" in err and "Traceback" not in err
-    assert via_proxy.count("POST", r"^/fhir/Patient$") == 1  # never sent twice
+    assert via_proxy.count("POST", CTX_WRITE) == 1  # never sent twice
     assert fhir.applied() == []
     state = fhir.state()
     assert not any(e["url"].endswith("/migration-lock") for e in state.get("extension", []))
@@ -124,7 +126,7 @@ def test_a_server_that_keeps_failing_ends_with_a_clear_message(via_proxy, fhir, 
 def test_failure_mid_run_keeps_what_finished_and_records_nothing_else(via_proxy, fhir, scripts):
     first, _, _ = add_creates(scripts, fhir, "one", "two", "three")
     # "two"'s create keeps answering 503: retried, then given up; "three" never runs.
-    via_proxy.add(Fault("POST", r"^/fhir/Patient$", "status", skip=1, times=-1, status=503, retry_after="0"))
+    via_proxy.add(Fault("POST", CTX_WRITE, "status", skip=1, times=-1, status=503, retry_after="0"))
     code, _, err = call("fhirmigrate")
     assert code != 0 and "two" in err
     assert fhir.applied() == [first]

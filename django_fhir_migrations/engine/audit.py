@@ -25,9 +25,9 @@ from typing import Any
 from .clock import isoformat, parse_datetime, utcnow
 from .errors import FhirMigrationError
 from .fhir.client import FhirConnection
-from .recorder import MigrationState
 from .redaction import printable, scrub
 from .script import MigrationScript
+from .state import MigrationState
 from .version import __version__
 
 logger = logging.getLogger("django_fhir_migrations")

@@ -1,208 +1,178 @@
 """Batch and transaction bundles that a migration fills with `with ctx.batch() as b:`.
 
-Entries are collected and sent every BUNDLE_SIZE entries, so memory stays flat however many
-resources a migration touches. A transaction is all-or-nothing per bundle: a failed bundle
-raises at once and stops the migration (bundles sent before it stay written). A batch applies
-each entry on its own; failed entries are collected with the resource they concern and raised
-together when the block ends (or handled by the caller with `raise_errors=False`).
+Entries are collected and sent every BUNDLE_SIZE entries (`size=`), so memory stays flat
+however many resources a migration touches. Each bundle goes through the attempt's journal
+(journal.py): with its Provenance, skipping what an interrupted attempt already wrote.
 
-A batch bundle is sent with HAPI FHIR's `X-Transaction-Semantics` header asking the server to
-try it as one transaction first and, only if that fails, to process it again as a batch (HAPI
-8.2+; other servers ignore the header). The outcome is the batch's: every entry that can be
-applied is, and each failure is reported per entry. HAPI runs each batch entry in a database
-transaction of its own, so a clean bundle committed as one is several times faster there;
-`transaction_first=False` sends a plain batch.
+* `ctx.transaction()` is **one transaction per bundle**, not per block: a failed bundle raises
+  at once and stops the migration; the bundles sent before it stay committed (the error says
+  how many entries), and a resumed run skips them.
+* `ctx.batch()` applies entries independently: failed entries are collected and raised together
+  when the block ends, as a count per status and message with a few `Type/id` examples
+  (`raise_errors=False`: handle `b.failures` yourself).
+
+With `workers` > 1 (setting WORKERS), up to that many bundles are sent at once while the
+script goes on filling the next: memory holds at most `workers` bundles in flight plus the one
+being filled. For a transaction block, a failure is raised when the block ends (bundles
+already in flight may still commit).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from .errors import BundleError, UntrustedResponseError
-from .fhir.client import outcome_text, query_string, resource_path
-from .redaction import printable
+from .errors import BundleError, FhirServerError
+from .journal import (
+    TRANSACTION_SEMANTICS_HEADER,
+    TRY_AS_TRANSACTION_FIRST,
+    Result,
+    Write,
+    bundle_error,
+    failure_summary,
+)
 
 if TYPE_CHECKING:
     from .context import MigrationContext
 
 logger = logging.getLogger("django_fhir_migrations")
 
-# HAPI FHIR's TransactionSemanticsHeader: one retry, which is the plain batch.
-TRANSACTION_SEMANTICS_HEADER = "X-Transaction-Semantics"
-TRY_AS_TRANSACTION_FIRST = "retryCount=1; tryBatchAsTransactionFirst=true"
-
-
-@dataclass
-class BundleFailure:
-    method: str
-    url: str
-    status: str
-    diagnostics: str
-    resource: Mapping[str, Any] | None
-
-    def describe(self) -> str:
-        return f"{self.method} {self.url}"
-
 
 class BundleWriter:
+    """Collects writes into bundles of `size` and sends them (see the module docstring)."""
+
     def __init__(self, ctx: MigrationContext, kind: str, *, size: int | None = None,
-                 raise_errors: bool = True, transaction_first: bool = True):
-        assert kind in ("batch", "transaction")
+                 raise_errors: bool = True, transaction_first: bool = True, workers: int | None = None):
+        if kind not in ("batch", "transaction"):
+            raise ValueError(f"kind must be 'batch' or 'transaction', not {kind!r}")
         self.ctx = ctx
         self.kind = kind
         self.headers = ({TRANSACTION_SEMANTICS_HEADER: TRY_AS_TRANSACTION_FIRST}
                         if kind == "batch" and transaction_first else {})
         self.size = size or ctx.settings.bundle_size
+        self.workers = max(1, workers if workers is not None else ctx.settings.workers)
         self.raise_errors = raise_errors
-        self.entries: list[dict[str, Any]] = []
-        self.failures: list[BundleFailure] = []
+        self.entries: list[Write] = []
+        self.failures: list[Result] = []
         self.sent_bundles = 0
-        self.committed_whole = 0  # batch bundles the server committed as one transaction
-        self.written = 0
+        self.committed = 0  # entries in bundles that were committed
+        self._mutex = threading.Lock()
+        self._whole_before = ctx.journal.committed_whole
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: deque[Future[None]] = deque()
+
+    @property
+    def written(self) -> int:
+        return self.committed
+
+    @property
+    def committed_whole(self) -> int:
+        """Bundles of this writer the server committed as one transaction, unsplit."""
+        return self.ctx.journal.committed_whole - self._whole_before
 
     # --- collecting entries --------------------------------------------------------------
 
-    def create(self, resource: Any, *, if_none_exist: str | None = None) -> None:
-        data = self.ctx.as_json(resource)
-        request = {"method": "POST", "url": resource_path(data["resourceType"])}
-        if if_none_exist:
-            request["ifNoneExist"] = if_none_exist
-        self._add(request, data)
+    def create(self, resource: Any, *, if_none_exist: str | Mapping[str, str] | None = None,
+               key: str | Mapping[str, str] | None = None) -> None:
+        """Create `resource`; `key` (or `if_none_exist`) is its idempotency key: a search that
+        finds it once it exists (default: its first identifier)."""
+        self._add(self.ctx.create_write(resource, key=key if key is not None else if_none_exist))
 
     def update(self, resource: Any, *, check_version: bool = True) -> None:
-        data = self.ctx.as_json(resource)
-        request = {"method": "PUT", "url": resource_path(data["resourceType"], data.get("id"))}
-        version = (data.get("meta") or {}).get("versionId")
-        if check_version:
-            if not version:
-                raise ValueError(
-                    f"{request['url']}: a version-aware update needs meta.versionId from a read; "
-                    "pass check_version=False to overwrite whatever is there"
-                )
-            request["ifMatch"] = f'W/"{version}"'
-        self._add(request, data)
+        """Update `resource` (version-aware by default: If-Match its meta.versionId)."""
+        self._add(self.ctx.update_write(resource, check_version=check_version))
 
-    def conditional_update(self, resource: Any, query: str) -> None:
-        data = self.ctx.as_json(resource)
-        self._add({"method": "PUT", "url": f"{resource_path(data['resourceType'])}?{query_string(query)}"},
-                  data)
+    def conditional_update(self, resource: Any, query: str | Mapping[str, str]) -> None:
+        """Update the resource `query` finds (or create it when none does)."""
+        for write in self.ctx.conditional_update_writes(resource, query):
+            self._add(write)
 
     def delete(self, resource_or_type: Any, resource_id: str | None = None) -> None:
         """Delete a resource: `delete(resource)` or `delete("Patient", "123")`, as ctx.delete."""
-        if resource_id is None and not isinstance(resource_or_type, str):
-            data = self.ctx.as_json(resource_or_type)
-            resource_or_type, resource_id = data["resourceType"], data.get("id")
-        if resource_id is None:
-            raise TypeError(
-                f"{self.kind}.delete({resource_or_type!r}) names no resource: give a resource, or a "
-                "type and an id"
-            )
-        self._add({"method": "DELETE", "url": resource_path(resource_or_type, resource_id)}, None)
+        self._add(self.ctx.delete_write(resource_or_type, resource_id, where=f"{self.kind}.delete"))
 
-    def _add(self, request: dict[str, Any], resource: dict[str, Any] | None) -> None:
-        entry: dict[str, Any] = {"request": request}
-        if resource is not None:
-            # The whole resource, meta included: a PUT without meta.profile loses the profile
-            # claims on HAPI (and tags and security labels on servers that do not keep them).
-            # Where the version check lives (ifMatch), a versionId in the body changes nothing.
-            entry["resource"] = dict(resource)
-            if self.kind == "transaction" and request["method"] == "POST":
-                entry["fullUrl"] = f"urn:uuid:{self.ctx.new_uuid()}"
-        self.entries.append(entry)
+    def patch(self, resource_type: str, resource_id: str, operations: Any, *,
+              version: str | None = None) -> None:
+        """Patch a resource (JSON Patch list, or FHIRPath Patch Parameters), as ctx.patch."""
+        self._add(self.ctx.patch_write(resource_type, resource_id, operations, version=version))
+
+    def _add(self, write: Write) -> None:
+        self.entries.append(write)
         if len(self.entries) >= self.size:
             self.flush()
 
     # --- sending -------------------------------------------------------------------------
 
     def flush(self) -> None:
+        """Send what is collected (in the background when workers > 1)."""
         if not self.entries:
             return
-        entries, self.entries = self.entries, []
-        bundle = {"resourceType": "Bundle", "type": self.kind, "entry": entries}
+        writes, self.entries = self.entries, []
         if self.ctx.dry_run:
-            self.ctx.show_write("POST", f"({self.kind} of {len(entries)} entries)", None)
-            for entry in entries:
-                self.ctx.show_write(entry["request"]["method"], entry["request"]["url"],
-                                    entry.get("resource"))
+            self.ctx.show_write("POST", f"({self.kind} of {len(writes)} entries)", None)
+            for write in writes:
+                request = write.request()
+                self.ctx.show_write(request["method"], request["url"], write.body)
             return
-        # A transaction failing as a whole answers 4xx with an OperationOutcome: that raises
-        # through the connection as FhirServerError, which we turn into a BundleError.
-        from .errors import FhirServerError
+        if self.workers == 1:
+            self._send(writes)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fhir-migrations-bundle")
+        while len(self._in_flight) >= self.workers:
+            self._in_flight.popleft().result()  # bounded: raises a failed transaction's error
+        self._in_flight.append(self._pool.submit(self._send, writes))
 
+    def _send(self, writes: list[Write]) -> None:
+        atomic = self.kind == "transaction"
         try:
-            reply = self.ctx.connection.request("POST", "", json=bundle, headers=self.headers,
-                                                idempotent=False)
+            results = self.ctx.journal.send(writes, atomic=atomic, headers=self.headers)
         except FhirServerError as exc:
-            if self.kind == "transaction":
-                raise BundleError("transaction", [(f"bundle of {len(entries)} entries",
-                                                   exc.status or "error", str(exc))]) from None
-            raise
-        self.sent_bundles += 1
-        response = reply.body or {}
-        results = validated_results(self.kind, len(entries), response, reply.url)
-        if self.kind == "batch" and response.get("type") == "transaction-response":
-            self.committed_whole += 1
-        self._check(entries, results)
+            if not atomic or exc.status is None:
+                raise
+            with self._mutex:
+                committed, bundles = self.committed, self.sent_bundles
+            labels = [w.label for w in writes[:3]]
+            raise BundleError("transaction", [(str(exc.status), len(writes), exc.detail or str(exc), labels)],
+                              committed=committed, bundles=bundles) from None
+        failed = [r for r in results if not r.ok]
+        with self._mutex:
+            self.sent_bundles += 1
+            self.committed += sum(1 for r in results if r.ok)
+            self.failures.extend(failed)
+        for status, count, message, examples in failure_summary(failed):
+            logger.error("%s entries failed: %d x %s %s (%s)", self.kind, count, status, message,
+                         ", ".join(examples))
 
-    def _check(self, entries: list[dict[str, Any]], results: list[Mapping[str, Any]]) -> None:
-        for entry, result in zip(entries, results, strict=True):
-            status = str((result.get("response") or {}).get("status", ""))
-            if status[:1] in ("2", "3"):
-                self.written += 1
-                continue
-            diagnostics = outcome_text((result.get("response") or {}).get("outcome"))
-            failure = BundleFailure(entry["request"]["method"], entry["request"]["url"], status,
-                                    diagnostics, entry.get("resource"))
-            logger.error("%s entry failed: %s -> %s %s", self.kind, failure.describe(), status,
-                         diagnostics)
-            self.failures.append(failure)
+    def _drain(self) -> None:
+        error: BaseException | None = None
+        while self._in_flight:
+            try:
+                self._in_flight.popleft().result()
+            except BaseException as exc:  # noqa: BLE001 - the first is raised after all finished
+                error = error or exc
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if error is not None:
+            raise error
 
     def __enter__(self) -> BundleWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
-            return  # the migration already failed; do not send half a block
+            self.entries = []  # the migration already failed; do not send half a block
+            try:
+                self._drain()
+            except BaseException:  # noqa: BLE001 - the script's own error is the one to report
+                pass
+            return
         self.flush()
+        self._drain()
         if self.failures and self.raise_errors:
-            raise BundleError(self.kind, [(f.describe(), f.status, f.diagnostics)
-                                          for f in self.failures])
-
-
-# A batch may be answered as a transaction when the server committed it whole (HAPI's
-# X-Transaction-Semantics); a transaction only as a transaction.
-RESPONSE_TYPES = {"batch": ("batch-response", "transaction-response"),
-                  "transaction": ("transaction-response",)}
-
-
-def validated_results(kind: str, sent: int, response: Mapping[str, Any], url: str
-                      ) -> list[Mapping[str, Any]]:
-    """The response entries, one per entry sent, or UntrustedResponseError.
-
-    A server (or a proxy) that answers 200 with something else, an empty Bundle or fewer
-    entries tells us nothing about which writes were made: acting on it would record as
-    applied a migration whose writes may not exist.
-    """
-    what = printable(response.get("resourceType") or "an empty body", 40)
-    if response.get("resourceType") == "Bundle":
-        what = f"a Bundle of type {printable(response.get('type') or '(none)', 40)}"
-    problem = ""
-    results = response.get("entry") if isinstance(response.get("entry"), list) else None
-    if response.get("resourceType") != "Bundle" or response.get("type") not in RESPONSE_TYPES[kind]:
-        problem = f"answered with {what}, not a {' or '.join(RESPONSE_TYPES[kind])} Bundle"
-    elif results is None or len(results) != sent:
-        got = 0 if results is None else len(results)
-        problem = f"answered with {got} entr{'y' if got == 1 else 'ies'} for the {sent} sent"
-    elif not all(isinstance(r, Mapping) and isinstance(r.get("response"), Mapping)
-                 and isinstance(r["response"].get("status"), str) for r in results):
-        problem = "answered with entries that have no response status"
-    if problem:
-        raise UntrustedResponseError(
-            f"The FHIR server {problem} ({kind} bundle POST {url}). Which of its writes were made "
-            "cannot be known from that answer, so the migration stops here and is not recorded.",
-            url=url,
-        )
-    return list(results or [])
+            raise bundle_error(self.kind, self.failures)

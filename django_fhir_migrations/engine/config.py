@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "BUNDLE_SIZE": 100,
     "MAX_RUN_TIME": None,
     "MAX_RESPONSE_MB": 64,
+    "PROVENANCE": True,
+    "WORKERS": 1,
 }
 
 # Environment variable -> settings key. Seed-tool names come first where they exist.
@@ -51,6 +53,8 @@ ENV_VARS: dict[str, str] = {
     "FHIR_MIGRATIONS_BUNDLE_SIZE": "BUNDLE_SIZE",
     "FHIR_MIGRATIONS_MAX_RUN_TIME": "MAX_RUN_TIME",
     "FHIR_MIGRATIONS_MAX_RESPONSE_MB": "MAX_RESPONSE_MB",
+    "FHIR_MIGRATIONS_PROVENANCE": "PROVENANCE",
+    "FHIR_MIGRATIONS_WORKERS": "WORKERS",
 }
 SCRIPTS_DIR_ENV = "MIGRATION_SCRIPTS_DIR"
 AUTH_TYPES = ("bearer", "basic", "smart-backend")
@@ -82,6 +86,8 @@ class Settings:
     bundle_size: int = 100
     max_run_time: float | None = None  # seconds per migration; None: no limit
     max_response_bytes: int = 64 * 1024 * 1024
+    provenance: bool = True  # every ctx write recorded as Provenance: resume and undo
+    workers: int = 1  # bundles sent at once by ctx.batch()/transaction()
     applied_by: str | None = None
     source: str = field(default="settings")  # where the values came from, for messages
 
@@ -151,6 +157,8 @@ class Settings:
             max_response_bytes=int(
                 _number(merged["MAX_RESPONSE_MB"], setting("MAX_RESPONSE_MB"), minimum=1) * 1024 * 1024
             ),
+            provenance=_boolean(merged["PROVENANCE"], setting("PROVENANCE")),
+            workers=int(_number(merged["WORKERS"], setting("WORKERS"), minimum=1, integer=True)),
             applied_by=environ.get("FHIR_MIGRATIONS_USER") or None,
             source=source,
         )

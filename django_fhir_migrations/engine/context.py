@@ -2,9 +2,12 @@
 
 It carries the SMART on FHIR client (`ctx.client`, `ctx.server`) and helpers: `search` that
 follows `link[next]` page by page (constant memory), `count`, `read`, version-aware `update`,
-`create`/`delete`/`patch`, conditional create/update, `batch()`/`transaction()` bundles, a logger,
-a progress bar and `dry_run`. Every write goes through `_write`, so `--dry-run` intercepts them
-all: it prints what would be sent and sends nothing.
+`create`/`delete`/`patch`, conditional create/update/delete, `batch()`/`transaction()` bundles,
+`undo()`, `bulk_patch()`, a logger, a progress bar and `dry_run`.
+
+Every write goes through the attempt's journal (journal.py): with Provenance, resumable after
+a crash, undoable by `ctx.undo()`. With `--dry-run` nothing is sent: each write is printed
+(method, URL and which fields change; never the data) instead.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import requests
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
@@ -24,9 +27,14 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from .bundles import BundleWriter
 from .config import Settings
 from .events import Event, EventStream
-from .fhir.client import FhirConnection, Reply, query_string, resource_path
+from .fhir.client import FhirConnection, checked_id, checked_type, query_string, resource_path
 from .fhir.paging import search_entries
+from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
 from .redaction import printable
+from .state import AppliedMigration
+
+if TYPE_CHECKING:
+    from .attempt import Attempt
 
 T = TypeVar("T")
 PROGRESS_INTERVAL = 0.25  # seconds between progress events (a bar redraws no faster)
@@ -35,18 +43,27 @@ script_logger = logging.getLogger("django_fhir_migrations.scripts")
 
 
 class MigrationContext:
+    """What a migration script works with; one per script run (see the module docstring).
+
+    Built by the executor with the attempt's `journal`; a ctx built on its own (tests, a
+    notebook) writes without Provenance and prints its dry-run writes to `stdout`.
+    """
+
     def __init__(self, connection: FhirConnection, settings: Settings, *, dry_run: bool = False,
                  script: Any = None, direction: str = "upgrade", events: EventStream | None = None,
-                 stdout: IO[str] | None = None):
+                 stdout: IO[str] | None = None, attempt: Attempt | None = None,
+                 applied: AppliedMigration | None = None):
         self.connection = connection
         self.settings = settings
         self.dry_run = dry_run
         self.script = script
         self.direction = direction
         self.stdout = stdout or sys.stdout
-        # A ctx made on its own (tests, a notebook) has no front end listening: it prints its
-        # intercepted writes to its stdout itself.
+        # A ctx made on its own has no front end listening: it prints its intercepted writes.
         self.events = events or EventStream([self._print_intercepted])
+        self.attempt = attempt
+        self.journal = attempt.journal if attempt is not None else Journal(connection)
+        self.applied = applied  # in a downgrade, the application ctx.undo() reverts
         self.log = script_logger
         self.dry_run_writes: list[tuple[str, str]] = []
         # Last version of resources this migration has seen, for dry-run diffs. Bounded: memory
@@ -57,14 +74,19 @@ class MigrationContext:
 
     @property
     def client(self):
+        """fhirclient's FHIRClient, on the tool's session (same auth, deadlines, dry run)."""
         return self.connection.client
 
     @property
     def server(self):
+        """fhirclient's FHIRServer: `Patient.read(id, ctx.server)`, `model.create(ctx.server)`.
+        Writes made this way are intercepted by --dry-run but have no Provenance and cannot
+        be resumed or undone: prefer ctx's own methods."""
         return self.connection.server
 
     @property
     def revision(self) -> str | None:
+        """The running script's revision."""
         return self.script.revision if self.script is not None else None
 
     # --- reading -------------------------------------------------------------------------
@@ -74,10 +96,13 @@ class MigrationContext:
         """Every resource of `resource_type` matching the search, across all pages.
 
         Pages are fetched by following `link[next]`, never by offset arithmetic, so memory
-        holds a few pages whatever the number of matches: the caller's, and up to
-        PAGES_AHEAD (3) that a background thread reads ahead while the caller writes
-        (read_ahead=False: one page, read when needed). Yields fhirclient models, or dicts with
-        as_dict=True. Only resources that matched are yielded (included resources are skipped).
+        holds a few pages whatever the number of matches: the caller's, and up to 3 that a
+        background thread reads ahead while the caller writes (read_ahead=False: one page,
+        read when needed). Yields fhirclient models, or dicts with as_dict=True. Only resources
+        that matched are yielded (included resources are skipped). `params={...}` for names
+        that are not Python identifiers (`_has:...`). When this run resumes an interrupted
+        one, resources that run already wrote are not yielded: the script does not transform
+        them twice.
         """
         query = dict(params or {})
         query.update(search)
@@ -85,107 +110,256 @@ class MigrationContext:
         entries = search_entries(self.connection, resource_path(resource_type), query,
                                  read_ahead=read_ahead)
         try:
-            for entry in entries:
-                if (entry.get("search") or {}).get("mode", "match") != "match":
-                    continue
-                resource = entry.get("resource")
-                if resource is None:
-                    continue
+            for resource in self._unwritten(entries, int(query["_count"])):
                 self._remember(resource)
                 yield resource if as_dict else self.to_model(resource)
         finally:
             entries.close()  # a caller that stopped early: stop the reader thread now
 
+    def _unwritten(self, entries: Iterator[dict[str, Any]], chunk: int) -> Iterator[dict[str, Any]]:
+        """The matched resources, less those an interrupted attempt wrote (one lookup per page)."""
+        page: list[dict[str, Any]] = []
+        for entry in entries:
+            if (entry.get("search") or {}).get("mode", "match") != "match":
+                continue
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
+                continue
+            if not self.journal.resuming:
+                yield resource
+                continue
+            page.append(resource)
+            if len(page) >= chunk:
+                yield from self._drop_written(page)
+                page = []
+        if page:
+            yield from self._drop_written(page)
+
+    def _drop_written(self, page: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        done = self.journal.written_before(f"{r.get('resourceType')}/{r.get('id')}" for r in page)
+        for resource in page:
+            if f"{resource.get('resourceType')}/{resource.get('id')}" not in done:
+                yield resource
+
     def count(self, resource_type: str, *, params: Mapping[str, Any] | None = None,
               **search: Any) -> int:
+        """How many resources match (`_summary=count`: no resource is transferred)."""
         query = dict(params or {})
         query.update(search)
         query["_summary"] = "count"
         reply = self.connection.get(resource_path(resource_type), query)
-        return int((reply.body or {}).get("total", 0))
+        total = (reply.body or {}).get("total", 0)
+        return total if isinstance(total, int) and not isinstance(total, bool) else 0
 
     def read(self, resource_type: str, resource_id: str, *, as_dict: bool = False,
              missing_ok: bool = False) -> Any:
+        """One resource by id (a fhirclient model, or a dict with as_dict=True);
+        `missing_ok=True` returns None for a resource that does not exist (404) or was
+        deleted (410)."""
         reply = self.connection.get(resource_path(resource_type, resource_id),
                                     allow=(404, 410) if missing_ok else ())
         if reply.status in (404, 410):
             return None
         return self._result(reply.body or {}, as_dict)
 
-    # --- writing -------------------------------------------------------------------------
+    # --- writing: one call, one write --------------------------------------------------------
 
-    def create(self, resource: Any) -> Any:
-        data = self.as_json(resource)
-        reply = self._write("POST", resource_path(data["resourceType"]), data)
-        return self._returned(resource, data, reply)
+    def create(self, resource: Any, *, key: str | Mapping[str, str] | None = None) -> Any:
+        """Create `resource`, at most once.
+
+        `key` is its idempotency key: a search (`{"identifier": "system|value"}` or
+        `"name=value&..."`) that finds the resource once it exists. Default: the resource's
+        first identifier with a system and a value. A resource the key already finds is not
+        created again (and is returned as found), so a resumed or repeated run never
+        duplicates. Without PROVENANCE a create with no key is a plain POST.
+        """
+        return self._one(self.create_write(resource, key=key), resource)
 
     def conditional_create(self, resource: Any, query: str | Mapping[str, str]) -> Any:
-        """Create unless a resource matches `query` (If-None-Exist); returns the one that is."""
-        data = self.as_json(resource)
-        reply = self._write("POST", resource_path(data["resourceType"]), data,
-                            headers={"If-None-Exist": query_string(query)})
-        return self._returned(resource, data, reply)
+        """Create unless a resource matches `query` (If-None-Exist); `create(resource, key=query)`."""
+        return self.create(resource, key=query)
 
     def update(self, resource: Any, *, check_version: bool = True) -> Any:
-        """PUT the resource. Version-aware by default: refused (412) if it changed since read."""
-        data = self.as_json(resource)
-        path = resource_path(data["resourceType"], data.get("id"))
-        headers = {}
-        if check_version:
-            version = (data.get("meta") or {}).get("versionId")
-            if not version:
-                raise ValueError(
-                    f"{path}: a version-aware update needs meta.versionId from a read; pass "
-                    "check_version=False to overwrite whatever is there"
-                )
-            headers["If-Match"] = f'W/"{version}"'
-        reply = self._write("PUT", path, data, headers=headers)
-        return self._returned(resource, data, reply)
+        """PUT the resource. Version-aware by default: refused (412, raised as
+        VersionConflictError) if someone changed it since it was read (If-Match from
+        meta.versionId); `check_version=False` overwrites whatever is there."""
+        return self._one(self.update_write(resource, check_version=check_version), resource)
 
     def conditional_update(self, resource: Any, query: str | Mapping[str, str]) -> Any:
-        data = self.as_json(resource)
-        data_without_id = {k: v for k, v in data.items() if k != "id"}
-        reply = self._write("PUT", f"{resource_path(data['resourceType'])}?{query_string(query)}", data_without_id)
-        return self._returned(resource, data, reply)
+        """Update the resource `query` finds, or create it if none does (FHIR's conditional
+        update). More than one match is an error. With PROVENANCE the match is looked up first
+        and written by id (version-aware), so it has a Provenance like any update."""
+        writes = self.conditional_update_writes(resource, query)
+        return self._one(writes[0], resource)
 
-    def patch(self, resource_type: str, resource_id: str, operations: list[dict[str, Any]],
-              *, version: str | None = None) -> Any:
-        """JSON Patch (RFC 6902) the resource; optionally only if it is still at `version`."""
-        headers = {"Content-Type": "application/json-patch+json"}
-        if version:
-            headers["If-Match"] = f'W/"{version}"'
-        reply = self._write("PATCH", resource_path(resource_type, resource_id), operations, headers=headers)
-        return reply.body if reply is not None else None
+    def patch(self, resource_type: str, resource_id: str, operations: Any, *,
+              version: str | None = None) -> Any:
+        """Patch one resource: a JSON Patch (RFC 6902, a list of operations) or a FHIRPath
+        Patch (a `Parameters` resource). With `version`, only if it is still at that version
+        (If-Match). Returns the patched resource as the server answered it."""
+        return self._one(self.patch_write(resource_type, resource_id, operations, version=version), None)
 
     def delete(self, resource_or_type: Any, resource_id: str | None = None) -> None:
+        """Delete a resource: `ctx.delete(resource)` or `ctx.delete("Patient", "123")`."""
+        self._one(self.delete_write(resource_or_type, resource_id, where="ctx.delete"), None)
+
+    def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
+        """Delete every resource of `resource_type` that `query` finds (one transaction; with
+        PROVENANCE each is looked up and deleted by id, so the deletes can be undone)."""
+        if self.journal.writer is None or self.dry_run:
+            if self.dry_run:
+                self.show_write("DELETE", f"{resource_path(resource_type)}?{query_string(query)}", None)
+                return
+            self.connection.request("DELETE", f"{resource_path(resource_type)}?{query_string(query)}")
+            return
+        writes = [self.delete_write(resource_type, found["id"], where="ctx.conditional_delete")
+                  for found in self._matches(resource_type, query)]
+        if writes:
+            self.journal.send(writes, atomic=True)
+
+    # --- writing: bundles ----------------------------------------------------------------
+
+    def batch(self, *, size: int | None = None, raise_errors: bool = True,
+              transaction_first: bool = True, workers: int | None = None) -> BundleWriter:
+        """`with ctx.batch() as b:` collects writes into batch bundles of `size` (BUNDLE_SIZE),
+        each entry applied on its own; failures are raised together at the end of the block
+        (`raise_errors=False`: read `b.failures`). `workers` bundles are sent at once (WORKERS).
+        See bundles.py."""
+        return BundleWriter(self, "batch", size=size, raise_errors=raise_errors,
+                            transaction_first=transaction_first, workers=workers)
+
+    def transaction(self, *, size: int | None = None, workers: int | None = None) -> BundleWriter:
+        """`with ctx.transaction() as t:` collects writes into transaction bundles of `size`
+        (BUNDLE_SIZE). Each bundle is all-or-nothing; the block as a whole is not: a failed
+        bundle raises at once, and the bundles before it stay committed (a resumed run skips
+        them). Put what must be atomic in one bundle (`size=`)."""
+        return BundleWriter(self, "transaction", size=size, workers=workers)
+
+    # --- undo and the server's bulk operation -------------------------------------------------
+
+    def undo(self, *, force: bool = False) -> int:
+        """Revert every write this migration's last application made through ctx, from their
+        Provenance: updated resources get their previous version's content back, created ones
+        are deleted, deleted ones are restored under the same id. First it checks that every
+        one is still at the version the migration produced; if any changed since, it writes
+        nothing and raises UndoConflictError naming them. Resumable, with Provenance of its
+        own. Returns how many resources it reverted. The default downgrade body."""
+        from .undo import undo
+
+        return undo(self, force=force)
+
+    def bulk_patch(self, resource_type: str, operations: Any, **search: Any) -> int:
+        """Apply FHIRPath Patch `operations` to every `resource_type` matching `search`: through
+        the server's own bulk job where it offers one (HAPI's `$hapi.fhir.bulk-patch`), else
+        through patch bundles, with Provenance, resume and undo either way. Returns how many
+        resources changed."""
+        from .bulk import bulk_patch
+
+        return bulk_patch(self, resource_type, operations, search)
+
+    # --- the writes behind the helpers ---------------------------------------------------------
+
+    def create_write(self, resource: Any, *, key: str | Mapping[str, str] | None = None) -> Write:
+        data = self.as_json(resource)
+        checked_type(data["resourceType"])
+        return Write("POST", data["resourceType"], body=data,
+                     key=query_string(key) if key is not None else identifier_key(data))
+
+    def update_write(self, resource: Any, *, check_version: bool = True) -> Write:
+        data = self.as_json(resource)
+        resource_path(data["resourceType"], data.get("id"))
+        version = (data.get("meta") or {}).get("versionId")
+        if check_version and not version:
+            raise ValueError(
+                f"{data['resourceType']}/{data.get('id')}: a version-aware update needs "
+                "meta.versionId from a read; pass check_version=False to overwrite whatever is there"
+            )
+        return Write("PUT", data["resourceType"], data["id"], body=data,
+                     version=version if isinstance(version, str) else None, check_version=check_version)
+
+    def conditional_update_writes(self, resource: Any, query: str | Mapping[str, str]) -> list[Write]:
+        data = self.as_json(resource)
+        checked_type(data["resourceType"])
+        if self.journal.writer is None:  # the server resolves it (no Provenance to write)
+            body = {k: v for k, v in data.items() if k != "id"}
+            return [Write("PUT", data["resourceType"], body=body, check_version=False,
+                          url=f"{resource_path(data['resourceType'])}?{query_string(query)}")]
+        matches = list(self._matches(data["resourceType"], query))
+        if len(matches) > 1:
+            raise ValueError(f"conditional update of {data['resourceType']}?{query_string(query)}: "
+                             f"{len(matches)} resources match; it must find at most one")
+        if not matches:
+            return [self.create_write({k: v for k, v in data.items() if k != "id"}, key=query)]
+        found = matches[0]
+        body = dict(data, id=found["id"], meta=dict(data.get("meta") or {},
+                                                    versionId=(found.get("meta") or {}).get("versionId")))
+        return [self.update_write(body)]
+
+    def patch_write(self, resource_type: str, resource_id: str, operations: Any, *,
+                    version: str | None = None) -> Write:
+        resource_path(resource_type, resource_id)
+        if not isinstance(operations, list) and not (
+                isinstance(operations, Mapping) and operations.get("resourceType") == "Parameters"):
+            raise TypeError("a patch is a JSON Patch (a list of operations) or a FHIRPath Patch "
+                            "(a Parameters resource)")
+        return Write("PATCH", resource_type, resource_id, body=operations, version=version,
+                     check_version=version is not None)
+
+    def delete_write(self, resource_or_type: Any, resource_id: str | None, *, where: str) -> Write:
+        version = None
         if resource_id is None and not isinstance(resource_or_type, str):
             data = self.as_json(resource_or_type)
             resource_or_type, resource_id = data["resourceType"], data.get("id")
+            version = (data.get("meta") or {}).get("versionId")
         if resource_id is None:
             raise TypeError(
-                f"ctx.delete({resource_or_type!r}) names no resource: give a resource, or a type and "
-                "an id (use ctx.conditional_delete for a search)"
+                f"{where}({resource_or_type!r}) names no resource: give a resource, or a type and "
+                "an id (ctx.conditional_delete deletes what a search finds)"
             )
-        self._write("DELETE", resource_path(resource_or_type, resource_id), None)
+        resource_path(resource_or_type, resource_id)
+        return Write("DELETE", resource_or_type, resource_id,
+                     version=version if isinstance(version, str) else None, check_version=False)
 
-    def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
-        self._write("DELETE", f"{resource_path(resource_type)}?{query_string(query)}", None)
+    def _matches(self, resource_type: str, query: str | Mapping[str, str]) -> Iterator[dict[str, Any]]:
+        text = query_string(query)
+        reply = self.connection.get(f"{resource_path(resource_type)}?{text}", {"_count": 1000})
+        for entry in (reply.body or {}).get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
+                checked_id(resource_type, resource.get("id"))
+                yield resource
 
-    def batch(self, *, size: int | None = None, raise_errors: bool = True,
-              transaction_first: bool = True) -> BundleWriter:
-        """Collect writes into batch bundles of `size` (BUNDLE_SIZE); see bundles.py."""
-        return BundleWriter(self, "batch", size=size, raise_errors=raise_errors,
-                            transaction_first=transaction_first)
-
-    def transaction(self, *, size: int | None = None) -> BundleWriter:
-        return BundleWriter(self, "transaction", size=size)
-
-    def _write(self, method: str, path: str, body: Any, headers: Mapping[str, str] | None = None
-               ) -> Reply | None:
+    def _one(self, write: Write, original: Any) -> Any:
+        """Send one write (a transaction with its Provenance); its result as a model or dict."""
         if self.dry_run:
-            self.show_write(method, path, body)
-            return None
-        return self.connection.request(method, path, json=body, headers=headers)
+            request = write.request()
+            self.show_write(request["method"], request["url"], write.body)
+            return original
+        if self.journal.writer is None:
+            return self._plain(write, original)
+        [result] = self.journal.send([write], atomic=True)
+        if result.status in (SKIPPED, EXISTS) or result.resource is None:
+            return original
+        return self._result(result.resource, isinstance(original, Mapping) or original is None)
+
+    def _plain(self, write: Write, original: Any) -> Any:
+        """PROVENANCE off: the write as a plain request, as the seed tool's scripts would."""
+        request = write.request()
+        headers = {}
+        if request.get("ifMatch"):
+            headers["If-Match"] = request["ifMatch"]
+        if request.get("ifNoneExist"):
+            headers["If-None-Exist"] = request["ifNoneExist"]
+        body = write.body
+        if write.method == "PATCH":
+            headers["Content-Type"] = ("application/json-patch+json" if isinstance(body, list)
+                                       else "application/fhir+json")
+        reply = self.connection.request(write.method, request["url"], json=body, headers=headers)
+        if not reply.body or reply.body.get("resourceType") in (None, "OperationOutcome"):
+            return original
+        return self._result(reply.body, isinstance(original, Mapping) or original is None)
+
+    # --- dry runs ------------------------------------------------------------------------
 
     def intercept_request(self, request: requests.PreparedRequest) -> requests.Response:
         """A write sent through the session itself (fhirclient models, ctx.server): printed as
@@ -212,7 +386,7 @@ class MigrationContext:
             self.stdout.write(f"  [dry-run] {event.detail}\n")
 
     def show_write(self, method: str, path: str, body: Any) -> None:
-        """Print one intercepted write: method, URL and what it changes."""
+        """Report one intercepted write: method, URL and which fields it changes (names only)."""
         summary = self._summarize(method, path, body)
         path = printable(path, 300)
         self.dry_run_writes.append((method, path))
@@ -221,6 +395,8 @@ class MigrationContext:
     def _summarize(self, method: str, path: str, body: Any) -> str:
         if not isinstance(body, Mapping):
             return f" ({len(body)} patch operations)" if isinstance(body, list) else ""
+        if body.get("resourceType") == "Parameters":
+            return f" ({len(body.get('parameter') or [])} patch operations)"
         key = f"{body.get('resourceType')}/{body.get('id')}"
         before = self._seen.get(key)
         if method == "PUT" and before is not None:
@@ -262,18 +438,21 @@ class MigrationContext:
 
     @staticmethod
     def as_json(resource: Any) -> dict[str, Any]:
+        """A resource (dict or fhirclient model) as a dict (a copy for dicts)."""
         if isinstance(resource, Mapping):
             data = dict(resource)
         elif hasattr(resource, "as_json"):
             data = resource.as_json()
         else:
-            raise TypeError(f"expected a FHIR resource (dict or fhirclient model), got {resource!r}")
+            raise TypeError(f"expected a FHIR resource (dict or fhirclient model), got "
+                            f"{type(resource).__name__}")
         if "resourceType" not in data:
             raise ValueError("the resource has no resourceType")
         return data
 
     @staticmethod
     def to_model(data: Mapping[str, Any]) -> Any:
+        """A dict as the fhirclient model of its resourceType."""
         return FHIRElementFactory.instantiate(data["resourceType"], dict(data))
 
     @staticmethod
@@ -283,12 +462,6 @@ class MigrationContext:
     def _result(self, data: dict[str, Any], as_dict: bool) -> Any:
         self._remember(data)
         return data if as_dict else self.to_model(data)
-
-    def _returned(self, original: Any, sent: dict[str, Any], reply: Reply | None) -> Any:
-        as_dict = isinstance(original, Mapping)
-        if reply is None or not reply.body or reply.body.get("resourceType") != sent["resourceType"]:
-            return original
-        return self._result(reply.body, as_dict)
 
     def _remember(self, resource: Mapping[str, Any]) -> None:
         if not self.dry_run:

@@ -253,9 +253,10 @@ class LeaseLostError(LockError):
 class FhirServerError(FhirMigrationError):
     """The FHIR server could not be used for a request."""
 
-    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+    def __init__(self, message: str, *, url: str = "", status: int | None = None, detail: str = ""):
         self.url = url
         self.status = status
+        self.detail = scrub(detail)  # the server's own words (OperationOutcome), if any
         super().__init__(message)
 
 
@@ -332,15 +333,65 @@ class MigrationFailedError(FhirMigrationError):
 
 
 class BundleError(FhirMigrationError):
-    """A batch or transaction bundle written through ctx did not fully succeed."""
+    """A batch or transaction bundle written through ctx did not fully succeed.
 
-    def __init__(self, kind: str, failures: Sequence[tuple[str, int | str, str]]):
-        # failures: (entry description, status, diagnostics)
+    `failures`: (status, count, message, examples) per kind of failure, examples as `Type/id`:
+    a failed entry is never shown with its resource (clinical data stays out of messages).
+    `committed`/`bundles`: for a transaction, what earlier bundles of the same block committed.
+    """
+
+    def __init__(self, kind: str, failures: Sequence[tuple[str, int, str, Sequence[str]]], *,
+                 committed: int = 0, bundles: int = 0):
         self.kind = kind
-        self.failures = list(failures)
-        shown = "; ".join(f"{what}: {status} {diag}".strip() for what, status, diag in self.failures[:10])
-        more = f" (and {len(self.failures) - 10} more)" if len(self.failures) > 10 else ""
-        super().__init__(f"{kind} bundle: {len(self.failures)} entr(y/ies) failed: {shown}{more}")
+        self.failures = [(status, count, message, list(examples))
+                         for status, count, message, examples in failures]
+        self.count = sum(count for _, count, _, _ in self.failures)
+        parts = []
+        for status, count, message, examples in self.failures[:5]:
+            more = f" and {count - len(examples)} more" if count > len(examples) else ""
+            parts.append(f"{count} x {status or 'error'}{': ' + message if message else ''} "
+                         f"({', '.join(examples)}{more})")
+        if len(self.failures) > 5:
+            parts.append(f"{len(self.failures) - 5} other kind(s) of failure")
+        earlier = ""
+        if kind == "transaction":
+            earlier = (f" Each bundle is its own transaction: {committed} entr"
+                       f"{'y' if committed == 1 else 'ies'} in {bundles} earlier bundle"
+                       f"{'' if bundles == 1 else 's'} of this block were committed"
+                       f"{' (a resumed run skips them)' if committed else ''}.")
+        super().__init__(f"{kind} bundle: {self.count} entr{'y' if self.count == 1 else 'ies'} failed: "
+                         f"{'; '.join(parts)}.{earlier}")
+
+
+class UndoError(FhirMigrationError):
+    """ctx.undo() cannot revert this migration (nothing recorded what it wrote)."""
+
+    def __init__(self, script_name: str, revision: str, problem: str):
+        self.revision = revision
+        super().__init__(
+            f"ctx.undo() cannot revert {script_name} ({revision}): {problem} Nothing was reverted.",
+            "Write its downgrade by hand, or record it as reverted without running it "
+            "(`{downgrade} --fake`) if its data may stay as it is.",
+        )
+
+
+class UndoConflictError(FhirMigrationError):
+    """Resources the migration wrote were changed since: undo writes nothing."""
+
+    def __init__(self, script_name: str, revision: str, changed: Sequence[tuple[str, str]], total: int):
+        # changed: (Type/id, what happened) for the first ones; total: how many in all
+        self.revision = revision
+        self.changed = list(changed)
+        self.total = total
+        shown = "; ".join(f"{ref} ({what})" for ref, what in self.changed)
+        more = f" and {total - len(self.changed)} more" if total > len(self.changed) else ""
+        super().__init__(
+            f"ctx.undo() of {script_name} ({revision}) wrote nothing: {total} resource(s) it wrote "
+            f"were changed since, and reverting them would overwrite those changes: {shown}{more}.",
+            "Bring those resources back to the version the migration produced, or write the "
+            "downgrade by hand for them; `ctx.undo(force=True)` reverts the others and leaves "
+            "these as they are.",
+        )
 
 
 class WriterError(FhirMigrationError):

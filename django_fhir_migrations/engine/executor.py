@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO
 
+from .attempt import Attempt
 from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, utcnow
 from .config import Settings
@@ -40,9 +41,10 @@ from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
 from .loader import MigrationLoader
 from .lock import MigrationLock
-from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder
+from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
+from .state import AppliedMigration, LockInfo, MigrationState
 
 Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")
@@ -179,7 +181,7 @@ class MigrationExecutor:
         with signals_interrupt():
             lock = self._lock(state, lock_timeout)
             try:
-                state = lock.update(lambda s: s.with_applied([], None))
+                state = lock.update(lambda s: replace(s.with_applied([], None), attempts=[]))
                 self.audit.record("reset", state=state, detail="head set to None")
             finally:
                 lock.release()
@@ -276,23 +278,37 @@ class MigrationExecutor:
         self.events.emit("apply_start", direction=direction, script=script, fake=fake)
         lock.check()
         started = time.monotonic()
+        attempts: tuple[str, ...] = ()
+        recorded = False
         if not fake:
+            assert lock.state is not None
+            attempt = Attempt(lock, script, direction, settings=self.settings,
+                              connection=self.connection, actor=self.actor, events=self.events)
+            applied = lock.state.applied_record(script.revision)
             ctx = MigrationContext(self.connection, self.settings, script=script,
-                                   direction=direction, events=self.events, stdout=self.stdout)
+                                   direction=direction, events=self.events, stdout=self.stdout,
+                                   attempt=attempt, applied=applied)
+            lock.renewal = attempt.recording
             try:
                 self._run_script(lock, script, direction, ctx)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
+                lock.renewal = None
+                attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
                 raise
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in a script is a failure too
+                lock.renewal = None
+                attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
                 raise self._failed(script, direction, exc) from exc
+            lock.renewal = None
+            attempts, recorded = attempt.ids, attempt.journal.writer is not None
         duration = time.monotonic() - started
         if direction == "upgrade":
             entry = AppliedMigration(
                 revision=script.revision, name=script.name, applied_at=isoformat(utcnow()),
                 duration_ms=int(duration * 1000), checksum=script.checksum,
-                applied_by=self.actor.describe(), fake=fake,
+                applied_by=self.actor.describe(), fake=fake, attempts=attempts, provenance=recorded,
             )
             state = lock.update(recording_applied(graph, entry))
             event = "faked" if fake else "applied"

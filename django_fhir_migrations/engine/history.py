@@ -13,8 +13,8 @@ from functools import cached_property
 
 from .errors import UnknownStateRevisionError
 from .graph import RevisionGraph
-from .recorder import AppliedMigration, MigrationState
 from .script import MigrationScript
+from .state import AppliedMigration, MigrationState
 
 ADOPTED_BY = "adopted from an earlier state"
 
@@ -88,6 +88,7 @@ def recording_applied(graph: RevisionGraph, entry: AppliedMigration):
         entries = History(state, graph).entries()
         if all(e.revision != entry.revision for e in entries):
             entries.append(entry)
+        state = state.with_attempt(None, entry.revision)  # the application is complete
         return state.with_applied(entries, graph.top(e.revision for e in entries))
 
     return mutate
@@ -98,6 +99,7 @@ def recording_reverted(graph: RevisionGraph, revision: str):
 
     def mutate(state: MigrationState) -> MigrationState:
         entries = [e for e in History(state, graph).entries() if e.revision != revision]
+        state = state.with_attempt(None, revision)  # the undo, if any, is complete
         return state.with_applied(entries, graph.top(e.revision for e in entries))
 
     return mutate

@@ -42,7 +42,8 @@ from .errors import (
     VersionCheckNotEnforcedError,
     VersionConflictError,
 )
-from .recorder import LockInfo, MigrationState, StateRecorder
+from .recorder import StateRecorder
+from .state import LockInfo, MigrationState
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -87,6 +88,7 @@ class MigrationLock:
         self.run_limit: float = 0.0
         self.overrun = False
         self.on_overrun: Callable[[], None] | None = None
+        self.renewal: Mutation | None = None  # what a renewal writes besides the lease (progress)
 
     @property
     def holder(self) -> str:
@@ -195,7 +197,7 @@ class MigrationLock:
                 lease = None if release else self._info()
                 candidate = mutation(self.state).with_lock(lease)
                 try:
-                    self.state = self.recorder.write(candidate)
+                    self.state = self.recorder.write(candidate, base=self.state)
                     return self.state
                 except VersionConflictError:
                     fresh = self.recorder.reread(self.state)
@@ -236,7 +238,7 @@ class MigrationLock:
                 self._overran()
                 continue
             try:
-                self.update(lambda state: state)
+                self.update(self.renewal or (lambda state: state))
                 logger.debug("Renewed the migration lock on state %r", self.recorder.state_id)
             except (LeaseLostError, RunTimeExceededError):
                 return

@@ -1,314 +1,134 @@
 """The only code that reads or writes the migration state on the FHIR server.
 
-One FHIR R4 `Basic` per project, found by `identifier = http://fhir.migration.system|<STATE_ID>`,
-modelled with fhirclient's `Basic`. As the seed tool wrote it, `code.coding[0]` holds the head
-(`{system: http://our.migration.system, code: <revision or "None">}`); we keep writing that so
-the old tool still reads the head. Our additions are extensions under one base URL
-(`EXTENSION_BASE`): one `applied-migration` per applied revision, in the order applied, and
-the `migration-lock` lease (see lock.py). Keeping state and lease in one resource means every
-state write is fenced by the lease: a write made with a stale version is refused (412).
+The format is in state.py; this module is the I/O: one search reads the state and, for a long
+history, its applied records (`_revinclude`; beyond the server's include limit they are read
+page by page, checked against the state's applied-count), and every write is version-aware
+(`If-Match`).
+A write that adds, changes or removes records is one transaction with the state update, so a
+process that lost its lease (a stale version) can record nothing at all, and a write whose
+answer was lost can be sent again safely (the state's If-Match refuses the repeat; record
+creates are conditional on the record's identifier).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 from fhirclient.models.basic import Basic
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
-from .clock import isoformat, parse_datetime, utcnow
+from .clock import parse_datetime
 from .errors import CorruptStateError
-from .fhir.client import FhirConnection, Reply, checked_id, version_from_location
+from .fhir.client import FhirConnection, Reply, checked_id, validated_results, version_from_location
+from .fhir.paging import search_entries
 from .redaction import printable
+from .state import (
+    APPLIED_EXTENSION,
+    ATTEMPT_EXTENSION,
+    COUNT_EXTENSION,
+    LOCK_EXTENSION,
+    NO_HEAD,
+    RECORD_CODE,
+    RECORD_IDENTIFIER,
+    RECORD_SYSTEM,
+    STATE_SYSTEM,
+    AppliedMigration,
+    AttemptRecord,
+    LockInfo,
+    MigrationState,
+)
 
-STATE_SYSTEM = "http://fhir.migration.system"
-HEAD_SYSTEM = "http://our.migration.system"
-NO_HEAD = "None"
-EXTENSION_BASE = "http://fhir.migration.system/StructureDefinition/"
-APPLIED_EXTENSION = EXTENSION_BASE + "applied-migration"
-LOCK_EXTENSION = EXTENSION_BASE + "migration-lock"
-OUR_EXTENSIONS = (APPLIED_EXTENSION, LOCK_EXTENSION)
-
-
-@dataclass(frozen=True)
-class AppliedMigration:
-    revision: str
-    name: str = ""
-    applied_at: str | None = None
-    duration_ms: int | None = None
-    checksum: str | None = None
-    applied_by: str | None = None
-    fake: bool = False
-
-    def to_extension(self) -> dict[str, Any]:
-        parts: list[dict[str, Any]] = [{"url": "revision", "valueString": self.revision}]
-        if self.name:
-            parts.append({"url": "name", "valueString": self.name})
-        if self.applied_at:
-            parts.append({"url": "appliedAt", "valueDateTime": self.applied_at})
-        if self.duration_ms is not None:
-            parts.append({"url": "durationMs", "valueInteger": int(self.duration_ms)})
-        if self.checksum:
-            parts.append({"url": "checksum", "valueString": self.checksum})
-        if self.applied_by:
-            parts.append({"url": "appliedBy", "valueString": self.applied_by})
-        if self.fake:
-            parts.append({"url": "fake", "valueBoolean": True})
-        return {"url": APPLIED_EXTENSION, "extension": parts}
-
-    @classmethod
-    def from_extension(cls, ext: dict[str, Any]) -> AppliedMigration:
-        values = _Values(ext, "applied-migration")
-        revision = values.text("revision", required=True)
-        if any(c.isspace() for c in revision or ""):
-            raise ValueError(f"an applied-migration extension has the revision {revision!r}")
-        return cls(
-            revision=revision or "",
-            name=values.text("name") or "",
-            applied_at=values.moment("appliedAt"),
-            duration_ms=values.integer("durationMs", minimum=0),
-            checksum=values.text("checksum"),
-            applied_by=values.text("appliedBy"),
-            fake=values.boolean("fake"),
-        )
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    token: str
-    host: str
-    pid: int
-    user: str
-    started_at: str
-    ttl: float
-    renewed_at: str
-    command: str = ""
-
-    def describe(self) -> str:
-        return (f"{self.user}@{self.host} (pid {self.pid}, {self.command or 'fhir migrations'}, "
-                f"since {self.started_at})")
-
-    def to_extension(self) -> dict[str, Any]:
-        renewed = parse_datetime(self.renewed_at) or utcnow()
-        expires = isoformat(datetime.fromtimestamp(renewed.timestamp() + self.ttl, timezone.utc))
-        return {
-            "url": LOCK_EXTENSION,
-            "extension": [
-                {"url": "token", "valueString": self.token},
-                {"url": "host", "valueString": self.host},
-                {"url": "pid", "valueInteger": self.pid},
-                {"url": "user", "valueString": self.user},
-                {"url": "command", "valueString": self.command or "fhir migrations"},
-                {"url": "startedAt", "valueDateTime": self.started_at},
-                {"url": "renewedAt", "valueDateTime": self.renewed_at},
-                {"url": "ttlSeconds", "valueInteger": int(round(self.ttl))},
-                {"url": "expiresAt", "valueDateTime": expires},
-            ],
-        }
-
-    @classmethod
-    def from_extension(cls, ext: dict[str, Any]) -> LockInfo:
-        values = _Values(ext, "migration-lock")
-        ttl = values.number("ttlSeconds", minimum=1)
-        return cls(
-            token=values.text("token", required=True) or "",
-            host=values.text("host") or "?",
-            pid=values.integer("pid", minimum=0) or 0,
-            user=values.text("user") or "?",
-            started_at=values.moment("startedAt") or "?",
-            ttl=60.0 if ttl is None else ttl,
-            renewed_at=values.moment("renewedAt") or values.moment("startedAt") or "",
-            command=values.text("command") or "",
-        )
-
-
-class _Values:
-    """The sub-extensions of one of our extensions, read with type checks.
-
-    Whatever the server holds is checked before it is trusted or printed: a wrong type, a
-    non-finite number or an unreadable date raises ValueError (the caller turns it into a
-    CorruptStateError naming the state), and texts lose control characters (a holder string
-    with ANSI escapes must not repaint the terminal of whoever runs showmigrations).
-    """
-
-    def __init__(self, ext: Any, what: str):
-        self.what = what
-        self.values: dict[str, Any] = {}
-        subs = ext.get("extension") if isinstance(ext, dict) else None
-        if not isinstance(subs, list):
-            raise ValueError(f"a {what} extension has no sub-extensions")
-        for sub in subs:
-            if not isinstance(sub, dict) or not isinstance(sub.get("url"), str):
-                raise ValueError(f"a {what} extension has a malformed part")
-            for key, value in sub.items():
-                if key.startswith("value"):
-                    self.values[sub["url"]] = value
-
-    def _get(self, name: str, kinds: tuple[type, ...], required: bool) -> Any:
-        value = self.values.get(name)
-        if value is None:
-            if required:
-                raise ValueError(f"the {self.what} extension has no {name}")
-            return None
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise ValueError(f"the {self.what} extension's {name} is {type(value).__name__} "
-                             f"{printable(repr(value), 40)}, not {kinds[0].__name__}")
-        return value
-
-    def text(self, name: str, *, required: bool = False) -> str | None:
-        value = self._get(name, (str,), required)
-        if value is None:
-            return None
-        cleaned = printable(value, 500)
-        if required and not cleaned.strip():
-            raise ValueError(f"the {self.what} extension has an empty {name}")
-        return cleaned
-
-    def integer(self, name: str, *, minimum: int) -> int | None:
-        value = self._get(name, (int,), False)
-        if value is not None and value < minimum:
-            raise ValueError(f"the {self.what} extension's {name} is {value}, below {minimum}")
-        return value
-
-    def number(self, name: str, *, minimum: float) -> float | None:
-        value = self._get(name, (int, float), False)
-        if value is None:
-            return None
-        if not math.isfinite(value) or value < minimum:
-            raise ValueError(f"the {self.what} extension's {name} is {value!r}, not a finite "
-                             f"number of at least {minimum:g}")
-        return float(value)
-
-    def boolean(self, name: str) -> bool:
-        return bool(self._get(name, (bool,), False))
-
-    def moment(self, name: str) -> str | None:
-        value = self.text(name)
-        if value is not None and parse_datetime(value) is None:
-            raise ValueError(f"the {self.what} extension's {name} is not a date-time "
-                             f"({printable(repr(value), 40)})")
-        return value
-
-
-@dataclass
-class MigrationState:
-    """One read of the state resource. `resource` is the fhirclient Basic it came from."""
-
-    state_id: str
-    resource: Basic | None = None
-    version_id: str | None = None
-    head: str | None = None
-    applied: list[AppliedMigration] = field(default_factory=list)
-    lock: LockInfo | None = None
-    last_updated: datetime | None = None
-    server_time: datetime | None = None  # the server's clock when this was read (Date header)
-
-    @property
-    def exists(self) -> bool:
-        return self.resource is not None
-
-    @property
-    def resource_id(self) -> str | None:
-        return self.resource.id if self.resource is not None else None
-
-    def applied_record(self, revision: str) -> AppliedMigration | None:
-        return next((a for a in self.applied if a.revision == revision), None)
-
-    def lock_expired(self) -> bool:
-        """Judged on the server's clock alone (last write vs. Date header): no host skew."""
-        if self.lock is None:
-            return True
-        now = self.server_time or utcnow()
-        last = self.last_updated or parse_datetime(self.lock.renewed_at) or now
-        return (now - last).total_seconds() > self.lock.ttl
-
-    def describe_location(self) -> str:
-        if self.resource_id:
-            return f"Basic/{self.resource_id}"
-        return f"Basic?identifier={STATE_SYSTEM}|{self.state_id}"
-
-    # --- changes (return a new state; the recorder writes it) -----------------------------
-
-    def with_applied(self, applied: list[AppliedMigration], head: str | None) -> MigrationState:
-        return replace(self, applied=list(applied), head=head)
-
-    def with_lock(self, lock: LockInfo | None) -> MigrationState:
-        return replace(self, lock=lock)
-
-    def to_json(self) -> dict[str, Any]:
-        """The resource to send: whatever else the resource holds is kept as it was."""
-        base = self.resource.as_json() if self.resource is not None else {"resourceType": "Basic"}
-        data = copy.deepcopy(base)
-        data.pop("meta", None)
-        identifiers = data.get("identifier") or []
-        if not any(i.get("system") == STATE_SYSTEM and i.get("value") == self.state_id
-                   for i in identifiers):
-            identifiers.append({"system": STATE_SYSTEM, "value": self.state_id})
-        data["identifier"] = identifiers
-        code = data.get("code") or {}
-        codings = list(code.get("coding") or [])
-        head_coding = {"system": HEAD_SYSTEM, "code": self.head or NO_HEAD}
-        if codings:
-            codings[0] = head_coding
-        else:
-            codings = [head_coding]
-        code["coding"] = codings
-        code.setdefault("text", "FHIR data migration state")
-        data["code"] = code
-        others = [e for e in data.get("extension", []) if e.get("url") not in OUR_EXTENSIONS]
-        ours = [a.to_extension() for a in self.applied]
-        if self.lock is not None:
-            ours.append(self.lock.to_extension())
-        if others or ours:
-            data["extension"] = others + ours
-        else:
-            data.pop("extension", None)
-        # Validate through fhirclient's model before anything is sent.
-        return Basic(data).as_json()
+RECORDS_PER_PAGE = 1000
 
 
 class StateRecorder:
+    """Reads and writes one state (STATE_ID) and its applied records on one server."""
+
     def __init__(self, connection: FhirConnection, state_id: str):
         self.connection = connection
         self.state_id = state_id
 
     @property
     def search_params(self) -> dict[str, str]:
-        return {"identifier": f"{STATE_SYSTEM}|{self.state_id}"}
+        return {"identifier": f"{STATE_SYSTEM}|{self.state_id}", "_revinclude": "Basic:subject"}
 
     def read(self) -> MigrationState:
-        """Find the state by its identifier (one request). A missing state is an empty one."""
-        reply = self.connection.get("Basic", self.search_params)
+        """Find the state by its identifier, with its records (one request for up to about a
+        thousand applied migrations). A missing state is an empty one."""
+        return self._read(self.search_params)
+
+    def reread(self, state: MigrationState) -> MigrationState:
+        """Read again by id (not subject to identifier indexing delays)."""
+        if not state.exists:
+            return self.read()
+        return self._read({"_id": state.resource_id or "", "_revinclude": "Basic:subject"})
+
+    def _read(self, params: dict[str, str]) -> MigrationState:
+        reply = self.connection.get("Basic", params)
         bundle = reply.body or {}
         if bundle.get("resourceType") != "Bundle":
             raise CorruptStateError(self.state_id, "the search for it did not return a Bundle")
+        entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
         matches = [
-            e.get("resource") for e in bundle.get("entry", [])
+            e.get("resource") for e in entries
             if (e.get("search") or {}).get("mode", "match") == "match"
             and (e.get("resource") or {}).get("resourceType") == "Basic"
+            and _is_state(e.get("resource") or {}, self.state_id)
         ]
         if len(matches) > 1:
-            ids = ", ".join(f"Basic/{m.get('id')}" for m in matches)
+            ids = ", ".join(f"Basic/{printable(m.get('id'), 64)}" for m in matches)
             raise CorruptStateError(
                 self.state_id, f"more than one Basic resource carries its identifier ({ids})"
             )
         if not matches:
             return MigrationState(self.state_id, server_time=_server_time(reply))
-        return self._parse(matches[0], reply)
+        state = self._parse(matches[0], reply)
+        included = [e.get("resource") or {} for e in entries
+                    if (e.get("search") or {}).get("mode") == "include"]
+        return self._with_records(state, included, matches[0])
 
-    def reread(self, state: MigrationState) -> MigrationState:
-        """Read by id: not subject to search indexing delays."""
-        if not state.exists:
-            return self.read()
-        reply = self.connection.get(f"Basic/{state.resource_id}", allow=(404, 410))
-        if reply.status in (404, 410):
-            return MigrationState(self.state_id, server_time=_server_time(reply))
-        return self._parse(reply.body or {}, reply)
+    # --- records ---------------------------------------------------------------------------
+
+    def _with_records(self, state: MigrationState, included: list[dict[str, Any]],
+                      data: dict[str, Any]) -> MigrationState:
+        expected = _applied_count(data)
+        records = [r for r in included if _is_record(r, state.resource_id or "")]
+        if expected is not None and len(records) < expected - len(state.applied):
+            # The server capped the included resources: read the records page by page.
+            records = [e.get("resource") or {} for e in search_entries(
+                self.connection, "Basic",
+                {"subject": f"Basic/{state.resource_id}", "code": f"{RECORD_SYSTEM}|{RECORD_CODE}",
+                 "_count": RECORDS_PER_PAGE}, read_ahead=False)]
+            records = [r for r in records if _is_record(r, state.resource_id or "")]
+        location = state.describe_location()
+        applied = list(state.applied)  # inline (written before records existed)
+        ids: dict[str, str] = {}
+        for record in records:
+            try:
+                entry = next(AppliedMigration.from_extension(ext) for ext in record.get("extension") or []
+                             if isinstance(ext, dict) and ext.get("url") == APPLIED_EXTENSION)
+                record_id = checked_id("Basic", record.get("id"))
+            except (StopIteration, ValueError, TypeError) as exc:
+                raise CorruptStateError(
+                    self.state_id, f"its applied record Basic/{printable(record.get('id'), 64)} "
+                    f"cannot be read ({exc or 'no applied-migration extension'})", location) from None
+            if entry.revision in ids or any(a.revision == entry.revision for a in applied):
+                raise CorruptStateError(
+                    self.state_id, f"revision {entry.revision} is listed as applied twice", location)
+            ids[entry.revision] = record_id
+            applied.append(entry)
+        if expected is not None and len(applied) != expected:
+            raise CorruptStateError(
+                self.state_id, f"it counts {expected} applied migration(s) but {len(applied)} of them "
+                "were found", location)
+        applied.sort(key=lambda a: (a.applied_at or "", a.revision) if a.revision in ids else ("", ""))
+        return replace(state, applied=applied, records=ids)
+
+    # --- writing ---------------------------------------------------------------------------
 
     def create(self, state: MigrationState) -> tuple[MigrationState, bool]:
         """Conditional create: of many processes racing to create the state, one wins.
@@ -318,36 +138,90 @@ class StateRecorder:
         body = state.to_json()
         reply = self.connection.request(
             "POST", "Basic", json=body,
-            headers={"If-None-Exist": f"identifier={STATE_SYSTEM}|{self.state_id}",
+            headers={"If-None-Exist": f"identifier={quote(f'{STATE_SYSTEM}|{self.state_id}', safe='|:/')}",
                      "Prefer": "return=representation"},
         )
         if reply.status == 201:
-            return self._written(state, body, reply), True
+            return self._written(state, body, reply, {}), True
         return self.read(), False
 
-    def write(self, state: MigrationState) -> MigrationState:
-        """Version-aware update. Raises VersionConflictError if the state changed since read."""
+    def write(self, state: MigrationState, base: MigrationState | None = None) -> MigrationState:
+        """Version-aware update of `state`, which was derived from `base` (default: itself).
+
+        Records are added, changed and removed to match `state.applied`, in the same
+        transaction. Raises VersionConflictError if the state changed since `base` was read.
+        """
+        base = base or state
         if not state.exists or not state.version_id:
             raise CorruptStateError(self.state_id, "it has no id or version to update against")
         body = state.to_json()
         body["id"] = state.resource_id
+        path = f"Basic/{state.resource_id}"
+        if_match = f'W/"{state.version_id}"'
+        adds, changes, removes = self._record_changes(base, state)
+        if not (adds or changes or removes):
+            reply = self.connection.request(
+                "PUT", path, json=body, headers={"If-Match": if_match, "Prefer": "return=representation"})
+            return self._written(state, body, reply, dict(base.records))
+        entries: list[dict[str, Any]] = [
+            {"fullUrl": self.connection.url(path), "resource": body,
+             "request": {"method": "PUT", "url": path, "ifMatch": if_match}}]
+        for entry in adds:
+            identifier = quote(f"{RECORD_IDENTIFIER}|{entry.record_identifier(self.state_id)}", safe="|:/")
+            entries.append({"resource": entry.to_record(self.state_id, state.resource_id or ""),
+                            "request": {"method": "POST", "url": "Basic",
+                                        "ifNoneExist": f"identifier={identifier}"}})
+        for entry in changes:
+            record_id = base.records[entry.revision]
+            entries.append({"resource": dict(entry.to_record(self.state_id, state.resource_id or ""),
+                                             id=record_id),
+                            "request": {"method": "PUT", "url": f"Basic/{record_id}"}})
+        for revision in removes:
+            entries.append({"request": {"method": "DELETE", "url": f"Basic/{base.records[revision]}"}})
+        # Safe to repeat after a lost answer: the If-Match refuses a second state write.
         reply = self.connection.request(
-            "PUT", f"Basic/{state.resource_id}", json=body,
-            headers={"If-Match": f'W/"{state.version_id}"', "Prefer": "return=representation"},
-        )
-        return self._written(state, body, reply)
+            "POST", "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            headers={"Prefer": "return=representation"}, idempotent=True)
+        results = validated_results("transaction", len(entries), reply.body or {}, reply.url)
+        records = {r: i for r, i in base.records.items() if r not in removes}
+        for entry, result in zip(adds, results[1:1 + len(adds)], strict=True):
+            record_id, _ = version_from_location((result.get("response") or {}).get("location"))
+            if record_id:
+                records[entry.revision] = record_id
+        written = results[0].get("resource") or {}
+        state_reply = Reply(status=200, url=reply.url, headers=reply.headers,
+                            body=written if written.get("resourceType") == "Basic" else None)
+        if state_reply.body is None:
+            _, version = version_from_location((results[0].get("response") or {}).get("location"))
+            body = dict(body, meta={"versionId": version})
+        return self._written(state, body, state_reply, records)
+
+    def _record_changes(self, base: MigrationState, state: MigrationState
+                        ) -> tuple[list[AppliedMigration], list[AppliedMigration], list[str]]:
+        """(records to create, to update, revisions whose record goes) for `state` to be
+        written over `base`: none while the entries fit in the state itself."""
+        if state.applied_inline:  # in the state itself: any record goes
+            return [], [], list(base.records)
+        wanted = {e.revision for e in state.applied}
+        if base.inline:  # crossing the limit: every entry moves into a record
+            return list(state.applied), [], []
+        adds = [e for e in state.applied if e.revision not in base.records]
+        changes = [e for e in state.applied if e.revision in base.records
+                   and base.applied_record(e.revision) != e]
+        removes = [r for r in base.records if r not in wanted]
+        return adds, changes, removes
 
     def refuses_stale_update(self, state: MigrationState) -> bool:
         """Whether the server refuses an update of the state whose If-Match is stale.
 
-        The body is the state exactly as read, so a server that ignores If-Match only rewrites
-        what it holds (when nobody wrote in between; if someone did, that server offers no
-        protection against it anyway, which is what this finds out).
+        The body is the resource exactly as read, so a server that ignores If-Match only
+        rewrites what it holds (when nobody wrote in between; if someone did, that server
+        offers no protection against it anyway, which is what this finds out).
         """
-        if not state.exists or not state.version_id:
+        if not state.exists or not state.version_id or state.resource is None:
             return True  # nothing to update yet: the first write is a conditional create
-        body = state.to_json()
-        body["id"] = state.resource_id
+        body = state.resource.as_json()
+        body.pop("meta", None)
         reply = self.connection.request(
             "PUT", f"Basic/{state.resource_id}", json=body,
             headers={"If-Match": f'W/"{stale_version(state.version_id)}"'}, allow=(409, 412),
@@ -356,13 +230,16 @@ class StateRecorder:
 
     # --- parsing ---------------------------------------------------------------------------
 
-    def _written(self, state: MigrationState, body: dict[str, Any], reply: Reply) -> MigrationState:
+    def _written(self, state: MigrationState, body: dict[str, Any], reply: Reply,
+                 records: dict[str, str]) -> MigrationState:
         if reply.body and reply.body.get("resourceType") == "Basic":
-            return self._parse(reply.body, reply)
-        resource_id, version = version_from_location(reply.location)
-        body = dict(body, id=resource_id or body.get("id"),
-                    meta={"versionId": reply.version_id or version})
-        return self._parse(body, reply)
+            parsed = self._parse(reply.body, reply)
+        else:
+            resource_id, version = version_from_location(reply.location)
+            meta = body.get("meta") or {"versionId": reply.version_id or version}
+            parsed = self._parse(dict(body, id=resource_id or body.get("id"), meta=meta), reply)
+        return replace(parsed, applied=list(state.applied), records=records,
+                       inline=state.applied_inline and bool(state.applied))
 
     def _parse(self, data: dict[str, Any], reply: Reply) -> MigrationState:
         location = f"Basic/{printable(data.get('id'), 64)}"
@@ -390,6 +267,7 @@ class StateRecorder:
         else:
             raise CorruptStateError(self.state_id, "it has no code.coding[0] naming the head", location)
         applied: list[AppliedMigration] = []
+        attempts: list[AttemptRecord] = []
         lock = None
         try:
             for ext in data.get("extension", []):
@@ -397,6 +275,9 @@ class StateRecorder:
                     applied.append(AppliedMigration.from_extension(ext))
                 elif ext.get("url") == LOCK_EXTENSION:
                     lock = LockInfo.from_extension(ext)
+                elif ext.get("url") == ATTEMPT_EXTENSION:
+                    attempts.append(AttemptRecord.from_extension(ext))
+            _applied_count(data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptStateError(self.state_id, str(exc), location) from None
         seen: set[str] = set()
@@ -414,9 +295,36 @@ class StateRecorder:
             head=head,
             applied=applied,
             lock=lock,
+            attempts=attempts,
+            inline=bool(applied),
             last_updated=parse_datetime(meta.get("lastUpdated")),
             server_time=_server_time(reply),
         )
+
+
+def _is_state(resource: dict[str, Any], state_id: str) -> bool:
+    return any(isinstance(i, dict) and i.get("system") == STATE_SYSTEM and i.get("value") == state_id
+               for i in resource.get("identifier") or [])
+
+
+def _is_record(resource: dict[str, Any], state_resource_id: str) -> bool:
+    if resource.get("resourceType") != "Basic":
+        return False
+    codings = (resource.get("code") or {}).get("coding") or []
+    subject = (resource.get("subject") or {}).get("reference") or ""
+    return (any(isinstance(c, dict) and c.get("system") == RECORD_SYSTEM and c.get("code") == RECORD_CODE
+                for c in codings)
+            and subject.split("/_history")[0] == f"Basic/{state_resource_id}")
+
+
+def _applied_count(data: dict[str, Any]) -> int | None:
+    for ext in data.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == COUNT_EXTENSION:
+            value = ext.get("valueInteger")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"the applied-count extension is {printable(repr(value), 40)}")
+            return value
+    return None
 
 
 def stale_version(current: str) -> str:

@@ -25,8 +25,9 @@ from .fhir.client import FhirConnection
 from .graph import RevisionGraph
 from .history import History
 from .loader import MigrationLoader
-from .recorder import AppliedMigration, LockInfo, MigrationState, StateRecorder
+from .recorder import StateRecorder
 from .script import MigrationScript
+from .state import AppliedMigration, LockInfo, MigrationState
 
 
 @dataclass

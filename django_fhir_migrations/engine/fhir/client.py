@@ -32,6 +32,7 @@ from ..errors import (
     ResourceNotFoundError,
     RunTimeExceededError,
     ServerUnreachableError,
+    UntrustedResponseError,
     VersionConflictError,
 )
 from ..redaction import printable, scrub
@@ -181,6 +182,7 @@ class FhirConnection:
         path: str,
         *,
         json: Any = None,
+        data: Mapping[str, str] | None = None,
         params: Mapping[str, Any] | list[tuple[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
@@ -188,17 +190,21 @@ class FhirConnection:
     ) -> Reply:
         """Send one request with retries; raise a FhirServerError subclass unless it succeeded.
 
-        `allow` lists error statuses the caller handles itself (e.g. 404 on a read).
+        `json` is sent as FHIR JSON, `data` as a form (a search by POST `_search`: no URL
+        length limit). `allow` lists error statuses the caller handles itself (e.g. 404).
         """
         method = method.upper()
         url = self.url(path)
         send_headers = {"Accept": FHIR_JSON}
         if json is not None:
             send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+        elif data is not None:
+            send_headers["Content-Type"] = "application/x-www-form-urlencoded"
         send_headers.update(headers or {})
         if idempotent is None:
-            idempotent = method in IDEMPOTENT_METHODS or "If-None-Exist" in send_headers
-        data = jsonlib.dumps(json) if json is not None else None
+            idempotent = (method in IDEMPOTENT_METHODS or "If-None-Exist" in send_headers
+                          or (method == "POST" and path.rstrip("/").endswith("_search")))
+        body = jsonlib.dumps(json) if json is not None else (urlencode(data) if data is not None else None)
         refreshed_token = False
         attempt = 0
         while True:
@@ -206,7 +212,7 @@ class FhirConnection:
                 self._request_count += 1
             try:
                 response = self.session.request(
-                    method, url, data=data, params=params, headers=send_headers,
+                    method, url, data=body, params=params, headers=send_headers,
                     timeout=self.timeout,
                 )
             except requests.RequestException as exc:
@@ -309,17 +315,17 @@ class FhirConnection:
                 )
             raise ResourceNotFoundError(
                 f"{method} {url}: not found (404){': ' + detail if detail else ''}.",
-                url=url, status=status,
+                url=url, status=status, detail=detail,
             )
         if status in (409, 412):
             raise VersionConflictError(
                 f"{method} {url}: the server refused the write because it conflicts with a "
                 f"concurrent change ({status}){': ' + detail if detail else ''}.",
-                url=url, status=status,
+                url=url, status=status, detail=detail,
             )
         raise FhirServerError(
             f"{method} {url} failed with {status} {response.reason}"
-            f"{': ' + detail if detail else ''}.", url=url, status=status,
+            f"{': ' + detail if detail else ''}.", url=url, status=status, detail=detail,
         )
 
     def _type_level(self, url: str) -> bool:
@@ -373,3 +379,39 @@ def _exception_reason(exc: requests.RequestException) -> str:
         if marker in text:
             return marker.lower() if marker != "RemoteDisconnected" else "server closed the connection"
     return type(exc).__name__
+
+
+# A batch may be answered as a transaction when the server committed it whole (HAPI's
+# X-Transaction-Semantics); a transaction only as a transaction.
+RESPONSE_TYPES = {"batch": ("batch-response", "transaction-response"),
+                  "transaction": ("transaction-response",)}
+
+
+def validated_results(kind: str, sent: int, response: Mapping[str, Any], url: str
+                      ) -> list[Mapping[str, Any]]:
+    """The response entries, one per entry sent, or UntrustedResponseError.
+
+    A server (or a proxy) that answers 200 with something else, an empty Bundle or fewer
+    entries tells us nothing about which writes were made: acting on it would record as
+    applied a migration whose writes may not exist.
+    """
+    what = printable(response.get("resourceType") or "an empty body", 40)
+    if response.get("resourceType") == "Bundle":
+        what = f"a Bundle of type {printable(response.get('type') or '(none)', 40)}"
+    problem = ""
+    results = response.get("entry") if isinstance(response.get("entry"), list) else None
+    if response.get("resourceType") != "Bundle" or response.get("type") not in RESPONSE_TYPES[kind]:
+        problem = f"answered with {what}, not a {' or '.join(RESPONSE_TYPES[kind])} Bundle"
+    elif results is None or len(results) != sent:
+        got = 0 if results is None else len(results)
+        problem = f"answered with {got} entr{'y' if got == 1 else 'ies'} for the {sent} sent"
+    elif not all(isinstance(r, Mapping) and isinstance(r.get("response"), Mapping)
+                 and isinstance(r["response"].get("status"), str) for r in results):
+        problem = "answered with entries that have no response status"
+    if problem:
+        raise UntrustedResponseError(
+            f"The FHIR server {problem} ({kind} bundle POST {url}). Which of its writes were made "
+            "cannot be known from that answer, so the migration stops here and is not recorded.",
+            url=url,
+        )
+    return list(results or [])

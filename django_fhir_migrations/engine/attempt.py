@@ -1,0 +1,97 @@
+"""One run of one migration's upgrade (or undo): its id, what it continues, its journal.
+
+An attempt gets a fresh id, the tag of every Provenance its writes leave. Before its first
+write it is recorded in the state (a `migration-attempt` extension, fenced by the lease like
+any state write), so that if the process dies the next `fhirmigrate` finds it and continues:
+the new attempt lists the interrupted ones as `previous` and its journal skips what they wrote.
+While it runs, each lease renewal also records how many resources it has written (what
+`fhirshowmigrations` shows as "partially applied"); if it fails, the error is recorded too.
+When the migration is recorded as applied, its applied record keeps the ids of every attempt
+that wrote (what `ctx.undo()` reverts) and the attempt record goes, in the same state write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from .audit import Actor, error_text
+from .clock import isoformat, utcnow
+from .config import Settings
+from .errors import FhirMigrationError
+from .events import EventStream
+from .fhir.client import FhirConnection
+from .journal import Journal
+from .provenance import Writer
+from .redaction import scrub
+from .script import MigrationScript
+from .state import AttemptRecord, MigrationState
+
+if TYPE_CHECKING:
+    from .lock import MigrationLock
+
+
+class Attempt:
+    def __init__(self, lock: MigrationLock, script: MigrationScript, direction: str, *,
+                 settings: Settings, connection: FhirConnection, actor: Actor, events: EventStream):
+        assert lock.state is not None
+        self.lock = lock
+        self.script = script
+        self.direction = direction
+        earlier = lock.state.attempt_for(script.revision, direction)
+        self.previous: tuple[str, ...] = earlier.attempts if earlier else ()
+        self.started_at = earlier.started_at if earlier else isoformat(utcnow())
+        self.written_before = earlier.written if earlier else 0
+        self.job, self.job_started = (earlier.job, earlier.job_started) if earlier else ("", "")
+        self.id = uuid.uuid4().hex
+        writer = Writer(attempt=self.id, revision=script.revision, name=script.name,
+                        person=actor.describe(), command=actor.command) if settings.provenance else None
+        version = lock.state.version_id or ""
+        self.journal = Journal(connection, writer, previous=self.previous if writer else (),
+                               on_start=self._record_start, integer_versions=version.isdigit())
+        if earlier and writer is not None:
+            events.emit("resumed", direction=direction, script=script, count=earlier.written)
+
+    @property
+    def started(self) -> bool:
+        return self.journal._started
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every attempt of this application that wrote something (what undo reverts)."""
+        return self.previous + ((self.id,) if self.started else ())
+
+    def record(self, error: str = "") -> AttemptRecord:
+        return AttemptRecord(
+            revision=self.script.revision, direction=self.direction,
+            attempts=self.previous + (self.id,), started_at=self.started_at,
+            written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
+            error=error, job=self.job, job_started=self.job_started)
+
+    def recording(self, state: MigrationState) -> MigrationState:
+        """The state with this attempt's progress in it (for lease renewals)."""
+        if not self.started:
+            return state
+        return state.with_attempt(self.record(), self.script.revision)
+
+    def record_job(self, status_url: str, started: str) -> None:
+        """A server-side bulk job was started: recorded before anything else happens, so a
+        killed run re-attaches to it instead of starting a second one."""
+        self.job, self.job_started = status_url, started
+        self.journal._start()
+        self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def _record_start(self) -> None:
+        # Before the first write leaves: a resumed run must be able to find this attempt.
+        self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def stopped(self, error: BaseException) -> None:
+        """The script failed or was interrupted: record why, and how far it got (best effort:
+        the lease may be lost already; the renewals recorded the progress until then)."""
+        if not self.started:
+            return
+        text = scrub(error_text(error))[:300]
+        try:
+            self.lock.update(lambda state: state.with_attempt(self.record(text), self.script.revision))
+        except FhirMigrationError:
+            pass

@@ -1,0 +1,488 @@
+"""Every write a migration makes through ctx goes through its attempt's Journal.
+
+The journal is what makes a data migration resumable and undoable (DESIGN, "Large data
+migrations"):
+
+* **Provenance in the same transaction.** Writes are sent as a FHIR transaction together with
+  their Provenance (provenance.py), whose targets name the version each write will produce:
+  a version-aware update of version n produces n+1, a create its first version. Either both
+  are committed or neither, so a write is never made without its record, whenever the process
+  is killed. (A server whose version ids are not numbers gives nothing to predict: there the
+  Provenance follows the write, and a kill between the two loses that record; see README.)
+* **Resume.** An attempt that continues interrupted ones skips every resource they already
+  wrote (a target of their Provenance): such a write is answered "skipped" and not sent. A
+  create needs an idempotency key (`key=`, else the resource's first identifier): before a
+  bundle's creates are sent, one search finds the keys that already exist, and those are not
+  created again (the key is also sent as If-None-Exist against a concurrent creator).
+* **Batches without losing batch semantics.** A batch is sent as one transaction (with its
+  Provenance); if the server refuses it, it is split in halves, recursively, so every entry
+  that can be applied is, each with its Provenance, and each failing entry is reported with
+  the server's status and message (about 2 log2(n) extra requests for one bad entry in n).
+* **Counts.** `written` (resources written by this attempt) feeds progress and the state's
+  "partially applied" note.
+
+With PROVENANCE off the journal sends writes as before: plain requests, batch bundles tried
+as a transaction first by HAPI (`X-Transaction-Semantics`), transactions as they are; nothing
+is skipped and nothing can be undone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .errors import BundleError, FhirServerError, ServerUnreachableError
+from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
+from .provenance import Target, Writer, already_written
+
+logger = logging.getLogger("django_fhir_migrations")
+
+# HAPI FHIR's TransactionSemanticsHeader: one retry, which is the plain batch.
+TRANSACTION_SEMANTICS_HEADER = "X-Transaction-Semantics"
+TRY_AS_TRANSACTION_FIRST = "retryCount=1; tryBatchAsTransactionFirst=true"
+FRESH_LIMIT = 100_000  # resources known not to be written by earlier attempts (bounded memory)
+SKIPPED, EXISTS = "skipped", "exists"
+
+
+class MissingKeyError(ValueError):
+    """A create with no idempotency key while resume is on (PROVENANCE)."""
+
+
+@dataclass
+class Write:
+    """One write asked for through ctx (a single call or a bundle entry)."""
+
+    method: str  # POST (create), PUT (update), DELETE, PATCH
+    resource_type: str
+    resource_id: str | None = None
+    body: Any = None  # the resource; for PATCH the patch (a JSON Patch list or FHIRPath Parameters)
+    version: str | None = None  # the version the script read: If-Match, and what Provenance replaces
+    check_version: bool = True
+    key: str | None = None  # creates: If-None-Exist query (the idempotency key)
+    url: str | None = None  # a conditional URL (`Patient?identifier=...`), PROVENANCE off only
+
+    @property
+    def activity(self) -> str:
+        return {"POST": "CREATE", "DELETE": "DELETE"}.get(self.method, "UPDATE")
+
+    @property
+    def ref(self) -> str | None:
+        return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
+
+    @property
+    def label(self) -> str:
+        """How a message names it: `Type/id` only, never anything from its body."""
+        return self.ref or f"{self.resource_type} (new{', key ' + self.key if self.key else ''})"
+
+    def request(self) -> dict[str, Any]:
+        url = self.url or (resource_path(self.resource_type, self.resource_id) if self.resource_id
+                           else resource_path(self.resource_type))
+        request: dict[str, Any] = {"method": self.method, "url": url}
+        if self.method == "POST" and self.key:
+            request["ifNoneExist"] = self.key
+        if self.method in ("PUT", "PATCH", "DELETE") and self.check_version and self.version:
+            request["ifMatch"] = f'W/"{self.version}"'
+        return request
+
+    def entry(self, full_url: str | None = None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"request": self.request()}
+        if full_url:
+            entry["fullUrl"] = full_url
+        if self.method == "PATCH":
+            if isinstance(self.body, list):  # JSON Patch travels as a Binary in a bundle
+                import base64
+                import json
+
+                entry["resource"] = {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                                     "data": base64.b64encode(json.dumps(self.body).encode()).decode()}
+            else:
+                entry["resource"] = self.body
+        elif self.body is not None:
+            entry["resource"] = self.body
+        return entry
+
+
+@dataclass
+class Result:
+    """What became of one Write."""
+
+    write: Write
+    status: str  # the server's ("201 Created", "412 ..."), or SKIPPED / EXISTS
+    diagnostics: str = ""
+    location: str | None = None
+    resource: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (SKIPPED, EXISTS) or self.status[:1] in ("2", "3")
+
+    @property
+    def code(self) -> str:
+        return self.status.split(" ", 1)[0]
+
+
+@dataclass
+class Journal:
+    """The writes of one migration attempt (see the module docstring).
+
+    `writer` names the attempt in Provenance (None: PROVENANCE off); `previous` are the
+    interrupted attempts this one continues; `on_start` is called once, before the first
+    write is sent (the executor records the attempt in the state there, so a resume can
+    always find it); `integer_versions` says whether the server's version ids are numbers.
+    """
+
+    connection: FhirConnection
+    writer: Writer | None = None
+    previous: tuple[str, ...] = ()
+    on_start: Callable[[], None] | None = None
+    integer_versions: bool = True
+    written: int = 0
+    skipped: int = 0
+    bundles: int = 0
+    committed_whole: int = 0
+    _started: bool = False
+    _fresh: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- resume ------------------------------------------------------------------------------
+
+    @property
+    def resuming(self) -> bool:
+        return self.writer is not None and bool(self.previous)
+
+    def written_before(self, keys: Iterable[str]) -> set[str]:
+        """Which of `keys` the interrupted attempts already wrote; the others are remembered
+        as fresh, so a write of them later costs no second lookup."""
+        keys = set(keys)
+        if not self.resuming or not keys:
+            return set()
+        with self._lock:
+            unknown = keys - self._fresh
+        found = already_written(self.connection, self.previous, unknown) if unknown else set()
+        with self._lock:
+            if len(self._fresh) > FRESH_LIMIT:
+                self._fresh.clear()
+            self._fresh.update(unknown - found)
+        return found
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None
+             ) -> list[Result]:
+        """Send `writes`; one Result each, in order.
+
+        atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
+        write, the server's error). Otherwise batch semantics: each write on its own.
+        """
+        if self.writer is None:
+            return self._send_plain(writes, atomic=atomic, headers=headers or {})
+        results: dict[int, Result] = {}
+        pending = self._skip_resumed(writes, results)
+        pending = self._skip_existing_keys(pending, results)
+        self._fill_versions(pending)
+        if pending:
+            self._start()
+            sent = self._commit(pending) if atomic else self._commit_or_split(pending)
+            for (index, _), result in zip(pending, sent, strict=True):
+                results[index] = result
+        return [results[i] for i in range(len(writes))]
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if self.on_start is not None:
+            self.on_start()
+
+    def _skip_resumed(self, writes: Sequence[Write], results: dict[int, Result]) -> list[tuple[int, Write]]:
+        done = self.written_before(w.ref for w in writes if w.ref and w.method != "POST")
+        pending = []
+        for index, write in enumerate(writes):
+            if write.ref in done and write.method != "POST":
+                results[index] = Result(write, SKIPPED, "written by the interrupted attempt")
+                with self._lock:
+                    self.skipped += 1
+            else:
+                pending.append((index, write))
+        return pending
+
+    def _skip_existing_keys(self, pending: list[tuple[int, Write]], results: dict[int, Result]
+                            ) -> list[tuple[int, Write]]:
+        creates = [w for _, w in pending if w.method == "POST"]
+        if not creates:
+            return pending
+        for write in creates:
+            if not write.key:
+                raise MissingKeyError(
+                    f"ctx cannot create this {write.resource_type} resumably: it has no idempotency "
+                    "key. Give one (key={'identifier': 'system|value'} or key='name=value&...', a "
+                    "search that finds the resource once it exists), or an identifier with system "
+                    "and value, so that a resumed run never creates it twice."
+                )
+        existing = self._existing(creates)
+        kept = []
+        for index, write in pending:
+            if write.method == "POST" and write.key in existing:
+                results[index] = Result(write, EXISTS, "a resource with this key exists",
+                                        location=existing[write.key])
+                with self._lock:
+                    self.skipped += 1
+            else:
+                kept.append((index, write))
+        return kept
+
+    def _existing(self, creates: Sequence[Write]) -> dict[str, str]:
+        """key -> 'Type/id' of the creates whose key already finds a resource.
+
+        Keys that are a single identifier are looked up together, one search per type;
+        other keys one search each.
+        """
+        found: dict[str, str] = {}
+        by_type: dict[str, dict[str, str]] = {}  # type -> identifier token -> key
+        others = []
+        for write in creates:
+            name, _, value = (write.key or "").partition("=")
+            if name == "identifier" and "&" not in value and "," not in value and "|" in value:
+                by_type.setdefault(write.resource_type, {})[_unquote(value)] = write.key or ""
+            else:
+                others.append(write)
+        for resource_type, tokens in by_type.items():
+            items = sorted(tokens)
+            for start in range(0, len(items), 100):
+                chunk = items[start:start + 100]
+                reply = self.connection.request(
+                    "POST", f"{resource_path(resource_type)}/_search",
+                    data={"identifier": ",".join(_escape(t) for t in chunk), "_elements": "identifier",
+                          "_count": "1000"})
+                for resource in _resources(reply):
+                    for identifier in resource.get("identifier") or []:
+                        token = f"{identifier.get('system', '')}|{identifier.get('value', '')}"
+                        if token in tokens:
+                            found[tokens[token]] = f"{resource_type}/{resource.get('id')}"
+        for write in others:
+            reply = self.connection.request("GET", f"{resource_path(write.resource_type)}?{write.key}&_elements=id")
+            matches = _resources(reply)
+            if matches:
+                found[write.key or ""] = f"{write.resource_type}/{matches[0].get('id')}"
+        return found
+
+    def _fill_versions(self, pending: list[tuple[int, Write]]) -> None:
+        """The version each update, patch and delete replaces, read when the script did not."""
+        missing: dict[str, list[Write]] = {}
+        for _, write in pending:
+            if write.method != "POST" and write.resource_id and not write.version:
+                missing.setdefault(write.resource_type, []).append(write)
+        for resource_type, writes in missing.items():
+            ids = sorted({w.resource_id or "" for w in writes})
+            versions: dict[str, str] = {}
+            for start in range(0, len(ids), 100):
+                reply = self.connection.request(
+                    "POST", f"{resource_path(resource_type)}/_search",
+                    data={"_id": ",".join(ids[start:start + 100]), "_elements": "id", "_count": "1000"})
+                for resource in _resources(reply):
+                    version = (resource.get("meta") or {}).get("versionId")
+                    if isinstance(version, str):
+                        versions[str(resource.get("id"))] = version
+            for write in writes:
+                write.version = versions.get(write.resource_id or "")
+
+    # --- one transaction with its Provenance ---------------------------------------------
+
+    def _commit(self, pending: list[tuple[int, Write]]) -> list[Result]:
+        writer = self.writer
+        assert writer is not None
+        writes = [w for _, w in pending]
+        entries: list[dict[str, Any]] = []
+        targets: dict[str, list[tuple[int, Target, dict[str, Any]]]] = {}
+        predictable = True
+        for position, write in enumerate(writes):
+            full_url = f"urn:uuid:{uuid.uuid4()}" if write.method == "POST" else None
+            entries.append(write.entry(full_url))
+            target = self._predicted(write)
+            if target is None:
+                predictable = False
+                continue
+            reference = target.reference()
+            if full_url:  # the server assigns the id: the transaction resolves the urn
+                reference["reference"] = full_url
+            targets.setdefault(write.activity, []).append((position, target, reference))
+        if predictable:
+            for activity, items in targets.items():
+                entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                                "resource": writer.provenance(activity, [t for _, t, _ in items],
+                                                              target_refs=[r for _, _, r in items]),
+                                "request": {"method": "POST", "url": "Provenance"}})
+        reply = self._post({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                           headers={"Prefer": "return=representation"})
+        answers = validated_results("transaction", len(entries), reply.body or {}, reply.url)
+        results = [_result(write, answer) for write, answer in zip(writes, answers, strict=False)]
+        if predictable:
+            self._fix_creates(writes, results, answers[len(writes):], list(targets))
+        else:
+            self._provenance_after(writes, results)
+        with self._lock:
+            self.written += sum(1 for r in results if r.ok and r.status != EXISTS)
+            self.bundles += 1
+        return results
+
+    def _predicted(self, write: Write) -> Target | None:
+        """The Provenance target of `write`, with the version it will produce; None when that
+        cannot be known in advance (version ids that are not numbers)."""
+        if write.method == "POST":
+            return Target(write.resource_type, "", "1" if self.integer_versions else None)
+        if not write.version or not write.version.isdigit():
+            return None
+        return Target(write.resource_type, write.resource_id or "", str(int(write.version) + 1),
+                      write.version)
+
+    def _fix_creates(self, writes: list[Write], results: list[Result], provenance_answers: list,
+                     activities: list[str]) -> None:
+        """Creates are targets by urn in the transaction (the server chose their ids): write
+        their version-specific references now. A create the server answered 200 (a resource
+        with its key appeared meanwhile) was not ours to record: it leaves the Provenance."""
+        if "CREATE" not in activities:
+            return
+        answer = provenance_answers[activities.index("CREATE")]
+        prov_id, prov_version = version_from_location((answer.get("response") or {}).get("location"))
+        resource = answer.get("resource")
+        if not prov_id or not isinstance(resource, dict):
+            return
+        refs = []
+        targets = []
+        for write, result in zip(writes, results, strict=True):
+            if write.method != "POST":
+                continue
+            if result.code != "201":
+                if result.ok:
+                    result.status = EXISTS
+                continue
+            rid, version = version_from_location(result.location)
+            if rid:
+                target = Target(write.resource_type, rid, version or "1")
+                targets.append(target)
+                refs.append(target.reference())
+        resource["target"] = refs
+        resource["meta"] = {"tag": (resource.get("meta") or {}).get("tag") or []}
+        if not refs:
+            self.connection.request("DELETE", f"Provenance/{prov_id}")
+            return
+        try:
+            self.connection.request("PUT", f"Provenance/{prov_id}", json=dict(resource, id=prov_id),
+                                    headers={"If-Match": f'W/"{prov_version or "1"}"'})
+        except FhirServerError as exc:  # the urn-resolved references stay; undo still works
+            logger.warning("Could not make the created resources' Provenance/%s version-specific: %s",
+                           prov_id, exc)
+
+    def _provenance_after(self, writes: list[Write], results: list[Result]) -> None:
+        """Writes whose versions could not be predicted: their Provenance, from the answers."""
+        writer = self.writer
+        assert writer is not None
+        by_activity: dict[str, list[Target]] = {}
+        for write, result in zip(writes, results, strict=True):
+            if not result.ok or result.status == EXISTS:
+                continue
+            rid, version = version_from_location(result.location)
+            by_activity.setdefault(write.activity, []).append(
+                Target(write.resource_type, rid or write.resource_id or "", version, write.version))
+        for activity, targets in by_activity.items():
+            self.connection.request("POST", "Provenance", json=writer.provenance(activity, targets))
+
+    def _commit_or_split(self, pending: list[tuple[int, Write]], *, whole: bool = True) -> list[Result]:
+        try:
+            results = self._commit(pending)
+        except FhirServerError as exc:
+            if exc.status is None or isinstance(exc, ServerUnreachableError) or exc.status in (429, 503):
+                raise  # the server, not an entry: nothing to split
+            if len(pending) == 1:
+                write = pending[0][1]
+                return [Result(write, f"{exc.status}", exc.detail or str(exc))]
+            middle = len(pending) // 2
+            return (self._commit_or_split(pending[:middle], whole=False)
+                    + self._commit_or_split(pending[middle:], whole=False))
+        if whole:
+            with self._lock:
+                self.committed_whole += 1
+        return results
+
+    def _post(self, bundle: dict[str, Any], headers: Mapping[str, str]) -> Reply:
+        # Not repeated after a lost answer: the entries' If-Match would refuse the repeat and
+        # the whole bundle would look failed. The migration fails; the next run resumes.
+        return self.connection.request("POST", "", json=bundle, headers=headers, idempotent=False)
+
+    # --- PROVENANCE off -----------------------------------------------------------------
+
+    def _send_plain(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str]
+                    ) -> list[Result]:
+        kind = "transaction" if atomic else "batch"
+        bundle = {"resourceType": "Bundle", "type": kind, "entry": [
+            w.entry(f"urn:uuid:{uuid.uuid4()}" if (atomic and w.method == "POST") else None) for w in writes]}
+        self._start()
+        reply = self._post(bundle, headers)
+        body = reply.body or {}
+        answers = validated_results(kind, len(writes), body, reply.url)
+        with self._lock:
+            self.bundles += 1
+            if kind == "batch" and body.get("type") == "transaction-response":
+                self.committed_whole += 1
+        results = [_result(w, a) for w, a in zip(writes, answers, strict=True)]
+        with self._lock:
+            self.written += sum(1 for r in results if r.ok)
+        return results
+
+
+def _result(write: Write, answer: Mapping[str, Any]) -> Result:
+    response = answer.get("response") or {}
+    status = str(response.get("status", ""))
+    resource = answer.get("resource")
+    return Result(write, status, outcome_text(response.get("outcome")) if status[:1] not in "23" else "",
+                  location=response.get("location"),
+                  resource=resource if isinstance(resource, dict) else None)
+
+
+def _resources(reply: Reply) -> list[dict[str, Any]]:
+    return [e.get("resource") for e in (reply.body or {}).get("entry") or []
+            if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+            and (e.get("search") or {}).get("mode", "match") == "match"]
+
+
+def _escape(token: str) -> str:
+    """A search token with FHIR's escapes for the characters that separate values."""
+    return token.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$")
+
+
+def _unquote(value: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(value)
+
+
+def identifier_key(resource: Mapping[str, Any]) -> str | None:
+    """The default idempotency key of a create: its first identifier with system and value."""
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, Mapping) and identifier.get("system") and identifier.get("value"):
+            token = f"{identifier['system']}|{identifier['value']}"
+            return "identifier=" + quote(token, safe="|:/")
+    return None
+
+
+def failure_summary(results: Sequence[Result], *, examples: int = 3) -> list[tuple[str, int, str, list[str]]]:
+    """Failed results grouped by (status, message): (status, count, message, first examples).
+
+    Only `Type/id` (or `Type (new, key ...)`) names an entry: never a resource body.
+    """
+    groups: dict[tuple[str, str], list[str]] = {}
+    for result in results:
+        if not result.ok:
+            groups.setdefault((result.code, result.diagnostics[:300]), []).append(result.write.label)
+    return [(status, len(labels), message, labels[:examples])
+            for (status, message), labels in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
+
+
+def bundle_error(kind: str, results: Sequence[Result], committed: int = 0, bundles: int = 0) -> BundleError:
+    return BundleError(kind, failure_summary(results), committed=committed, bundles=bundles)
