@@ -44,7 +44,7 @@ def format_row(row: ScriptStatus, verbosity: int = 1, *, known: bool = True) -> 
     if row.out_of_order:
         line += "  (out of order)"
     if row.progress:
-        line += f"  (partially applied: {row.progress})"
+        line += f"  ({row.progress})"
     return line
 
 

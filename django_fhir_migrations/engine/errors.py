@@ -355,12 +355,12 @@ class BundleError(FhirMigrationError):
             parts.append(f"{len(self.failures) - 5} other kind(s) of failure")
         earlier = ""
         if kind == "transaction":
-            earlier = (f" Each bundle is its own transaction: {committed} entr"
+            earlier = (f"; each bundle is its own transaction, and {committed} entr"
                        f"{'y' if committed == 1 else 'ies'} in {bundles} earlier bundle"
-                       f"{'' if bundles == 1 else 's'} of this block were committed"
-                       f"{' (a resumed run skips them)' if committed else ''}.")
+                       f"{'' if bundles == 1 else 's'} were committed"
+                       f"{' (a resumed run skips them)' if committed else ''}")
         super().__init__(f"{kind} bundle: {self.count} entr{'y' if self.count == 1 else 'ies'} failed: "
-                         f"{'; '.join(parts)}.{earlier}")
+                         f"{'; '.join(parts)}{earlier}")
 
 
 class UndoError(FhirMigrationError):

@@ -76,8 +76,9 @@ class Write:
 
     @property
     def label(self) -> str:
-        """How a message names it: `Type/id` only, never anything from its body."""
-        return self.ref or f"{self.resource_type} (new{', key ' + self.key if self.key else ''})"
+        """How a message names it: `Type/id` only, never anything from its body (not even the
+        key of a create: an identifier can be a medical record number)."""
+        return self.ref or f"{self.resource_type} (new)"
 
     def request(self) -> dict[str, Any]:
         url = self.url or (resource_path(self.resource_type, self.resource_id) if self.resource_id

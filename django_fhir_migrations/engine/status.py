@@ -41,7 +41,7 @@ class ScriptStatus:
     drifted: bool = False
     out_of_order: bool = False
     branch_head: bool = False  # a head of the graph while there are several (merge needed)
-    progress: str = ""  # an interrupted attempt's progress, e.g. "3,200 resources written"
+    progress: str = ""  # an interrupted attempt's progress: "partially applied: 3,200 resource(s) ..."
 
 
 @dataclass
@@ -174,6 +174,8 @@ def _fill_state(status: ProjectStatus, graph: RevisionGraph, connection: FhirCon
         row.is_head = revision == state.head
         row.drifted = revision in drifted
         row.out_of_order = revision in late
+        attempt = state.attempt_for(revision)
+        row.progress = attempt.describe() if attempt is not None else ""
     for row in status.scripts:
         if row.drifted:
             status.problems.append(

@@ -1,0 +1,365 @@
+"""Large data migrations (DESIGN, "Large data migrations"): Provenance for every write through
+ctx, resume after a failure or a kill -9, and ctx.undo(); against the real HAPI, checked by
+reading what the server holds with plain HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .helpers import REPO, call
+
+pytestmark = pytest.mark.server
+
+NEW = "urn:django-fhir-migrations:test:appended"
+PROVENANCE_TAG = "http://fhir.migration.system/migration-attempt"
+
+
+def seed(fhir, count: int, prefix: str = "p") -> list[dict]:
+    """`count` Patients in the test's namespace, created with plain HTTP (not by the tool)."""
+    created = []
+    for start in range(0, count, 200):
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "gender": "unknown",
+                          "identifier": [{"system": fhir.system, "value": f"{prefix}{i:04d}"}],
+                          "name": [{"family": f"Seed{i}"}]},
+             "request": {"method": "POST", "url": "Patient"}} for i in range(start, min(count, start + 200))]}
+        reply = fhir.http.post(fhir.base_url, json=bundle, timeout=120,
+                               headers={"Content-Type": "application/fhir+json", "Prefer": "return=representation"})
+        reply.raise_for_status()
+        created += [e["resource"] for e in reply.json()["entry"]]
+    return created
+
+
+def provenance_for(fhir, reference: str) -> list[dict]:
+    return fhir.search("Provenance", target=reference)
+
+
+def appended(patient: dict) -> list[dict]:
+    return [i for i in patient.get("identifier", []) if i.get("system") == NEW]
+
+
+APPEND = (  # not idempotent on purpose: run twice on a resource, it appends twice
+    "with ctx.batch(size=50) as batch:\n"
+    "    for p in ctx.search('Patient', identifier={system!r}, _count=50, as_dict=True):\n"
+    "        p['identifier'].append({{'system': {new!r}, 'value': p['id']}})\n"
+    "        batch.update(p)\n"
+)
+
+
+# --- Provenance ------------------------------------------------------------------------------
+
+
+def test_every_write_through_ctx_has_a_version_specific_provenance(fhir_settings, fhir, scripts):
+    [kept, deleted, patched] = seed(fhir, 3)
+    revision = scripts.add("writes", upgrade=(
+        f"p = ctx.read('Patient', {kept['id']!r}, as_dict=True)\n"
+        "p['gender'] = 'female'\n"
+        "ctx.update(p)\n"
+        f"ctx.delete('Patient', {deleted['id']!r})\n"
+        f"ctx.patch('Patient', {patched['id']!r}, [{{'op': 'add', 'path': '/active', 'value': True}}])\n"
+        "with ctx.batch() as b:\n"
+        f"    b.create({fhir.patient_code('new1')})\n"
+        f"    b.create({fhir.patient_code('new2')})\n"
+    ))
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    new = [p for p in fhir.patients() if p["identifier"][0]["value"].startswith("new")]
+    expected = {f"Patient/{kept['id']}": ("UPDATE", "2"), f"Patient/{deleted['id']}": ("DELETE", "2"),
+                f"Patient/{patched['id']}": ("UPDATE", "2"),
+                **{f"Patient/{p['id']}": ("CREATE", "1") for p in new}}
+    for reference, (activity, version) in expected.items():
+        [provenance] = provenance_for(fhir, reference)  # the standard search finds it
+        target = next(t for t in provenance["target"] if t["reference"].startswith(reference + "/"))
+        assert target["reference"] == f"{reference}/_history/{version}"
+        assert provenance["activity"]["coding"][0]["code"] == activity
+        assert provenance["recorded"]
+        assert f"http://fhir.migration.system/migration/{revision}" in provenance["policy"]
+        whos = [a["who"]["display"] for a in provenance["agent"]]
+        assert any("django-fhir-migrations" in w for w in whos) and any("@" in w for w in whos)
+        assert any(t["system"] == PROVENANCE_TAG for t in provenance["meta"]["tag"])
+        validated = fhir.http.post(fhir.url("Provenance/$validate"), json=provenance, timeout=60,
+                                   headers={"Content-Type": "application/fhir+json"}).json()
+        errors = [i for i in validated["issue"] if i["severity"] in ("error", "fatal")]
+        assert errors == [], errors
+    # One Provenance for the two creates of the batch bundle.
+    assert provenance_for(fhir, f"Patient/{new[0]['id']}")[0]["id"] == \
+        provenance_for(fhir, f"Patient/{new[1]['id']}")[0]["id"]
+
+
+def test_provenance_can_be_turned_off(fhir_settings, settings, fhir, scripts):
+    settings.FHIR_MIGRATIONS = dict(fhir_settings, PROVENANCE=False)
+    scripts.add("plain", upgrade=f"ctx.create({fhir.patient_code('plain')})")
+    assert call("fhirmigrate")[0] == 0
+    [patient] = fhir.patients()
+    assert provenance_for(fhir, f"Patient/{patient['id']}") == []
+
+
+def test_a_create_with_no_possible_key_says_so_at_the_first_write(fhir_settings, fhir, scripts):
+    scripts.add("keyless", upgrade="ctx.create({'resourceType': 'Basic', 'code': {'text': 'x'}})")
+    code, out, err = call("fhirmigrate")
+    assert code == 1
+    assert "idempotency key" in err and "key=" in err
+    assert fhir.applied() == []
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def manage_env(fhir, scripts, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.django_settings", PYTHONPATH=str(REPO),
+               FHIR_BASE_URL=fhir.base_url, FHIR_MIGRATIONS_STATE_ID=fhir.state_id,
+               MIGRATION_SCRIPTS_DIR=str(scripts.path), FHIR_MIGRATIONS_LOCK_TTL="6")
+    env.update(extra)
+    return env
+
+
+def test_killed_mid_migration_then_rerun_changes_each_resource_exactly_once(fhir, scripts, clean_env):
+    seed(fhir, 600)
+    slow = APPEND.format(system=fhir.system + "|", new=NEW).replace(
+        "        batch.update(p)\n", "        batch.update(p)\n        import time; time.sleep(0.004)\n")
+    revision = scripts.add("append", upgrade=slow)
+    env = manage_env(fhir, scripts)
+    process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = fhir.get("Patient", identifier=f"{NEW}|", _summary="count")["total"]
+        if done >= 150:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert 150 <= done < 600, done
+    assert fhir.applied() == []
+
+    shown = subprocess.run([sys.executable, "-m", "django", "fhirshowmigrations"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert "partially applied" in shown.stdout, shown.stdout
+
+    rerun = subprocess.run([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resuming" in rerun.stdout
+    patients = fhir.patients()
+    assert len(patients) == 600
+    assert all(p["meta"]["versionId"] == "2" for p in patients)
+    assert all(len(appended(p)) == 1 for p in patients)
+    assert fhir.applied() == [revision]
+    state = fhir.state()
+    assert not any(e["url"].endswith("/migration-attempt") for e in state.get("extension", []))
+
+
+def test_a_failed_third_bundle_then_a_fix_creates_exactly_300(fhir_settings, fhir, scripts):
+    def body(bad: str) -> str:
+        return (
+            "with ctx.transaction(size=100) as t:\n"
+            "    for i in range(300):\n"
+            f"        birth = {bad!r} if i == 250 else '1980-01-01'\n"
+            f"        t.create({{'resourceType': 'Patient', 'birthDate': birth, 'identifier': "
+            f"[{{'system': {fhir.system!r}, 'value': f'c{{i:03d}}'}}]}})\n"
+        )
+
+    revision = scripts.add("cohort", upgrade=body("not-a-date"))
+    code, out, err = call("fhirmigrate")
+    assert code == 1
+    assert "200 entries in 2 earlier bundles were committed" in err
+    assert len(fhir.patients()) == 200
+    code, out, _ = call("fhirshowmigrations")
+    assert "partially applied: 200 resource(s) written" in out
+    scripts.add("cohort", upgrade=body("1980-01-01"), revision=revision, down=None)
+    scripts.revisions.pop()
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    values = sorted(p["identifier"][0]["value"] for p in fhir.patients())
+    assert values == [f"c{i:03d}" for i in range(300)]  # exactly 300: no duplicates
+
+
+# --- undo ------------------------------------------------------------------------------------
+
+
+def comparable(patient: dict) -> dict:
+    return {k: v for k, v in patient.items() if k != "meta"}
+
+
+def test_undo_reverts_updates_creates_and_deletes(fhir_settings, fhir, scripts):
+    before = {p["id"]: p for p in seed(fhir, 140)}
+    ids = sorted(before)
+    to_update, to_delete = ids[:120], ids[120:]
+    upgrade = (
+        "with ctx.batch(size=50) as b:\n"
+        f"    for pid in {to_update!r}:\n"
+        "        p = ctx.read('Patient', pid, as_dict=True)\n"
+        "        p['gender'] = 'other'\n"
+        f"        p['identifier'].append({{'system': {NEW!r}, 'value': pid}})\n"
+        "        b.update(p)\n"
+        f"    for pid in {to_delete!r}:\n"
+        "        b.delete('Patient', pid)\n"
+        "    for i in range(30):\n"
+        f"        b.create({{'resourceType': 'Patient', 'identifier': [{{'system': {fhir.system!r}, "
+        "'value': f'created{i}'}]})\n"
+    )
+    revision = scripts.add("reshape", upgrade=upgrade, downgrade="ctx.undo()")
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert len(fhir.patients()) == 120 + 30
+    code, out, err = call("fhirdowngrade")
+    assert code == 0, err
+    after = {p["id"]: p for p in fhir.patients()}
+    assert sorted(after) == ids  # created ones gone, deleted ones back under the same ids
+    for pid in ids:
+        assert comparable(after[pid]) == comparable(before[pid]), pid
+    assert fhir.applied() == []
+    # Undo left Provenance of its own, and the migration can be applied again.
+    assert len(provenance_for(fhir, f"Patient/{to_update[0]}")) == 2
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert fhir.applied() == [revision] and len(fhir.patients()) == 150
+
+
+def test_undo_refuses_when_a_resource_changed_since_and_writes_nothing(fhir_settings, fhir, scripts):
+    patients = seed(fhir, 5)
+    scripts.add("recode", upgrade=(
+        f"for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True):\n"
+        "    p['gender'] = 'female'\n"
+        "    ctx.update(p)\n"), downgrade="ctx.undo()")
+    assert call("fhirmigrate")[0] == 0
+    changed = fhir.get(f"Patient/{patients[2]['id']}")
+    changed["gender"] = "male"
+    fhir.http.put(fhir.url(f"Patient/{changed['id']}"), json=changed, timeout=30,
+                  headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+    code, out, err = call("fhirdowngrade")
+    assert code == 1
+    assert f"Patient/{changed['id']}" in err and "at version 3" in err and "wrote nothing" in err
+    versions = sorted(p["meta"]["versionId"] for p in fhir.patients())
+    assert versions == ["2", "2", "2", "2", "3"]  # nothing reverted
+    assert len(fhir.applied()) == 1
+
+
+def test_undo_of_a_migration_applied_without_provenance_is_refused(fhir_settings, fhir, scripts):
+    scripts.add("old", downgrade="ctx.undo()")
+    assert call("fhirmigrate", "--fake")[0] == 0
+    code, _, err = call("fhirdowngrade")
+    assert code == 1 and "without Provenance" in err and "--fake" in err
+    assert len(fhir.applied()) == 1
+
+
+def test_an_interrupted_undo_resumes_and_reverts_each_resource_once(fhir_settings, settings, fhir, scripts):
+    from .fault_proxy import Fault, FaultProxy
+
+    patients = seed(fhir, 30)
+    scripts.add("tag", upgrade=APPEND.format(system=fhir.system + "|", new=NEW), downgrade="ctx.undo()")
+    assert call("fhirmigrate")[0] == 0
+    proxy = FaultProxy(fhir.base_url).start()
+    try:
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, BUNDLE_SIZE=10, RETRIES=0)
+        # The undo's second bundle is committed by the server but its answer is lost.
+        proxy.add(Fault("POST", r"^/fhir/?$", "drop-response", skip=2))
+        code, _, err = call("fhirdowngrade")
+        assert code == 1
+        code, _, err = call("fhirdowngrade")
+        assert code == 0, err
+    finally:
+        proxy.stop()
+    for patient in fhir.patients():
+        assert appended(patient) == []
+        history = fhir.get(f"Patient/{patient['id']}/_history")
+        assert history["total"] == 3  # seeded, appended, reverted once
+    assert len(patients) == 30 and fhir.applied() == []
+
+
+# --- the server's bulk patch -----------------------------------------------------------------
+
+
+BULK = (
+    "n = ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'identifier', "
+    "'value': {{'valueIdentifier': {{'system': {new!r}, 'value': 'bulk'}}}}}}], "
+    "identifier={system!r})\n"
+    "assert n == 12, n\n"
+)
+
+
+def offers_bulk_patch(fhir) -> bool:
+    rest = fhir.get("metadata").get("rest") or [{}]
+    return any(op.get("name") == "hapi.fhir.bulk-patch" for op in rest[0].get("operation") or [])
+
+
+def test_bulk_patch_runs_as_the_servers_job_with_provenance_and_undo(fhir_settings, fhir, scripts):
+    if not offers_bulk_patch(fhir):
+        pytest.skip("this server has no $hapi.fhir.bulk-patch (the fallback test covers it)")
+    seed(fhir, 12)
+    scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"), downgrade="ctx.undo()")
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    patients = fhir.patients()
+    assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
+    assert all(provenance_for(fhir, f"Patient/{p['id']}") for p in patients)
+    assert call("fhirdowngrade")[0] == 0
+    assert all(appended(p) == [] for p in fhir.patients())
+
+
+def test_bulk_patch_falls_back_to_patch_bundles_where_the_server_has_no_job(fhir_settings, settings, fhir,
+                                                                           scripts):
+    from .support.hostile import HostileProxy, Rule
+
+    def hide_operation(exchange):
+        body = exchange.response_json()
+        for rest in body.get("rest") or []:
+            rest["operation"] = [op for op in rest.get("operation") or []
+                                 if op.get("name") != "hapi.fhir.bulk-patch"]
+        exchange.set_response_json(body)
+
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        proxy.add(Rule("GET", r"^/fhir/metadata", after=hide_operation),
+                  Rule("POST", r"bulk-patch", before=lambda ex: ex.answer(404, {"resourceType": "OperationOutcome"})))
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
+        seed(fhir, 12)
+        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"), downgrade="ctx.undo()")
+        code, out, err = call("fhirmigrate")
+        assert code == 0, err
+        assert proxy.requests("POST", "bulk-patch") == []
+        patients = fhir.patients()
+        assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
+        assert all(provenance_for(fhir, f"Patient/{p['id']}") for p in patients)
+        assert call("fhirdowngrade")[0] == 0
+        assert all(appended(p) == [] for p in fhir.patients())
+    finally:
+        proxy.stop()
+
+
+def test_a_killed_run_reattaches_to_its_bulk_job_instead_of_starting_another(fhir, scripts, clean_env):
+    from .support.hostile import HostileProxy
+
+    if not offers_bulk_patch(fhir):
+        pytest.skip("this server has no $hapi.fhir.bulk-patch")
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        seed(fhir, 12)
+        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"))
+        env = manage_env(fhir, scripts, FHIR_BASE_URL=proxy.base_url)
+        process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not proxy.requests("POST", r"\$hapi\.fhir\.bulk-patch$") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert len(proxy.requests("POST", r"\$hapi\.fhir\.bulk-patch$")) == 1
+        state = fhir.state()
+        [attempt] = [e for e in state["extension"] if e["url"].endswith("/migration-attempt")]
+        assert any(p["url"] == "job" for p in attempt["extension"])
+        rerun = subprocess.run([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(proxy.requests("POST", r"\$hapi\.fhir\.bulk-patch$")) == 1  # re-attached
+        patients = fhir.patients()
+        assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
+        assert all(len(provenance_for(fhir, f"Patient/{p['id']}")) == 1 for p in patients)
+    finally:
+        proxy.stop()
