@@ -54,13 +54,17 @@ class ScriptRow:
     is_head: bool = False
     drifted: bool = False
     out_of_order: bool = False
+    progress: str = ""  # an interrupted (or running) attempt: "partially applied: ..."
+    running: bool = False  # the lease holder is applying it right now
 
     @property
     def state(self) -> str:
+        if self.running:
+            return "running"
         return {True: "applied", False: "pending", None: "unknown"}[self.applied]
 
     @classmethod
-    def build(cls, row: ScriptStatus, known: bool) -> ScriptRow:
+    def build(cls, row: ScriptStatus, known: bool, running: bool = False) -> ScriptRow:
         record = row.record if known else None
         duration = ""
         if record is not None and record.duration_ms is not None:
@@ -71,7 +75,7 @@ class ScriptRow:
             applied_at=parse_datetime(record.applied_at) if record else None,
             duration=duration, applied_by=(record.applied_by or "") if record else "",
             fake=bool(record and record.fake), is_head=row.is_head, drifted=row.drifted,
-            out_of_order=row.out_of_order,
+            out_of_order=row.out_of_order, progress=row.progress, running=running,
         )
 
 
@@ -98,13 +102,26 @@ def status_context(status: ProjectStatus | None) -> dict[str, Any]:
     if status is None:
         return {"status": None, "rows": [], "known": False}
     known = status.state is not None and not status.server_error
+    lock_live = status.lock is not None and not status.lock_expired
+    rows = [ScriptRow.build(row, known, running=lock_live and bool(row.progress)) for row in status.scripts]
+    # What would stop "Apply" from working: say so instead of offering it.
+    blocked = ""
+    if lock_live:
+        blocked = f"A migration run holds the lock ({status.lock.describe()}): wait for it to finish."
+    elif status.drifted:
+        blocked = ("Applied migrations were edited since they ran: revert the edit, or accept it with "
+                   "`manage.py fhirmigrate --accept-checksums`, before applying more.")
+    elif not status.graph_valid:
+        blocked = "The migration scripts have problems (see above): fix them before applying."
     return {
         "status": status,
         "known": known,
-        "rows": [ScriptRow.build(row, known) for row in status.scripts],
+        "rows": rows,
+        "running": [r for r in rows if r.running],
         "pending_count": len(status.pending) if known else None,
         "applied_count": len(status.applied) if known else None,
         "head_script": status.head_script,
+        "apply_blocked": blocked,
     }
 
 
@@ -136,6 +153,10 @@ def migrate_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
     if status.server_error or status.state is None or not status.graph_valid:
         messages.error(request, "Cannot apply migrations: " + (
             status.server_error or "; ".join(status.problems) or "the state could not be read."))
+        return _back(model_admin)
+    blocked = status_context(status)["apply_blocked"]
+    if blocked:
+        messages.error(request, "Cannot apply migrations: " + blocked)
         return _back(model_admin)
     if not status.pending:
         messages.info(request, "No migrations to apply.")

@@ -38,3 +38,11 @@ def test_example_migrations_apply_and_revert(fhir):
     assert len(fhir.search("Patient", identifier=f"{COHORT}|")) == 200
     manage(fhir, "fhirdowngrade", "zero")
     assert fhir.search("Patient", identifier=f"{COHORT}|") == []
+
+
+def test_the_example_projects_own_tests_use_the_testing_helper(fhir):
+    env = {"FHIR_BASE_URL": fhir.base_url}
+    result = run([sys.executable, "manage.py", "test", "patients"], cwd=REPO / "example_project", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Ran 1 test" in result.stderr and "OK" in result.stderr
+    assert fhir.search("Patient", identifier=DEMO) == []  # the tester reverted what it applied

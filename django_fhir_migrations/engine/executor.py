@@ -137,6 +137,12 @@ class MigrationExecutor:
         irreversible = [s for s in plan if s.irreversible]
         if irreversible and not fake:
             raise IrreversibleMigrationError(irreversible[0])
+        edited = [s for s in History(state, graph).drifted() if s in plan]
+        if edited and not fake:
+            # Its downgrade runs as the file is now, not as it was when it was applied.
+            self.events.emit("checksum_warning", scripts=tuple(edited), detail=(
+                f"{', '.join(f'{s.name} ({s.short})' for s in edited)} was edited since it was "
+                "applied: its downgrade runs as the file is now."))
         if plan_only:
             self.events.emit("plan", direction="downgrade", scripts=tuple(plan), detail="plan")
             return Outcome(pending=plan)
