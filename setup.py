@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 VERSION = re.search(
@@ -17,7 +17,10 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    packages=find_packages(include=["django_fhir_migrations", "django_fhir_migrations.*"]),
+    # Namespace discovery: the template and static folders are data packages too, so setuptools
+    # does not warn that they are absent from `packages` (and installs them all the same).
+    packages=find_namespace_packages(include=["django_fhir_migrations", "django_fhir_migrations.*"],
+                                     exclude=["*.__pycache__"]),
     include_package_data=True,
     package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*"]},
     zip_safe=False,

@@ -87,7 +87,7 @@ def showmigrations(project: Project, console: Console, options: Options) -> int:
 def history(project: Project, console: Console, options: Options) -> int:
     records = project.history(limit=options.get("limit") or 50)
     for kind, line in format_history(records, project.settings.state_id, console.verbosity):
-        console.line(kind, line)
+        console.line(kind, line, to_stdout=True)
     return 0
 
 

@@ -5,6 +5,7 @@ of the development trees; the wheel, installed on its own, runs."""
 from __future__ import annotations
 
 import email
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ PACKAGE = "django_fhir_migrations"
 # Not part of the source: build output, caches, the HAPI test server's jars.
 IGNORED = shutil.ignore_patterns(".git", ".tox", ".venv", "target", ".hapi", "build", "dist",
                                  "*.egg-info", "__pycache__", "*.py[cod]", ".pytest_cache",
-                                 ".ruff_cache", "results", "screenshots")
+                                 ".ruff_cache", "results", "tmp")
 
 
 def package_files() -> set[str]:
@@ -43,6 +44,8 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # setuptools warns about data folders missing from `packages`; none may be left.
+    assert "is absent from the `packages` configuration" not in done.stdout + done.stderr
     (wheel,) = (work / "dist").glob("*.whl")
     (sdist,) = (work / "dist").glob("*.tar.gz")
     return wheel, sdist
@@ -111,3 +114,13 @@ def test_installed_wheel_runs_and_finds_its_templates(built, tmp_path):
                            text=True, cwd=tmp_path, env=env, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("fhir-migrations ")
+
+
+def test_the_readme_shows_what_the_sdist_holds_and_how_to_install_a_wheel(built):
+    _, sdist = built
+    with tarfile.open(sdist) as archive:
+        names = {"/".join(n.split("/")[1:]) for n in archive.getnames()}
+    readme = (REPO / "README.md").read_text()
+    for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", readme):
+        assert image in names, f"the README shows {image}, which is not in the sdist"
+    assert "python -m build" in readme and "pip install dist/django_fhir_migrations-" in readme

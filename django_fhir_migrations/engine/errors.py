@@ -199,8 +199,10 @@ class ChecksumMismatchError(StateError):
         files = ", ".join(f"{s.path} ({s.revision})" for s in self.drifted)
         super().__init__(
             f"Applied migration(s) were edited after they ran: {files}. Their upgrade will not run "
-            "again, so the edit has no effect on data already migrated. Revert the edit and put "
-            "the change in a new migration, or pass --ignore-checksums to proceed anyway."
+            "again, so the edit has no effect on data already migrated.",
+            "Revert the edit and put the change in a new migration, accept the edit as what the "
+            "migration is with `{migrate} --accept-checksums` (recorded and audited), or pass "
+            "--ignore-checksums to proceed this once.",
         )
 
 
