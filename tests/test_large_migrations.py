@@ -119,12 +119,13 @@ def manage_env(fhir, scripts, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_killed_mid_migration_then_rerun_changes_each_resource_exactly_once(fhir, scripts, clean_env):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_killed_mid_migration_then_rerun_changes_each_resource_exactly_once(workers, fhir, scripts, clean_env):
     seed(fhir, 600)
     slow = APPEND.format(system=fhir.system + "|", new=NEW).replace(
         "        batch.update(p)\n", "        batch.update(p)\n        import time; time.sleep(0.004)\n")
     revision = scripts.add("append", upgrade=slow)
-    env = manage_env(fhir, scripts)
+    env = manage_env(fhir, scripts, FHIR_MIGRATIONS_WORKERS=str(workers))
     process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -346,8 +347,16 @@ def test_a_killed_run_reattaches_to_its_bulk_job_instead_of_starting_another(fhi
         process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
-        while not proxy.requests("POST", r"\$hapi\.fhir\.bulk-patch$") and time.monotonic() < deadline:
-            time.sleep(0.05)
+
+        def job_recorded() -> bool:
+            state = fhir.state() or {}
+            return any(p["url"] == "job" for e in state.get("extension", [])
+                       if e["url"].endswith("/migration-attempt") for p in e["extension"])
+
+        # Killed once the job is recorded (between the kick-off and that state write, one
+        # request long, a kill would leave a job the next run cannot know of: README).
+        while not job_recorded() and time.monotonic() < deadline:
+            time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         assert len(proxy.requests("POST", r"\$hapi\.fhir\.bulk-patch$")) == 1
@@ -361,5 +370,34 @@ def test_a_killed_run_reattaches_to_its_bulk_job_instead_of_starting_another(fhi
         patients = fhir.patients()
         assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
         assert all(len(provenance_for(fhir, f"Patient/{p['id']}")) == 1 for p in patients)
+    finally:
+        proxy.stop()
+
+
+# --- several bundles at once -------------------------------------------------------------------
+
+
+def test_workers_send_bundles_at_once_and_hold_back_together_on_429(fhir_settings, settings, fhir, scripts):
+    from .support.hostile import HostileProxy, Rule
+
+    seed(fhir, 300)
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, WORKERS=3, BUNDLE_SIZE=25)
+        proxy.add(Rule("POST", r"^/fhir/?$", times=1, before=lambda ex: ex.answer(
+            429, {"resourceType": "OperationOutcome"}, {"Content-Type": "application/fhir+json",
+                                                          "Retry-After": "2"})))
+        scripts.add("append", upgrade=APPEND.format(system=fhir.system + "|", new=NEW).replace(
+            "size=50", "size=25"), downgrade="ctx.undo()")
+        code, _, err = call("fhirmigrate")
+        assert code == 0, err
+        patients = fhir.patients()
+        assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
+        posts = [s for s in proxy.requests("POST", r"^/fhir/?$")]
+        refused = next(s for s in posts if s.status == 429)
+        during = [s for s in posts if refused.at < s.at < refused.at + 1.8]
+        assert during == [], "other workers went on while the server asked to wait"
+        assert call("fhirdowngrade")[0] == 0
+        assert all(appended(p) == [] for p in fhir.patients())
     finally:
         proxy.stop()

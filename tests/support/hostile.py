@@ -96,6 +96,7 @@ class Seen:
     path: str
     authorization: str | None
     status: int = 0
+    at: float = field(default_factory=time.monotonic)  # when the request arrived
 
 
 class _Server:
@@ -191,6 +192,7 @@ class HostileProxy(_Server):
         return data.replace(upstream, self.origin.encode())
 
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
+        arrived = time.monotonic()
         exchange = Exchange(handler.command, handler.path, dict(handler.headers.items()), body)
         with self.lock:
             rules = [r for r in self.rules if r.claim(exchange.method, exchange.path)]
@@ -203,7 +205,7 @@ class HostileProxy(_Server):
                 if rule.after:
                     rule.after(exchange)
         self.record(Seen(exchange.method, exchange.path, exchange.headers.get("Authorization"),
-                         exchange.status))
+                         exchange.status, arrived))
         send(handler, exchange.status, exchange.response_headers, exchange.response_body,
              exchange.trickle)
 

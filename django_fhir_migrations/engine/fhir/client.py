@@ -154,7 +154,8 @@ class FhirConnection:
         self.policy = RetryPolicy(retries=settings.retries)
         self.timeout = settings.timeout
         self._request_count = 0
-        self._count_lock = threading.Lock()  # ctx.search reads ahead on a second thread
+        self._count_lock = threading.Lock()  # ctx.search reads ahead, bundles go out in workers
+        self._resume_at = 0.0  # time.monotonic() before which no request is sent (429/503)
         self.observers: list[Callable[[str, str, int | None], None]] = []
 
     @property
@@ -208,6 +209,7 @@ class FhirConnection:
         refreshed_token = False
         attempt = 0
         while True:
+            self._wait_for_backoff()
             with self._count_lock:
                 self._request_count += 1
             try:
@@ -240,9 +242,24 @@ class FhirConnection:
                 wait = self.policy.delay(attempt, response)
                 logger.warning("%s %s answered %s; retrying in %.1fs", method, url, status, wait)
                 attempt += 1
-                time.sleep(wait)
+                if status in (429, 503):
+                    # The server is saturated, not this request: every thread (bundle workers,
+                    # the page reader) holds back until then, not only this one.
+                    self._back_off(wait)
+                else:
+                    time.sleep(wait)
                 continue
             return self._reply(method, url, response, allow)
+
+    def _back_off(self, seconds: float) -> None:
+        with self._count_lock:
+            self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+        self._wait_for_backoff()
+
+    def _wait_for_backoff(self) -> None:
+        remaining = self._resume_at - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
 
     def _notify(self, method: str, url: str, status: int | None) -> None:
         for observer in self.observers:
