@@ -357,7 +357,7 @@ def _callable_with_ctx_or_nothing(func: Callable[..., Any]) -> bool:
 
 _EOL = rb"(?:\r\n|\n|\r|\Z)"
 _TAIL = rb"[ \t]*(?:#[^\r\n]*)?" + _EOL  # what may follow a statement on its line
-_BLANK = re.compile(rb"[ \t\f]*(?:#[^\r\n]*)?" + _EOL)
+_BLANK = re.compile(rb"(?:[ \t\f]*(?:#[^\r\n]*)?(?:\r\n|\n|\r))*[ \t\f]*(?:#[^\r\n]*)?" + _EOL)  # blank lines
 _BOM = b"\xef\xbb\xbf"
 _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.M)
 _DOCSTRING = re.compile(
@@ -382,28 +382,26 @@ _IMPORT = re.compile(
 )
 _DECLARED = re.compile(rb"\b(?:revision|down_revision|irreversible|upgrade|downgrade|__doc__)\b")
 # Below the header, anything that could bind the metadata names, directly or not, sends the file
-# to a real import: the names themselves, and the ways to reach a module's namespace.
-_REBINDS = re.compile(
-    rb"\b(?:revision|down_revision|irreversible|__doc__|globals|locals|vars|exec|eval|modules|__getattr__"
-    rb"|__import__|import_module|getmodule|reload|builtins|__builtins__|__globals__|f_globals|f_locals)\b"
-    rb"|setattr|__dict__|\bimport[ \t\\\r\n]*\*"
-)
-_REBIND_WORDS = (b"revision", b"irreversible", b"__doc__", b"globals", b"locals", b"vars", b"exec", b"eval",
-                 b"modules", b"__getattr__", b"__import__", b"import_module", b"getmodule", b"reload",
-                 b"builtins", b"setattr", b"__dict__", b"*")  # a quick first look: most files have none
-# Top-level lines (column 0, not a comment) that mention the functions, and the def form accepted.
-_MENTIONS = re.compile(rb"^[^ \t\f\r\n#][^\r\n]*\b(?:upgrade|downgrade)\b", re.M)
-# ... and, at any depth, statements that would rebind them (best effort: ensure_loaded() decides).
-_FUNCTION_REBINDS = re.compile(
-    rb"^[ \t]*(?:upgrade|downgrade)[ \t]*(?:[-+*/%&|^@]?=(?!=)|:(?!=)|\[|\.[ \t]*\w+[ \t]*=(?!=))"
-    rb"|\b(?:global|nonlocal|del|as|import)\b[^\r\n#]*\b(?:upgrade|downgrade)\b"
-    rb"|\b(?:upgrade|downgrade)[ \t]*:=",
-    re.M,
-)
+# to a real import: the names themselves, and the ways to reach a module's namespace. Matched as
+# whole identifiers (in code, strings and comments alike, which only errs towards importing).
+_REBINDING_NAMES = frozenset({
+    b"revision", b"down_revision", b"irreversible", b"__doc__", b"globals", b"locals", b"vars", b"exec",
+    b"eval", b"compile", b"modules", b"__getattr__", b"__import__", b"import_module", b"getmodule",
+    b"reload", b"builtins", b"__builtins__", b"__globals__", b"f_globals", b"f_locals", b"setattr",
+    b"__setattr__", b"delattr", b"__delattr__", b"__dict__", b"__class__",
+})
+_IDENTIFIER_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") | frozenset(
+    range(128, 256))
+_WORDS_ONLY = bytes(b if b in _IDENTIFIER_BYTES else 32 for b in range(256))  # for bytes.translate
+_STAR_IMPORT = re.compile(rb"\bimport[ \t\\\r\n]*\*")
+# upgrade/downgrade: each defined once at top level by a def of the form accepted, and no
+# statement that would rebind them (best effort: ensure_loaded() decides before anything runs).
 _DEF = re.compile(
     rb"def[ \t]+(upgrade|downgrade)[ \t]*\([ \t]*(?:[A-Za-z_]\w*(?:[ \t]*:[ \t]*[\w.]+)?[ \t]*,?[ \t]*)?\)"
     rb"[ \t]*(?:->[ \t]*[\w.]+[ \t]*)?:"
 )
+_BINDING_WORD = re.compile(rb"\b(?:global|nonlocal|del|as|import|for|class|def|lambda)\b")
+_BINDING_OPERATOR = re.compile(rb"[ \t]*(?:(?:[-+*/%&|^@]|//|>>|<<|\*\*)?=(?!=)|:|\[|\.|,)")
 _UTF8 = {"utf-8", "utf8", "utf_8", "utf-8-sig", "utf_8_sig"}
 
 
@@ -447,7 +445,9 @@ def _read_plain(path: Path, label: str, source: bytes, stamp: Stamp) -> Migratio
     if not rest.isascii():
         # Python folds identifiers to NFKC: a full-width 'ｒevision' is `revision`.
         rest = unicodedata.normalize("NFKC", rest.decode("utf-8")).encode("utf-8")
-    if any(word in rest for word in _REBIND_WORDS) and _REBINDS.search(rest):
+    if not _REBINDING_NAMES.isdisjoint(rest.translate(_WORDS_ONLY).split()):
+        return None
+    if b"*" in rest and _STAR_IMPORT.search(rest):
         return None
     if not _plain_functions(rest):
         return None
@@ -489,12 +489,14 @@ def _literal(value: bytes) -> Any:
     """The value of an _ASSIGN literal: a constant, a string, a tuple or a list of strings."""
     if value in _CONSTANTS:
         return _CONSTANTS[value]
+    if value[:1] in (b'"', b"'"):
+        return value[1:-1].decode("ascii")
     strings = [m.group(0)[1:-1].decode("ascii") for m in _STR_VALUE.finditer(value)]
     if value[:1] == b"[":
         return strings
-    if value[:1] == b"(" and b"," in _STR_VALUE.sub(b"", value):
+    if b"," in _STR_VALUE.sub(b"", value):
         return tuple(strings)
-    return strings[0]  # a string, or a string in parentheses
+    return strings[0]  # a string in parentheses
 
 
 def _docstring(literal: bytes) -> str | None:
@@ -517,16 +519,39 @@ def _docstring(literal: bytes) -> str | None:
 
 def _plain_functions(rest: bytes) -> bool:
     """upgrade and downgrade are each defined once at top level, undecorated, with one plain
-    parameter or none, and no other top-level line names them."""
-    if rest.startswith(b"@") or b"\n@" in rest or b"\r@" in rest or _FUNCTION_REBINDS.search(rest):
+    parameter or none, and nothing else in the text looks like it binds those names."""
+    if rest.startswith(b"@") or b"\n@" in rest or b"\r@" in rest:
         return False
     defined = []
-    for mention in _MENTIONS.finditer(rest):
-        match = _DEF.match(rest, mention.start())
-        if match is None:
+    for start, end in _function_names(rest):
+        line = max(rest.rfind(b"\n", 0, start), rest.rfind(b"\r", 0, start)) + 1
+        prefix = rest[line:start]
+        if not prefix[:1].isspace() and prefix[:1] != b"#":  # on a top-level line: only its def
+            match = _DEF.match(rest, line)
+            if match is None or match.start(1) != start:
+                return False
+            defined.append(match.group(1))
+        elif _BINDING_WORD.search(prefix) or _BINDING_OPERATOR.match(rest, end):
             return False
-        defined.append(match.group(1))
     return sorted(defined) == [b"downgrade", b"upgrade"]
+
+
+def _function_names(rest: bytes):
+    """(start, end) of every `upgrade` / `downgrade` standing as a word (bytes.find is the fast
+    way through a file where they are rare)."""
+    at = rest.find(b"grade")
+    while at >= 0:
+        end = at + 5
+        if at >= 2 and rest[at - 2:at] == b"up":
+            start = at - 2
+        elif at >= 4 and rest[at - 4:at] == b"down":
+            start = at - 4
+        else:
+            start = -1
+        if start >= 0 and (start == 0 or rest[start - 1] not in _IDENTIFIER_BYTES) and (
+                end == len(rest) or rest[end] not in _IDENTIFIER_BYTES):
+            yield start, end
+        at = rest.find(b"grade", end)
 
 
 # --- checksums ---------------------------------------------------------------------------------
