@@ -100,12 +100,18 @@ class FhirNamespace:
         return state["code"]["coding"][0]["code"] if state else None
 
     def applied(self) -> list[str]:
+        """The applied revisions in the order applied: the state's own applied-migration
+        extensions, or (beyond 100) its applied records, read with plain HTTP."""
         state = self.state() or {}
-        revisions = []
-        for ext in state.get("extension", []):
-            if ext["url"].endswith("/applied-migration"):
-                revisions += [e["valueString"] for e in ext["extension"] if e["url"] == "revision"]
-        return revisions
+        entries = [ext for ext in state.get("extension", []) if ext["url"].endswith("/applied-migration")]
+        if state and not entries:
+            records = self.search("Basic", subject=f"Basic/{state['id']}",
+                                  code="http://fhir.migration.system/record|applied-migration")
+            entries = [ext for r in records for ext in r.get("extension", [])
+                       if ext["url"].endswith("/applied-migration")]
+            entries.sort(key=lambda ext: next((e.get("valueDateTime") for e in ext["extension"]
+                                               if e["url"] == "appliedAt"), ""))
+        return [e["valueString"] for ext in entries for e in ext["extension"] if e["url"] == "revision"]
 
     def patients(self) -> list[dict[str, Any]]:
         return self.search("Patient", identifier=f"{self.system}|")
@@ -124,6 +130,8 @@ class FhirNamespace:
             self.http.delete(self.url(f"Patient/{patient['id']}"), timeout=30)
         state = self.state()
         if state:
+            for record in self.search("Basic", subject=f"Basic/{state['id']}"):
+                self.http.delete(self.url(f"Basic/{record['id']}"), timeout=30)
             self.http.delete(self.url(f"Basic/{state['id']}"), timeout=30)
 
 

@@ -401,3 +401,65 @@ def test_workers_send_bundles_at_once_and_hold_back_together_on_429(fhir_setting
         assert all(appended(p) == [] for p in fhir.patients())
     finally:
         proxy.stop()
+
+
+# --- long histories --------------------------------------------------------------------------
+
+
+def test_a_long_history_moves_into_records_written_once_and_back(fhir_settings, fhir, scripts, monkeypatch):
+    from django_fhir_migrations.engine import state as state_format
+
+    monkeypatch.setattr(state_format, "INLINE_LIMIT", 3)
+    revisions = [scripts.add(f"m{i}") for i in range(6)]
+    assert call("fhirmigrate", "+2")[0] == 0
+    state = fhir.state()
+    assert sum(e["url"].endswith("/applied-migration") for e in state["extension"]) == 2
+    assert call("fhirmigrate")[0] == 0
+    state = fhir.state()
+    assert not any(e["url"].endswith("/applied-migration") for e in state["extension"])
+    [count] = [e["valueInteger"] for e in state["extension"] if e["url"].endswith("/applied-count")]
+    assert count == 6 and fhir.applied() == revisions
+    records = fhir.search("Basic", subject=f"Basic/{state['id']}")
+    assert len(records) == 6 and all(r["meta"]["versionId"] == "1" for r in records)  # written once
+    code, out, _ = call("fhirshowmigrations")
+    assert code == 0 and out.count(" [X] ") == 6
+    assert call("fhirdowngrade", "--steps", "4")[0] == 0
+    state = fhir.state()
+    assert sum(e["url"].endswith("/applied-migration") for e in state["extension"]) == 2
+    assert fhir.search("Basic", subject=f"Basic/{state['id']}") == []
+    assert fhir.applied() == revisions[:2]
+
+
+def test_records_beyond_the_servers_include_limit_are_read_page_by_page(fhir_settings, settings, fhir, scripts,
+                                                                       monkeypatch):
+    from django_fhir_migrations.engine import state as state_format
+
+    from .support.hostile import HostileProxy, Rule
+
+    monkeypatch.setattr(state_format, "INLINE_LIMIT", 2)
+    revisions = [scripts.add(f"m{i}") for i in range(5)]
+    assert call("fhirmigrate")[0] == 0
+
+    def cap_includes(exchange):  # a server whose include limit is 2
+        bundle = exchange.response_json()
+        kept, included = [], 0
+        for entry in bundle.get("entry", []):
+            if entry.get("search", {}).get("mode") == "include":
+                included += 1
+                if included > 2:
+                    continue
+            kept.append(entry)
+        bundle["entry"] = kept
+        exchange.set_response_json(bundle)
+
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        proxy.add(Rule("GET", r"_revinclude", after=cap_includes))
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
+        code, out, _ = call("fhirshowmigrations")
+        assert code == 0 and out.count(" [X] ") == 5
+        assert proxy.requests("GET", r"subject=Basic")  # the records, read on their own
+        assert call("fhirmigrate")[0] == 0 and "No migrations to apply" in call("fhirmigrate")[1]
+    finally:
+        proxy.stop()
+    assert fhir.applied() == revisions

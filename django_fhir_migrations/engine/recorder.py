@@ -207,7 +207,7 @@ class StateRecorder:
             return list(state.applied), [], []
         adds = [e for e in state.applied if e.revision not in base.records]
         changes = [e for e in state.applied if e.revision in base.records
-                   and base.applied_record(e.revision) != e]
+                   and base.applied_record(e.revision) != e]  # a dict lookup each
         removes = [r for r in base.records if r not in wanted]
         return adds, changes, removes
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any
 
@@ -336,7 +337,12 @@ class MigrationState:
         return self.resource.id if self.resource is not None else None
 
     def applied_record(self, revision: str) -> AppliedMigration | None:
-        return next((a for a in self.applied if a.revision == revision), None)
+        return self._by_revision.get(revision)
+
+    @cached_property
+    def _by_revision(self) -> dict[str, AppliedMigration]:
+        # `applied` is replaced (dataclasses.replace), never changed in place: safe to cache.
+        return {a.revision: a for a in self.applied}
 
     def attempt_for(self, revision: str, direction: str | None = None) -> AttemptRecord | None:
         return next((a for a in self.attempts if a.revision == revision
