@@ -20,8 +20,9 @@ Two depths of loading, because a status over a long history must not execute eve
   before this split. Anything that runs migrations goes through `valid_graph()`, so it still
   refuses, before any server write, while ANY script of the project is broken, not only one of
   those it would run: a broken file is a broken deploy, and finding out halfway through a plan
-  is worse. The executor also calls `prepare(plan)` (each script's `ensure_loaded()`) right
-  before running, which costs nothing once validated and guards any other path to `run`.
+  is worse. `prepare(plan)` (each script's `ensure_loaded()`) is for the executor to call right
+  before a plan's first script runs: free once validated, it guards any path to `run` that did
+  not go through `valid_graph()`.
 """
 
 from __future__ import annotations
