@@ -165,7 +165,7 @@ def _script_and_graph_messages(settings: Settings, *, deploy: bool = False) -> M
     E003 either way (ids are stable; the level says what it blocks).
     """
     project = Project(settings, command="manage.py check")
-    status = project.status(offline=True)
+    status = project.status(offline=True, validate=True)
     if deploy:
         if not status.broken:
             return []

@@ -79,7 +79,7 @@ def smart_auth(tmp_path, key: KeyPair, **extra) -> dict:
 
 
 def assert_clean_failure(code: int, out: str, err: str, *secrets: str) -> None:
-    assert code != 0
+    assert code == 1
     assert "Traceback" not in err
     for secret in secrets:
         assert secret not in out and secret not in err
@@ -437,7 +437,7 @@ def test_project_commands_work_through_the_python_api_with_smart(fhir_settings, 
     finally:
         project.close()
     assert outcome.exit_code == 0 and [s.name for s in outcome.done] == ["one"]
-    assert status is not None
+    assert status.known and [row.script.name for row in status.applied] == ["one"]
     assert patient_values(fhir) == ["one"] and proxy.tokens_issued == 1
 
 

@@ -43,7 +43,7 @@ def corpus_patients(fhir) -> int:
 
 
 def assert_refused(code: int, err: str, *culprits: str) -> None:
-    assert code != 0
+    assert code == 1
     assert "Traceback" not in err
     message = err.strip()
     assert message.count("CommandError:") == 1 and len(message.splitlines()) == 1, message

@@ -175,14 +175,14 @@ def test_check_command_fails_on_errors_and_reports_deploy_warnings(fhir_settings
     scripts.add("left", down=base)
     scripts.add("right", down=base)
     code, _, err = call("check")
-    assert code != 0 and "fhir_migrations.E008" in err
+    assert code == 1 and "fhir_migrations.E008" in err
     (scripts.path / "right.py").unlink()
     assert call("check")[0] == 0
     code, out, err = call("check", "--deploy")
     assert code == 0  # warnings do not fail a deploy check unless --fail-level says so
     assert "fhir_migrations.W002" in out + err
     code, _, err = call("check", "--deploy", "--fail-level", "WARNING")
-    assert code != 0 and "fhir_migrations.W002" in err
+    assert code == 1 and "fhir_migrations.W002" in err
 
 
 def test_checks_of_other_apps_leave_ours_out(fhir_settings, scripts):

@@ -17,7 +17,7 @@ def test_edited_script_is_reported_and_blocks_until_ignored(fhir_settings, fhir,
     scripts.add("second", upgrade=f"ctx.create({fhir.patient_code('second')})")
 
     code, _, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "first.py" in err and first in err and "--ignore-checksums" in err
     assert fhir.applied() == [first]
 

@@ -40,7 +40,7 @@ def test_failing_migration_stops_the_run_and_is_not_recorded(fhir_settings, fhir
     second = scripts.add("second", upgrade="raise ValueError('bad data in second')")
     third = scripts.add("third", upgrade=create_patient(fhir, "third"))
     code, out, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "second" in err and second in err and "ValueError: bad data in second" in err
     assert "Traceback" not in err
     assert fhir.applied() == [first]
@@ -98,7 +98,7 @@ def test_irreversible_migration_refuses_downgrade(fhir_settings, fhir, scripts):
     scripts.add("one", upgrade=create_patient(fhir, "one"), header="irreversible = True")
     assert call("fhirmigrate")[0] == 0
     code, _, err = call("fhirdowngrade")
-    assert code != 0 and "irreversible" in err
+    assert code == 1 and "irreversible" in err
     assert len(fhir.applied()) == 1 and patient_values(fhir) == ["one"]
 
 
@@ -129,7 +129,7 @@ def test_showmigrations_lists_applied_pending_and_head(fhir_settings, fhir, scri
 def test_makemigration_refuses_while_unapplied_unless_no_check(fhir_settings, fhir, scripts):
     add_patient_migrations(scripts, fhir, "one")
     code, _, err = call("fhirmakemigration", "next_step")
-    assert code != 0 and "not applied" in err and "--no-check" in err
+    assert code == 1 and "not applied" in err and "--no-check" in err
     assert not list(scripts.path.glob("*next_step.py"))
     assert call("fhirmakemigration", "next_step", "--no-check")[0] == 0
     assert (scripts.path / "0002_next_step.py").exists()
@@ -143,7 +143,7 @@ def test_state_naming_an_unknown_revision_is_an_error_and_left_alone(fhir_settin
     add_patient_migrations(scripts, fhir, "other")  # a different history
     version = fhir.state()["meta"]["versionId"]
     code, _, err = call("fhirmigrate")
-    assert code != 0 and "no migration script declares" in err
+    assert code == 1 and "no migration script declares" in err
     assert fhir.state()["meta"]["versionId"] == version
     assert patient_values(fhir) == ["one"]
 
@@ -162,7 +162,7 @@ def test_graph_and_script_errors_name_the_file_and_write_nothing(fhir_settings, 
     elif breakage == "import_error":
         scripts.write("broken", "import no_such_module_here\n")
     code, out, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "Traceback" not in err
     message = err.strip()
     assert message.startswith("CommandError:")

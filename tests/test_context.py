@@ -252,7 +252,7 @@ def test_transaction_is_all_or_nothing_and_stops_the_migration(fhir_settings, fh
         f"    tx.update(dict({existing!r}, gender='other', meta={{'versionId': '42'}}))\n"
     ))
     code, _, err = call("fhirmigrate")
-    assert code != 0 and "transaction" in err
+    assert code == 1 and "transaction" in err
     assert [p["identifier"][0]["value"] for p in fhir.patients()] == ["existing"]
     assert fhir.applied() == []
 

@@ -85,7 +85,7 @@ def test_lost_answer_to_a_create_is_not_retried_and_not_recorded(via_proxy, fhir
     add_creates(scripts, fhir, "one")
     via_proxy.add(Fault("POST", CTX_WRITE, "drop-response"))
     code, _, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "one" in err and "was not recorded" in err and "Traceback" not in err
     assert via_proxy.count("POST", CTX_WRITE) == 1  # never sent twice
     assert fhir.applied() == []
@@ -116,7 +116,7 @@ def test_a_server_that_keeps_failing_ends_with_a_clear_message(via_proxy, fhir, 
     via_proxy.add(Fault("GET", STATE_READ, "status", times=-1, status=503, retry_after="0"))
     started = time.monotonic()
     code, _, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "503" in err and "Traceback" not in err
     assert time.monotonic() - started < 30
     assert via_proxy.count("GET", STATE_READ) == 4  # the first try and RETRIES=3
@@ -128,7 +128,7 @@ def test_failure_mid_run_keeps_what_finished_and_records_nothing_else(via_proxy,
     # "two"'s create keeps answering 503: retried, then given up; "three" never runs.
     via_proxy.add(Fault("POST", CTX_WRITE, "status", skip=1, times=-1, status=503, retry_after="0"))
     code, _, err = call("fhirmigrate")
-    assert code != 0 and "two" in err
+    assert code == 1 and "two" in err
     assert fhir.applied() == [first]
     assert values(fhir) == ["one"]
 
@@ -141,6 +141,6 @@ def test_a_server_that_is_down_fails_fast(fhir_settings, settings, fhir, scripts
     add_creates(scripts, fhir, "one")
     started = time.monotonic()
     code, _, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     assert "Cannot reach the FHIR server" in err and "connection refused" in err
     assert time.monotonic() - started < 15

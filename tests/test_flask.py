@@ -62,7 +62,7 @@ def test_commands_can_be_nested_in_a_group_where_the_names_are_taken(fhir, scrip
     app.register_blueprint(create_blueprint("fhir_data", cli_group="fhir"))
     cli = Flask_CLI(app)
     add_patients(scripts, fhir, "one")
-    assert cli("upgrade").exit_code != 0  # not at the top level
+    assert cli("upgrade").exit_code == 2  # not at the top level: a usage error
     result = cli("fhir", "upgrade")
     assert result.exit_code == 0, result.stderr
     assert values(fhir) == ["one"]

@@ -154,7 +154,7 @@ def test_audit_event_error_text_is_scrubbed_of_live_credentials(kind, fhir_setti
         "value = auth.access_token() if hasattr(auth, 'access_token') else auth.secrets()[0]\n"
         "raise RuntimeError('upstream rejected session ' + value + ' while exporting')"))
     code, out, err = call("fhirmigrate")
-    assert code != 0
+    assert code == 1
     secret = proxy.issued_tokens[-1] if kind == "smart-backend" else TOKEN
     [failed] = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "failed"]
     assert "upstream rejected session *** while exporting" in failed["outcomeDesc"]

@@ -240,7 +240,12 @@ class MigrationLock:
             try:
                 self.update(self.renewal or (lambda state: state))
                 logger.debug("Renewed the migration lock on state %r", self.recorder.state_id)
-            except (LeaseLostError, RunTimeExceededError):
+            except LeaseLostError:
+                return
+            except RunTimeExceededError:
+                # The session refused the renewal: the deadline passed between our check above
+                # and the request. Stop the run all the same.
+                self._overran()
                 return
             except FhirServerError as exc:  # try again next tick; the lease outlives one miss
                 logger.warning("Could not renew the migration lock: %s", exc)

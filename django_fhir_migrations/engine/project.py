@@ -88,10 +88,14 @@ class Project:
         state = StateRecorder(self.connection, self.settings.state_id).read()
         return recent_events(self.connection, state, limit)
 
-    def status(self, *, offline: bool = False, audit_events: int = 0) -> ProjectStatus:
+    def status(self, *, offline: bool = False, audit_events: int = 0, validate: bool | None = None
+               ) -> ProjectStatus:
+        """What exists and what is applied. Scripts are imported and validated unless offline
+        (`validate` overrides): an offline listing of a long history only reads the files."""
         connection = None if offline else self.connection
         return build_status(self.loader, connection, self.settings.base_url or "",
-                            self.settings.state_id, audit_events=audit_events)
+                            self.settings.state_id, audit_events=audit_events,
+                            validate=not offline if validate is None else validate)
 
     def make_migration(self, name: str, *, location: ScriptLocation | None = None,
                        merge: bool = False, check: bool = True, message: str = "",

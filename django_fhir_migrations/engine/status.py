@@ -102,11 +102,13 @@ class ProjectStatus:
 
 
 def build_status(loader: MigrationLoader, connection: FhirConnection | None, base_url: str,
-                 state_id: str, *, audit_events: int = 0) -> ProjectStatus:
+                 state_id: str, *, audit_events: int = 0, validate: bool = True) -> ProjectStatus:
     """The status (offline when `connection` is None); with `audit_events` > 0 also that many
-    of the newest AuditEvents."""
+    of the newest AuditEvents. `validate` imports every script to find every broken one (an
+    error inside a function, at import time); without it only what reading the files shows,
+    which is much faster for a long history (`showmigrations --offline`)."""
     status = ProjectStatus(base_url=base_url, state_id=state_id, offline=connection is None)
-    graph = _fill_scripts(status, loader)
+    graph = _fill_scripts(status, loader, validate)
     if connection is not None:
         _fill_state(status, graph, connection)
     if audit_events and connection is not None and status.state is not None and not status.server_error:
@@ -117,8 +119,9 @@ def build_status(loader: MigrationLoader, connection: FhirConnection | None, bas
     return status
 
 
-def _fill_scripts(status: ProjectStatus, loader: MigrationLoader) -> RevisionGraph:
-    status.broken = list(loader.broken)
+def _fill_scripts(status: ProjectStatus, loader: MigrationLoader, validate: bool) -> RevisionGraph:
+    status.broken = loader.validate() if validate else list(loader.broken)
+    broken_paths = {exc.path for exc in status.broken}
     status.problems.extend(str(exc) for exc in status.broken)
     graph = loader.graph
     for problem in graph.problems:
@@ -136,7 +139,8 @@ def _fill_scripts(status: ProjectStatus, loader: MigrationLoader) -> RevisionGra
     heads = [n.script for n in graph.heads] if len(graph) else []
     status.heads = heads if len(heads) > 1 else []
     branch_heads = {s.revision for s in status.heads}
-    status.scripts = [ScriptStatus(script=s, branch_head=s.revision in branch_heads) for s in ordered]
+    status.scripts = [ScriptStatus(script=s, branch_head=s.revision in branch_heads) for s in ordered
+                      if s.path not in broken_paths]
     return graph
 
 
