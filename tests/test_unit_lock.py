@@ -159,16 +159,17 @@ def test_a_lease_freed_while_waiting_is_taken():
     lock.release()
 
 
-def test_our_own_lease_found_on_the_state_is_held_without_a_write():
+def test_our_own_lease_found_on_the_state_is_held_after_proving_if_match_only():
     connection = FakeConnection()
     connection.on("GET", r"Basic", state(token="mine"))
     lock = new_lock(connection, token="mine")  # our earlier write landed; its answer was lost
+    connection.once("PUT", r"Basic/1", status(412))  # the If-Match proof, refused as it must be
     held = acquire(connection, lock)
     assert held.lock.token == "mine"
-    assert connection.summary() == ["GET Basic"]
+    assert connection.summary() == ["GET Basic", "PUT Basic/1"]  # no lease write
     connection.on("PUT", r"Basic/1", echo_write(first_version=4))
     lock.release()
-    assert connection.summary() == ["GET Basic", "PUT Basic/1"]
+    assert connection.summary() == ["GET Basic", "PUT Basic/1", "PUT Basic/1"]
 
 
 # --- proving that the server enforces If-Match -------------------------------------------------
@@ -277,11 +278,6 @@ def test_a_state_that_keeps_changing_under_our_lease_stops_after_five_tries():
     assert len(connection.sent("PUT")) == 2 + 5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: when the conditional create of the state is answered 200 (our own create landed, "
-    "its answer was lost and the connection repeated it), acquire() re-reads, finds its own lease "
-    "and holds it without ever running _prove_version_check, so the run goes on relying on "
-    "If-Match that was never proven (the proof only runs on the won-create and take-over paths)"))
 def test_a_lease_found_ours_after_a_repeated_create_still_proves_if_match():
     connection = FakeConnection()
     lock = new_lock(connection, token="mine")

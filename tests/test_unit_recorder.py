@@ -257,11 +257,6 @@ def test_a_head_with_control_characters_is_refused_rather_than_cleaned():
         read(state_resource(STATE, "r1\x1b[31m"))
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "engine bug: recorder._server_time keeps the naive datetime email.utils gives for an HTTP "
-    "Date in asctime form ('Sun Nov  6 08:49:37 1994', which RFC 9110 requires recipients to "
-    "accept, and which is GMT) or with a '-0000' zone; lock_expired() then subtracts it from the "
-    "aware meta.lastUpdated and raises TypeError while judging the lease"))
 @pytest.mark.parametrize("date", ["Thu Jan  1 00:00:30 2026", "Thu, 01 Jan 2026 00:00:30 -0000"],
                          ids=["asctime", "minus-zero-zone"])
 def test_a_date_header_in_any_http_date_form_judges_the_lease_as_gmt(date):

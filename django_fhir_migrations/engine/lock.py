@@ -126,6 +126,8 @@ class MigrationLock:
                 continue
             if state.lock is not None and state.lock.token == self.token:
                 # Our own write landed although its answer was lost (and the retry was refused).
+                self.state = state
+                self._prove_version_check(state)
                 return self._hold(state)
             if state.lock is None or state.lock_expired():
                 if state.lock is not None:

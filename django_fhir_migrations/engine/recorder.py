@@ -13,7 +13,7 @@ creates are conditional on the record's identifier).
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
@@ -339,9 +339,11 @@ def _server_time(reply: Reply) -> datetime | None:
     if not value:
         return None
     try:
-        return parsedate_to_datetime(value)
+        moment = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    # HTTP dates are GMT; the asctime form (and "-0000") parse without a zone.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _first_line(exc: BaseException) -> str:
