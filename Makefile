@@ -8,7 +8,7 @@ EXTRAS ?= test,browser
 STAMP := $(VENV)/.installed-$(EXTRAS)-$(shell cat setup.py | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test lint demo bench clean
+.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test test-fast lint demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +32,16 @@ hapi-status: venv
 
 lint: venv
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 # The test session starts the local HAPI (unless FHIR_BASE_URL names a server, or one already
 # answers) and stops it at the end.
 test: venv hapi-build
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Everything that needs no FHIR server and no Java (pure logic, the fake connection): seconds.
+test-fast: venv
+	$(PY) -m pytest -m "not server and not slow" $(PYTEST_ARGS)
 
 demo: venv hapi-build
 	$(PY) example_project/demo.py

@@ -42,6 +42,8 @@ setup(
             "cryptography>=41",
             "tqdm>=4.60,<5",
             "ruff>=0.5",
+            "mypy>=1.8",  # make lint: the package type-checks
+            "types-requests",
             "carebundle>=0.5,<1",  # tests/test_bench_smoke.py runs the benchmark on a tiny N
             "build>=1.0",  # tests/test_packaging.py builds the sdist and wheel
             "tox>=4",  # tox.ini: the suite against each supported Django

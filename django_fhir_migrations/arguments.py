@@ -114,7 +114,7 @@ def add_arguments(parser: argparse.ArgumentParser, args: Iterable[Arg]) -> None:
         elif arg.action in ("store_true", "store_false"):
             parser.add_argument(*arg.names, action=arg.action, dest=arg.key, help=arg.help)
         else:
-            parser.add_argument(*arg.names, dest=arg.key, type=arg.type, default=arg.default,
+            parser.add_argument(*arg.names, dest=arg.key, type=arg.type or str, default=arg.default,
                                 metavar=arg.metavar, choices=arg.choices, help=arg.help)
 
 

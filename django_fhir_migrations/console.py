@@ -182,6 +182,7 @@ class Console:
 
     def _on_out_of_order(self, event: Event) -> None:
         script = event.script
+        assert script is not None
         self.line("warning", f"Warning: {script.name} ({script.revision}) sits below migrations that "
                              "are already applied; it will be applied now, out of order.")
 

@@ -77,7 +77,7 @@ class MigrationTester:
     def read(self, resource: dict[str, Any] | str, resource_id: str | None = None) -> dict[str, Any]:
         """The current version of a resource (given as a dict, or a type and an id)."""
         if isinstance(resource, dict):
-            resource, resource_id = resource["resourceType"], resource["id"]
+            return self.read(str(resource["resourceType"]), str(resource["id"]))
         return self.project.connection.get(resource_path(resource, resource_id)).body or {}
 
     # --- clean-up ----------------------------------------------------------------------------

@@ -102,12 +102,13 @@ def status_context(status: ProjectStatus | None) -> dict[str, Any]:
     if status is None:
         return {"status": None, "rows": [], "known": False}
     known = status.state is not None and not status.server_error
-    lock_live = status.lock is not None and not status.lock_expired
-    rows = [ScriptRow.build(row, known, running=lock_live and bool(row.progress)) for row in status.scripts]
+    lock = status.lock if not status.lock_expired else None
+    rows = [ScriptRow.build(row, known, running=lock is not None and bool(row.progress))
+            for row in status.scripts]
     # What would stop "Apply" from working: say so instead of offering it.
     blocked = ""
-    if lock_live:
-        blocked = f"A migration run holds the lock ({status.lock.describe()}): wait for it to finish."
+    if lock is not None:
+        blocked = f"A migration run holds the lock ({lock.describe()}): wait for it to finish."
     elif status.drifted:
         blocked = ("Applied migrations were edited since they ran: revert the edit, or accept it with "
                    "`manage.py fhirmigrate --accept-checksums`, before applying more.")
@@ -185,10 +186,11 @@ def break_lock_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpRespon
         messages.info(request, "No process holds the migration lock." if not status.server_error
                       else f"Cannot read the lock: {status.server_error}")
         return _back(model_admin)
+    holder = status.lock.describe()
     if request.method == "POST" and request.POST.get("confirm") == "yes":
         def run(project: Project) -> str:
             outcome = project.break_lock(confirm=None)
-            return "" if outcome.exit_code else f"Broke the migration lock held by {status.lock.describe()}."
+            return "" if outcome.exit_code else f"Broke the migration lock held by {holder}."
 
         return _run_action(model_admin, request, run)
     return _confirm(model_admin, request, status, action="break_lock",

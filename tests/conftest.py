@@ -4,12 +4,22 @@ one isolated namespace per test, a scripts folder, and Django settings pointing 
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 
 import pytest
 import requests
 
-from .helpers import FhirNamespace, ScriptsDir
+from .support.helpers import FhirNamespace, ScriptsDir
+
+
+def pytest_collection_modifyitems(items):
+    """A test needs a FHIR server exactly when it uses the server fixture (directly or through
+    fhir, fhir_settings ...): mark it so, and `pytest -m "not server"` runs everything else
+    without HAPI (or Java)."""
+    for item in items:
+        if "fhir_base_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +73,28 @@ def clean_env(monkeypatch):
                                                                           "DJANGO_SETTINGS_MODULE"):
             monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def dead_url():
+    """A base URL nothing listens on (a port just bound and released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/fhir"
+
+
+@pytest.fixture
+def offline_settings(settings, scripts, clean_env, dead_url):
+    """Django settings for a test about a server that is down: no real server is needed."""
+    settings.FHIR_MIGRATIONS = {
+        "BASE_URL": dead_url,
+        "STATE_ID": f"offline-{uuid.uuid4().hex[:12]}",
+        "SCRIPTS_DIRS": [str(scripts.path)],
+        "RETRIES": 0,
+        "TIMEOUT": 2,
+    }
+    return settings.FHIR_MIGRATIONS
 
 
 @pytest.fixture

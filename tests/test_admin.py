@@ -4,7 +4,6 @@ against the real server: who may see it, what it shows, and that it survives a d
 from __future__ import annotations
 
 import re
-import socket
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -17,9 +16,7 @@ from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 from django_fhir_migrations.models import MigrationStatus
 
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.helpers import call
 
 STATUS_URL = "/admin/django_fhir_migrations/migrationstatus/"
 MIGRATE_URL = STATUS_URL + "migrate/"
@@ -168,11 +165,8 @@ def test_page_names_the_lock_holder_and_offers_breaking_it(admin_client, fhir_se
         project.close()
 
 
-def test_dead_server_shows_a_banner_not_a_500(admin_client, fhir_settings, scripts):
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    fhir_settings.update(BASE_URL=f"http://127.0.0.1:{port}/fhir", RETRIES=0, TIMEOUT=2)
+def test_dead_server_shows_a_banner_not_a_500(admin_client, offline_settings, scripts):
+    port = offline_settings["BASE_URL"].split(":")[2].split("/")[0]
     one = scripts.add("one")
     reply = admin_client.get(STATUS_URL)
     assert reply.status_code == 200

@@ -13,9 +13,9 @@ import shutil
 
 import pytest
 
-from .helpers import REPO, call
+from .support.helpers import REPO, call
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -24,9 +24,7 @@ from django_fhir_migrations.engine.audit import EVENT_SYSTEM, recent_events
 from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 
-from .helpers import REPO, call, run
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO, call, run
 
 LOGGER = "django_fhir_migrations"
 

@@ -22,10 +22,8 @@ from django_fhir_migrations.engine.fhir.auth import (
     public_jwk_set,
 )
 
-from .auth_proxy import Client, KeyPair, proxy_starter
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.auth_proxy import Client, KeyPair, proxy_starter
+from .support.helpers import call
 
 
 def answered(seen) -> bool:

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.helpers import call
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 CORPUS_SYSTEM = "urn:django-fhir-migrations:bad-input"

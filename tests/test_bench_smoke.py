@@ -13,11 +13,7 @@ import re
 import subprocess
 import sys
 
-import pytest
-
-from .helpers import REPO
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO
 
 RESULT = re.compile(
     r"RESULT batch_vs_naive=(\d+\.\d\d) batch_vs_ceiling=(\d+\.\d\d) "

@@ -12,9 +12,7 @@ from django.core.checks import run_checks
 
 from django_fhir_migrations import checks as fhir_checks
 
-from .helpers import break_graph, call
-
-pytestmark = pytest.mark.server
+from .support.helpers import break_graph, call
 
 
 def messages(*, deploy: bool = False, app_configs=None):

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.helpers import call
 
 
 def test_edited_script_is_reported_and_blocks_until_ignored(fhir_settings, fhir, scripts):

@@ -12,11 +12,9 @@ import pytest
 from django_fhir_migrations.arguments import SCRIPTS_FOLDER, option_strings
 from django_fhir_migrations.cli import COMMANDS, build_parser, main
 
-from .helpers import add_patient_migrations as add_patients
-from .helpers import create_patient, run
-from .helpers import patient_values as values
-
-pytestmark = pytest.mark.server
+from .support.helpers import add_patient_migrations as add_patients
+from .support.helpers import create_patient, run
+from .support.helpers import patient_values as values
 
 
 def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None):

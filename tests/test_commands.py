@@ -7,9 +7,7 @@ import pytest
 from django_fhir_migrations.conf import get_settings
 from django_fhir_migrations.engine import Project
 
-from .helpers import GRAPH_BREAKAGES, add_patient_migrations, break_graph, call, create_patient, patient_values
-
-pytestmark = pytest.mark.server
+from .support.helpers import GRAPH_BREAKAGES, add_patient_migrations, break_graph, call, create_patient, patient_values
 
 
 def test_migrate_applies_all_in_order_and_records_state(fhir_settings, fhir, scripts):

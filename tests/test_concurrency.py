@@ -16,9 +16,7 @@ from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 from django_fhir_migrations.engine.state import AppliedMigration
 
-from .concurrency import run_together, start_command, write_creating_migrations
-
-pytestmark = pytest.mark.server
+from .support.concurrency import run_together, start_command, write_creating_migrations
 
 
 def env_for(fhir, scripts, **extra) -> dict[str, str]:

@@ -16,9 +16,7 @@ from django_fhir_migrations.engine.errors import BundleError, FhirServerError, V
 from django_fhir_migrations.engine.fhir.client import FhirConnection
 from django_fhir_migrations.engine.fhir.paging import PAGES_AHEAD, THREAD_NAME, search_entries
 
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.helpers import call
 
 
 @pytest.fixture

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
-from .helpers import REPO, run
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO, run
 
 COHORT = "urn:example:fhir-migrations-cohort"
 STUDY = "http://example.org/fhir/sid/study-2026"

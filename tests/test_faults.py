@@ -3,15 +3,12 @@ not finish, nothing is recorded twice, and giving up is explained."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
 
-from .fault_proxy import Fault, FaultProxy
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.fault_proxy import Fault, FaultProxy
+from .support.helpers import call
 
 STATE_READ = r"^/fhir/Basic\?identifier="
 STATE_WRITE = r"^/fhir/Basic/[^/?]+$"
@@ -133,12 +130,10 @@ def test_failure_mid_run_keeps_what_finished_and_records_nothing_else(via_proxy,
     assert values(fhir) == ["one"]
 
 
-def test_a_server_that_is_down_fails_fast(fhir_settings, settings, fhir, scripts):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=f"http://127.0.0.1:{closed_port}/fhir")
-    add_creates(scripts, fhir, "one")
+def test_a_server_that_is_down_fails_fast(offline_settings, settings, scripts):
+    settings.FHIR_MIGRATIONS = dict(offline_settings, RETRIES=3)
+    scripts.add("one", upgrade="ctx.create({'resourceType': 'Patient', 'identifier': "
+                               "[{'system': 'urn:x', 'value': 'one'}]})")
     started = time.monotonic()
     code, _, err = call("fhirmigrate")
     assert code == 1

@@ -9,15 +9,12 @@ import socket
 import subprocess
 import sys
 
-import pytest
 from django.core import checks as django_checks
 
 from django_fhir_migrations.console import DJANGO, Console
 from django_fhir_migrations.engine.events import EventStream
 
-from .helpers import REPO, add_patient_migrations, call, patient_values
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO, add_patient_migrations, call, patient_values
 
 
 def dead_url() -> str:
@@ -109,12 +106,11 @@ def test_accept_checksums_records_the_edit_and_downgrade_warns(fhir_settings, fh
 # 6. makemigration without a server ----------------------------------------------------------------
 
 
-def test_makemigration_without_a_server_says_to_use_no_check(fhir_settings, settings, scripts):
+def test_makemigration_without_a_server_says_to_use_no_check(offline_settings, settings, scripts):
     scripts.add("first")
-    settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=dead_url())
     code, _, err = call("fhirmakemigration", "second")
     assert code == 1 and "--no-check" in err
-    settings.FHIR_MIGRATIONS = {k: v for k, v in fhir_settings.items() if k != "BASE_URL"}
+    settings.FHIR_MIGRATIONS = {k: v for k, v in offline_settings.items() if k != "BASE_URL"}
     code, _, err = call("fhirmakemigration", "second")
     assert code == 1 and "--no-check" in err
     assert call("fhirmakemigration", "second", "--no-check")[0] == 0

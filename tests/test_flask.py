@@ -10,11 +10,9 @@ from flask import Flask
 
 from django_fhir_migrations.contrib.flask import create_blueprint, migration_blueprint
 
-from .helpers import REPO, create_patient, run
-from .helpers import add_patient_migrations as add_patients
-from .helpers import patient_values as values
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO, create_patient, run
+from .support.helpers import add_patient_migrations as add_patients
+from .support.helpers import patient_values as values
 
 
 def make_app(fhir, scripts, **config) -> Flask:

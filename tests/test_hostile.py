@@ -19,8 +19,8 @@ from django_fhir_migrations.engine.config import Settings
 from django_fhir_migrations.engine.errors import ConfigurationError
 from django_fhir_migrations.engine.fhir import FhirConnection
 
-from .auth_proxy import Client, KeyPair, proxy_starter
-from .helpers import REPO, call
+from .support.auth_proxy import Client, KeyPair, proxy_starter
+from .support.helpers import REPO, call
 from .support.hostile import (
     Catcher,
     HostileProxy,
@@ -30,8 +30,6 @@ from .support.hostile import (
     next_link_to,
     trickle,
 )
-
-pytestmark = pytest.mark.server
 
 TOKEN = "tok-hostile-7d3e9a1c5b0f4e2a8c6d"
 PASSWORD = "pw-hostile-Xq8#nV2!"

@@ -12,9 +12,7 @@ import time
 
 import pytest
 
-from .helpers import REPO, call
-
-pytestmark = pytest.mark.server
+from .support.helpers import REPO, call
 
 NEW = "urn:django-fhir-migrations:test:appended"
 PROVENANCE_TAG = "http://fhir.migration.system/migration-attempt"
@@ -251,7 +249,7 @@ def test_undo_of_a_migration_applied_without_provenance_is_refused(fhir_settings
 
 
 def test_an_interrupted_undo_resumes_and_reverts_each_resource_once(fhir_settings, settings, fhir, scripts):
-    from .fault_proxy import Fault, FaultProxy
+    from .support.fault_proxy import Fault, FaultProxy
 
     patients = seed(fhir, 30)
     scripts.add("tag", upgrade=APPEND.format(system=fhir.system + "|", new=NEW), downgrade="ctx.undo()")

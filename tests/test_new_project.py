@@ -5,11 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
-import pytest
-
-from .helpers import run
-
-pytestmark = pytest.mark.server
+from .support.helpers import run
 
 
 def manage(project, *args, stdin=None):

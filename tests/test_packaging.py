@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import REPO
+from .support.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

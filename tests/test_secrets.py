@@ -16,10 +16,8 @@ import logging
 
 import pytest
 
-from .auth_proxy import Client, KeyPair, proxy_starter
-from .helpers import call
-
-pytestmark = pytest.mark.server
+from .support.auth_proxy import Client, KeyPair, proxy_starter
+from .support.helpers import call
 
 TOKEN = "tok-8c1f0e5a7b3d4e2f9a6c1b0d7e3f5a2c"
 WRONG_TOKEN = "tok-wrong-5d2c9e1a0b7f4c3e8d6a2b1f"

@@ -9,8 +9,6 @@ import pytest
 from django_fhir_migrations import Migration
 from django_fhir_migrations.engine.errors import ConfigurationError, MigrationFailedError
 
-pytestmark = pytest.mark.server
-
 
 def seed_state(fhir, head: str) -> dict:
     """A state resource exactly as the seed tool wrote it: identifier + head in code only."""

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-import pytest
-
 JSON = "application/fhir+json"
-pytestmark = pytest.mark.server
-
 
 def post(fhir, path, body, **headers):
     return fhir.http.post(fhir.url(path), json=body, timeout=30,

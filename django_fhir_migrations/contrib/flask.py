@@ -67,7 +67,7 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click reads it per instance
 
 
 STYLES: dict[str, dict[str, Any]] = {

@@ -90,6 +90,7 @@ class AuditTrail:
             logger.error("%s: %s by %s: %s", EVENTS[event][0], what, self.actor.describe(), text)
         if not self.enabled:
             return
+        assert self.connection is not None  # enabled only with a connection
         try:
             body = self.build(event, script=script, state=state, error_text=text, detail=detail,
                               duration=duration)
@@ -216,11 +217,11 @@ class AuditRecord:
         code = _text(subtype.get("code"), 40) or "?"
         agents = _dicts(resource.get("agent"))
         requestor = next((a for a in agents if a.get("requestor") is True), agents[0] if agents else {})
-        who = requestor.get("who") if isinstance(requestor.get("who"), dict) else {}
+        who: dict[str, Any] = requestor["who"] if isinstance(requestor.get("who"), dict) else {}
         entity = (_dicts(resource.get("entity")) or [{}])[0]
         details = {d.get("type"): _text(d.get("valueString"), 300) for d in _dicts(entity.get("detail"))}
         recorded = resource.get("recorded")
-        period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+        period: dict[str, Any] = resource["period"] if isinstance(resource.get("period"), dict) else {}
         start, end = (parse_datetime(period.get(k)) if isinstance(period.get(k), str) else None
                       for k in ("start", "end"))
         return cls(

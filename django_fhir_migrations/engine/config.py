@@ -72,6 +72,13 @@ class ScriptLocation:
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting the engine reads, validated and immutable (`with_overrides` copies).
+
+    Front doors never construct it field by field: `Settings.build` merges the defaults, their
+    own configuration (Django's FHIR_MIGRATIONS, Flask's app.config, CLI flags, the facade's
+    keyword arguments) and the environment, and names the setting at fault in any error.
+    """
+
     base_url: str | None
     auth: Mapping[str, Any] | None = field(default=None, repr=False)  # holds secrets
     locations: tuple[ScriptLocation, ...] = ()

@@ -92,7 +92,7 @@ class MigrationExecutor:
             below = target_rev is not None and target_rev in history.applied and any(
                 r not in graph.ancestors(target_rev) for r in history.applied)
             self.events.emit("nothing_to_do", detail="below_head" if below else "",
-                             script=graph.script(target_rev) if below else None)
+                             script=graph.script(target_rev) if below and target_rev else None)
             return Outcome()
         self._warn_out_of_order(history, plan)
         if check:
@@ -108,7 +108,7 @@ class MigrationExecutor:
             lock = self._lock(history.state, lock_timeout)
             try:
                 # Re-plan from the state as it is now: another replica may have migrated meanwhile.
-                plan = History(lock.state, graph).forwards_plan(target_rev)[:count]
+                plan = History(lock.held, graph).forwards_plan(target_rev)[:count]
                 if not plan:
                     self.events.emit("nothing_to_do", detail="another_process")
                     return Outcome()
@@ -152,7 +152,7 @@ class MigrationExecutor:
         with signals_interrupt():
             lock = self._lock(state, lock_timeout)
             try:
-                fresh_plan = self._backwards(History(lock.state, graph), target, steps)
+                fresh_plan = self._backwards(History(lock.held, graph), target, steps)
                 if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
                     # Reverting "one step" twice because two people asked at once would lose data.
                     raise LockError(
@@ -234,7 +234,7 @@ class MigrationExecutor:
         with signals_interrupt():
             lock = self._lock(state, lock_timeout)
             try:
-                drifted = History(lock.state, graph).drifted()
+                drifted = History(lock.held, graph).drifted()
                 if drifted:
                     checksums = {s.revision: s.checksum for s in drifted}
                     state = lock.update(lambda s: s.with_applied(

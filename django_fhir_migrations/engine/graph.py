@@ -42,6 +42,14 @@ class Node:
 
 
 class RevisionGraph:
+    """Every script as a node linked to its parents and children, and the plans it answers.
+
+    Built by `build()` from loaded scripts; it never raises while building (problems are kept
+    in `problems`, so a status page can show them all), and `validate()` raises the first one.
+    `ordered` is the one apply order every process computes alike; `forwards_plan` and
+    `backwards_plan` are plain lists the executor walks.
+    """
+
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.problems: list[RevisionError] = []

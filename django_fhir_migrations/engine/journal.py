@@ -447,7 +447,7 @@ def _result(write: Write, answer: Mapping[str, Any]) -> Result:
 
 
 def _resources(reply: Reply) -> list[dict[str, Any]]:
-    return [e.get("resource") for e in (reply.body or {}).get("entry") or []
+    return [e["resource"] for e in (reply.body or {}).get("entry") or []
             if isinstance(e, dict) and isinstance(e.get("resource"), dict)
             and (e.get("search") or {}).get("mode", "match") == "match"]
 

@@ -210,6 +210,13 @@ class MigrationLock:
             self._lose("the state kept changing under this process")
             raise AssertionError("unreachable")
 
+    @property
+    def held(self) -> MigrationState:
+        """The state as this process last wrote or read it while holding the lease."""
+        if self.state is None:
+            raise LeaseLostError(self.recorder.state_id, "the lease was never taken")
+        return self.state
+
     def check(self) -> None:
         if self.lost:
             raise LeaseLostError(self.recorder.state_id, self.lost)

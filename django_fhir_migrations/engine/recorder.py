@@ -73,8 +73,8 @@ class StateRecorder:
         if bundle.get("resourceType") != "Bundle":
             raise CorruptStateError(self.state_id, "the search for it did not return a Bundle")
         entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
-        matches = [
-            e.get("resource") for e in entries
+        matches: list[dict[str, Any]] = [
+            e["resource"] for e in entries
             if (e.get("search") or {}).get("mode", "match") == "match"
             and (e.get("resource") or {}).get("resourceType") == "Basic"
             and _is_state(e.get("resource") or {}, self.state_id)
@@ -185,9 +185,9 @@ class StateRecorder:
         results = validated_results("transaction", len(entries), reply.body or {}, reply.url)
         records = {r: i for r, i in base.records.items() if r not in removes}
         for entry, result in zip(adds, results[1:1 + len(adds)], strict=True):
-            record_id, _ = version_from_location((result.get("response") or {}).get("location"))
-            if record_id:
-                records[entry.revision] = record_id
+            new_id, _ = version_from_location((result.get("response") or {}).get("location"))
+            if new_id:
+                records[entry.revision] = new_id
         written = results[0].get("resource") or {}
         state_reply = Reply(status=200, url=reply.url, headers=reply.headers,
                             body=written if written.get("resourceType") == "Basic" else None)

@@ -382,7 +382,7 @@ class MigrationState:
     def to_json(self) -> dict[str, Any]:
         """The state resource to send: whatever else it holds is kept as it was."""
         base = self.resource.as_json() if self.resource is not None else {"resourceType": "Basic"}
-        data = copy.deepcopy(base)
+        data: dict[str, Any] = copy.deepcopy(base)
         data.pop("meta", None)
         identifiers = data.get("identifier") or []
         if not any(i.get("system") == STATE_SYSTEM and i.get("value") == self.state_id

@@ -212,7 +212,7 @@ class SmartBackendAuth(OriginBoundAuth):
         well_known = f"{self._base_url}/.well-known/smart-configuration"
         config = self._get_json(well_known, "application/json", tried)
         url = config.get("token_endpoint") if config else None
-        if url and isinstance(url, str):
+        if url and isinstance(url, str) and config is not None:
             _warn_on_unsupported(config, self.algorithm, well_known)
         else:
             if config is not None:

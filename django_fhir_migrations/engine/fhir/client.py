@@ -27,6 +27,7 @@ from fhirclient import client as fhirclient_client
 from ..config import Settings
 from ..errors import (
     AuthenticationError,
+    FhirMigrationError,
     FhirServerError,
     NotAFhirServerError,
     ResourceNotFoundError,
@@ -266,7 +267,7 @@ class FhirConnection:
             observer(method, url, status)
 
     def _unreachable(self, method: str, url: str, exc: requests.RequestException, attempt: int
-                     ) -> FhirServerError:
+                     ) -> FhirMigrationError:
         tries = f" after {attempt + 1} attempts" if attempt else ""
         if isinstance(exc, RunDeadlinePassed):
             return RunTimeExceededError(self.settings.max_run_time or 0, f"{method} {url}")

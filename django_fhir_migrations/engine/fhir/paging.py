@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotAFhirServerError, UntrustedResponseError
@@ -85,7 +85,7 @@ class NextLinks:
 
 
 def search_entries(connection: FhirConnection, path: str, params: Mapping[str, Any] | None = None,
-                   *, read_ahead: bool = True) -> Iterator[dict[str, Any]]:
+                   *, read_ahead: bool = True) -> Generator[dict[str, Any], None, None]:
     """Every entry of every page of the search, following `link[next]` (never `_offset`).
 
     The first page is read on the caller's thread. With `read_ahead`, the following pages are
@@ -107,8 +107,8 @@ def search_entries(connection: FhirConnection, path: str, params: Mapping[str, A
     pages = _PageReader(connection, following, links)
     try:
         yield from bundle.get("entry") or []
-        while (bundle := pages.take()) is not None:
-            yield from bundle.get("entry") or []
+        while (page := pages.take()) is not None:
+            yield from page.get("entry") or []
     finally:
         pages.close()
 

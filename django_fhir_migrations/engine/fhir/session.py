@@ -244,7 +244,7 @@ class GuardedSession(requests.Session):
                 raise DeadlineExceeded(f"{response.request.method} {response.url} did not complete "
                                        f"within {self.timeout:g}s", response=response)
         response._content = b"".join(chunks)
-        response._content_consumed = True
+        response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag
 
 
 def _socket_timeouts(given: Any, total: float) -> Any:

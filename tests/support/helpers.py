@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 _AUTO = object()
 
 
