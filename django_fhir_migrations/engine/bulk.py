@@ -28,7 +28,7 @@ from .provenance import Target
 from .redaction import printable
 
 if TYPE_CHECKING:
-    from .context import MigrationContext
+    from .protocols import ScriptContext
 
 OPERATION = "hapi.fhir.bulk-patch"
 POLL_INTERVAL = 1.0
@@ -82,7 +82,7 @@ def offers_bulk_patch(connection: FhirConnection) -> bool:
     return cached
 
 
-def bulk_patch(ctx: MigrationContext, resource_type: str, operations: Any, search: Mapping[str, Any]) -> int:
+def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: Mapping[str, Any]) -> int:
     checked_type(resource_type)
     patch = patch_parameters(operations)
     query = {k: v for k, v in search.items()}
@@ -96,7 +96,7 @@ def bulk_patch(ctx: MigrationContext, resource_type: str, operations: Any, searc
     return _patch_bundles(ctx, resource_type, patch, query)
 
 
-def _patch_bundles(ctx: MigrationContext, resource_type: str, patch: dict[str, Any],
+def _patch_bundles(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
                    query: Mapping[str, Any]) -> int:
     with ctx.batch() as batch:
         for found in ctx.search(resource_type, as_dict=True, read_ahead=True, **query):
@@ -105,7 +105,7 @@ def _patch_bundles(ctx: MigrationContext, resource_type: str, patch: dict[str, A
     return batch.written
 
 
-def _server_job(ctx: MigrationContext, resource_type: str, patch: dict[str, Any],
+def _server_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
                 query: Mapping[str, Any]) -> int:
     attempt = ctx.attempt
     assert attempt is not None
@@ -125,7 +125,7 @@ def _server_job(ctx: MigrationContext, resource_type: str, patch: dict[str, Any]
     return _record_changes(ctx, resource_type, query, attempt.job_started)
 
 
-def _wait(ctx: MigrationContext, status_url: str) -> None:
+def _wait(ctx: ScriptContext, status_url: str) -> None:
     started = time.monotonic()
     while True:
         reply = ctx.connection.request("GET", status_url, allow=(202,))
@@ -150,7 +150,7 @@ def _wait(ctx: MigrationContext, status_url: str) -> None:
         return
 
 
-def _record_changes(ctx: MigrationContext, resource_type: str, query: Mapping[str, Any],
+def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, Any],
                     since: str) -> int:
     """Provenance for every match the job wrote (not already recorded by an earlier attempt)."""
     changed = 0

@@ -37,7 +37,7 @@ from .journal import (
 )
 
 if TYPE_CHECKING:
-    from .context import MigrationContext
+    from .protocols import ScriptContext
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -45,7 +45,7 @@ logger = logging.getLogger("django_fhir_migrations")
 class BundleWriter:
     """Collects writes into bundles of `size` and sends them (see the module docstring)."""
 
-    def __init__(self, ctx: MigrationContext, kind: str, *, size: int | None = None,
+    def __init__(self, ctx: ScriptContext, kind: str, *, size: int | None = None,
                  raise_errors: bool = True, transaction_first: bool = True, workers: int | None = None):
         if kind not in ("batch", "transaction"):
             raise ValueError(f"kind must be 'batch' or 'transaction', not {kind!r}")

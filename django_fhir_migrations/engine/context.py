@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 import requests
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
+from .bulk import bulk_patch
 from .bundles import BundleWriter
 from .config import Settings
 from .events import Event, EventStream
@@ -32,6 +33,7 @@ from .fhir.paging import search_entries
 from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
 from .redaction import printable
 from .state import AppliedMigration
+from .undo import undo
 
 if TYPE_CHECKING:
     from .attempt import Attempt
@@ -244,8 +246,6 @@ class MigrationContext:
         one is still at the version the migration produced; if any changed since, it writes
         nothing and raises UndoConflictError naming them. Resumable, with Provenance of its
         own. Returns how many resources it reverted. The default downgrade body."""
-        from .undo import undo
-
         return undo(self, force=force)
 
     def bulk_patch(self, resource_type: str, operations: Any, **search: Any) -> int:
@@ -253,8 +253,6 @@ class MigrationContext:
         the server's own bulk job where it offers one (HAPI's `$hapi.fhir.bulk-patch`), else
         through patch bundles, with Provenance, resume and undo either way. Returns how many
         resources changed."""
-        from .bulk import bulk_patch
-
         return bulk_patch(self, resource_type, operations, search)
 
     # --- the writes behind the helpers ---------------------------------------------------------

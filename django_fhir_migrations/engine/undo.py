@@ -24,7 +24,7 @@ from .journal import Write, bundle_error
 from .provenance import recorded_by
 
 if TYPE_CHECKING:
-    from .context import MigrationContext
+    from .protocols import ScriptContext
 
 SHOWN_CONFLICTS = 10
 
@@ -45,7 +45,7 @@ class Revert:
         return f"{self.resource_type}/{self.resource_id}"
 
 
-def undo(ctx: MigrationContext, *, force: bool = False) -> int:
+def undo(ctx: ScriptContext, *, force: bool = False) -> int:
     name = ctx.script.name if ctx.script is not None else "this migration"
     revision = ctx.revision or "?"
     applied = ctx.applied
@@ -85,7 +85,7 @@ def undo(ctx: MigrationContext, *, force: bool = False) -> int:
     return reverted
 
 
-def _plan(ctx: MigrationContext, attempts: tuple[str, ...]) -> dict[str, Revert]:
+def _plan(ctx: ScriptContext, attempts: tuple[str, ...]) -> dict[str, Revert]:
     plan: dict[str, Revert] = {}
     for record in recorded_by(ctx.connection, attempts):
         for target in record.targets:
@@ -100,7 +100,7 @@ def _plan(ctx: MigrationContext, attempts: tuple[str, ...]) -> dict[str, Revert]
     return plan
 
 
-def _already_reverted(ctx: MigrationContext) -> set[str]:
+def _already_reverted(ctx: ScriptContext) -> set[str]:
     """Resources an interrupted undo of this migration reverted already."""
     previous = ctx.journal.previous
     if not previous:
@@ -108,7 +108,7 @@ def _already_reverted(ctx: MigrationContext) -> set[str]:
     return {t.key for record in recorded_by(ctx.connection, previous) for t in record.targets}
 
 
-def _changed_since(ctx: MigrationContext, todo: list[Revert]) -> list[tuple[str, str]]:
+def _changed_since(ctx: ScriptContext, todo: list[Revert]) -> list[tuple[str, str]]:
     """(Type/id, what happened) for each resource no longer as the migration left it."""
     by_type: dict[str, list[Revert]] = {}
     for item in todo:
@@ -137,7 +137,7 @@ def _changed_since(ctx: MigrationContext, todo: list[Revert]) -> list[tuple[str,
     return changed
 
 
-def _writes(ctx: MigrationContext, chunk: list[Revert]) -> list[Write]:
+def _writes(ctx: ScriptContext, chunk: list[Revert]) -> list[Write]:
     contents = _previous_contents(ctx, [r for r in chunk if r.first in ("UPDATE", "DELETE")])
     writes = []
     for item in chunk:
@@ -158,7 +158,7 @@ def _writes(ctx: MigrationContext, chunk: list[Revert]) -> list[Write]:
     return writes
 
 
-def _previous_contents(ctx: MigrationContext, items: list[Revert]) -> dict[str, dict[str, Any]]:
+def _previous_contents(ctx: ScriptContext, items: list[Revert]) -> dict[str, dict[str, Any]]:
     """The versions to restore, read in one batch of version reads (vread) per bundle."""
     if not items:
         return {}
