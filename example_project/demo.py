@@ -2,7 +2,8 @@
 
 Starts HAPI if nothing answers (and stops it again at the end unless KEEP_HAPI=1), then runs
 fhirmigrate, fhirshowmigrations, one fhirdowngrade and fhirmigrate again, printing the demo
-Patient as the server holds it after each step. Set FHIR_BASE_URL to use another server.
+Patient as the server holds it after each step, and ends with fhirhistory. Set FHIR_BASE_URL to
+use another server.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> int:
         manage("fhirmigrate")
         show_patient(base_url)
         manage("fhirshowmigrations", "-v", "2")
+        manage("fhirhistory", "--limit", "8")
     finally:
         if started and not os.environ.get("KEEP_HAPI"):
             launcher.stop()
