@@ -154,7 +154,25 @@ def test_killed_mid_migration_then_rerun_changes_each_resource_exactly_once(work
     assert not any(e["url"].endswith("/migration-attempt") for e in state.get("extension", []))
 
 
-def test_a_failed_third_bundle_then_a_fix_creates_exactly_300(fhir_settings, fhir, scripts):
+def test_a_batch_with_a_refused_entry_records_provenance_for_exactly_the_others(fhir_settings, fhir, scripts):
+    patients = seed(fhir, 6)
+    stale = patients[3]["id"]
+    scripts.add("recode", upgrade=(
+        "with ctx.batch(raise_errors=False) as b:\n"
+        f"    for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True):\n"
+        "        p['gender'] = 'female'\n"
+        f"        if p['id'] == {stale!r}:\n"
+        "            p['meta']['versionId'] = '9'  # stale: the server refuses this one\n"
+        "        b.update(p)\n"
+        "assert len(b.failures) == 1, b.failures\n"))
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    for patient in patients:
+        recorded = provenance_for(fhir, f"Patient/{patient['id']}")
+        assert len(recorded) == (0 if patient["id"] == stale else 1), patient["id"]
+
+
+def test_a_failed_third_bundle_then_a_fix_creates_exactly_300(fhir_settings, fhir, scripts, admin_client):
     def body(bad: str) -> str:
         return (
             "with ctx.transaction(size=100) as t:\n"
@@ -171,6 +189,8 @@ def test_a_failed_third_bundle_then_a_fix_creates_exactly_300(fhir_settings, fhi
     assert len(fhir.patients()) == 200
     code, out, _ = call("fhirshowmigrations")
     assert "partially applied: 200 resource(s) written" in out
+    page = admin_client.get("/admin/django_fhir_migrations/migrationstatus/").content.decode()
+    assert "partially applied: 200 resource(s) written" in page
     scripts.add("cohort", upgrade=body("1980-01-01"), revision=revision, down=None)
     scripts.revisions.pop()
     code, out, err = call("fhirmigrate")
