@@ -50,13 +50,13 @@ STEPS = [
 class Requests:
     """The requests of one command run, in order, each with the step that sent it."""
 
-    calls: list[tuple[str, str, str]] = field(default_factory=list)  # (step, method, path)
+    calls: list[tuple[str, str, str, int | None]] = field(default_factory=list)  # (step, method, path, status)
 
     def __len__(self) -> int:
         return len(self.calls)
 
     def breakdown(self) -> list[tuple[str, int]]:
-        return list(Counter(step for step, _, _ in self.calls).items())
+        return list(Counter(step for step, *_ in self.calls).items())
 
     def describe(self) -> str:
         return ", ".join(f"{step} {n}" for step, n in self.breakdown())
@@ -65,9 +65,10 @@ class Requests:
 @dataclass
 class Overhead:
     noop: Requests
-    one: Requests
+    one: Requests  # one trivial migration on a new state
     several: Requests
     several_count: int
+    next_one: Requests | None = None  # one more trivial migration, on the state `one` left
 
 
 def _step() -> str:
@@ -92,7 +93,7 @@ def observed() -> Iterator[Requests]:
     base = {"url": ""}
 
     def observer(method: str, url: str, status: int | None) -> None:
-        found.calls.append((_step(), method, url.removeprefix(base["url"])))
+        found.calls.append((_step(), method, url.removeprefix(base["url"]), status))
 
     def init(self, *args, **kwargs) -> None:
         original(self, *args, **kwargs)
@@ -181,8 +182,16 @@ def measure(base_url: str, workdir: Path, run_id: str, server: PlainServer, seve
     if _head(server, one_state) != one_revisions[-1]:
         raise BenchError(f"fhirmigrate did not record the trivial migration on state {one_state!r}.")
     noop = fhirmigrate(base_url, workdir / "overhead_one", one_state)
+    # One more on the existing state (the usual case: the state was created long ago).
+    next_revision = uuid.uuid4().hex
+    (workdir / "overhead_one" / "m0001_trivial.py").write_text(
+        TRIVIAL.format(revision=next_revision, down=one_revisions[-1]))
+    next_one = fhirmigrate(base_url, workdir / "overhead_one", one_state)
+    if _head(server, one_state) != next_revision:
+        raise BenchError(f"fhirmigrate did not record the second trivial migration on state {one_state!r}.")
     many_revisions = _chain(workdir / "overhead_several", several)
     many = fhirmigrate(base_url, workdir / "overhead_several", several_state)
     if _head(server, several_state) != many_revisions[-1]:
         raise BenchError(f"fhirmigrate did not record {several} migrations on state {several_state!r}.")
-    return Overhead(noop=noop, one=one, several=many, several_count=several), [one_state, several_state]
+    return (Overhead(noop=noop, one=one, several=many, several_count=several, next_one=next_one),
+            [one_state, several_state])

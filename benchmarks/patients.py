@@ -173,3 +173,41 @@ def verify_migrated(server: PlainServer, patient_set: PatientSet, way: str) -> i
             f"{both} carry both. The figures of this run are not valid."
         )
     return migrated
+
+
+# The tool tags each Provenance with its migration's revision (README "Large migrations").
+REVISION_TAG = "http://fhir.migration.system/migration-revision"
+
+
+def provenance_targets(server: PlainServer, revision: str) -> set[str]:
+    """Every `Type/id` named as a target by a Provenance tagged with `revision` (plain HTTP)."""
+    found: set[str] = set()
+    bundle = server.get("Provenance", _tag=f"{REVISION_TAG}|{revision}", _elements="target", _count=500)
+    while True:
+        for entry in bundle.get("entry", []):
+            for target in entry["resource"].get("target", []):
+                parts = str(target.get("reference", "")).split("/")
+                found.add("/".join(parts[:2]))
+        next_url = next_link(bundle)
+        if not next_url:
+            return found
+        bundle = server.get(next_url)
+
+
+def verify_provenance(server: PlainServer, patient_set: PatientSet, revision: str, expected: bool,
+                      way: str) -> int:
+    """Raise unless the set's N Patients are the targets of the migration's Provenance (or, with
+    `expected` False, unless there is none); return the number of targets found."""
+    targets = provenance_targets(server, revision)
+    if not expected:
+        if targets:
+            raise BenchError(f"way {way} ran with PROVENANCE off but {len(targets)} resources are "
+                             "targets of its Provenance.")
+        return 0
+    ids = set(server.ids("Patient", 1000, identifier=f"{patient_set.tag_system}|"))
+    named = {t.split("/", 1)[1] for t in targets if t.startswith("Patient/")}
+    if named != ids:
+        raise BenchError(f"way {way}: of the set's {len(ids)} Patients {len(ids & named)} are targets of "
+                         f"the migration's Provenance ({len(named - ids)} other targets). The figures of "
+                         "this run are not valid.")
+    return len(named)

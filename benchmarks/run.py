@@ -14,9 +14,16 @@ identifier. Then: peak memory of (b) at N and at
 BENCH_N_LARGE, the tool's own HTTP requests (nothing pending; one trivial migration), and the
 time to load and check BENCH_GRAPH_SCRIPTS chained scripts against compiling them.
 
+Throughput (throughput.py): (d) a careful sequential client (search a page, POST its bundle,
+next page, all on the clock), (e) the tool with WORKERS = each of BENCH_WORKERS, PROVENANCE on,
+(p) the same with PROVENANCE off, (f) ctx.bulk_patch through the server's job and through patch
+bundles; each run's CPU split (client, HAPI, PostgreSQL, the rest). Then `showmigrations
+--offline` over BENCH_LOAD_SCRIPTS chained scripts as whole processes (graph_load.py), and
+BENCH_HISTORY trivial migrations applied by one `fhir-migrations migrate` (history.py).
+
 Speed is reported as ratios against baselines measured in the same run. The last line is
 
-    RESULT batch_vs_naive=<x> batch_vs_ceiling=<y> noop_requests=<n> requests_per_migration=<m>
+    RESULT batch_vs_naive=<x> batch_vs_ceiling=<y> noop_requests=<n> requests_per_migration=<m> tool_vs_sequential=<z>
 
 Settings (environment): BENCH_N, BENCH_N_LARGE (default 10*N, 0 = skip; BENCH_SKIP_LARGE=1 too),
 BENCH_BUNDLE_SIZE (page and bundle size of (b) and (c), default 100), BENCH_EXTRA_SIZES (more
@@ -25,6 +32,12 @@ also rows of (b) with ctx.transaction() and (c) with transaction bundles), BENCH
 2000), BENCH_CLEANUP (delete the run's Patients afterwards; default on unless the benchmark
 started the server itself), BENCH_JSON (write every figure to this file), FHIR_BASE_URL (else
 the local HAPI of tests/hapi, started here if nothing answers and stopped afterwards).
+Throughput: BENCH_WORKERS (default "1,2,4"), BENCH_DEFAULT_WORKERS (the WORKERS of
+tool_vs_sequential, default throughput.RECOMMENDED_WORKERS), BENCH_PASSES (default 2),
+BENCH_PROVENANCE_OFF (default 1: the (p) rows), BENCH_BULK (default 1: the (f) rows),
+BENCH_SERVER_PIDS (the server's pids, for the CPU split of a server not started by tests/hapi).
+BENCH_LOAD_SCRIPTS (default "2000,20000"; empty skips), BENCH_LOAD_ROUNDS (default 5),
+BENCH_HISTORY (default 2000; 0 skips).
 """
 
 from __future__ import annotations
@@ -50,8 +63,10 @@ if str(REPO) not in sys.path:
 
 import requests  # noqa: E402
 
-from benchmarks import graph_load, overhead  # noqa: E402
+from benchmarks import graph_load, history, overhead  # noqa: E402
+from benchmarks.cpu import CpuSplit, ServerProcesses  # noqa: E402
 from benchmarks.patients import BenchError, PatientSet, PlainServer, synthetic_patients, verify_migrated  # noqa: E402
+from benchmarks.throughput import RECOMMENDED_WORKERS, Throughput  # noqa: E402
 from benchmarks.tool_run import ToolRun, run_tool, write_script  # noqa: E402
 from benchmarks.ways import TOOL_BATCH_HEADERS, Timing, ceiling, naive  # noqa: E402
 
@@ -73,6 +88,18 @@ class Config:
     graph_scripts: int
     cleanup: bool | None
     json_path: Path | None
+    workers: tuple[int, ...] = (1, 2, 4)
+    default_workers: int = RECOMMENDED_WORKERS
+    passes: int = 2
+    provenance_off: bool = True
+    bulk: bool = True
+    load_scripts: tuple[int, ...] = (2000, 20000)
+    load_rounds: int = 5
+    history: int = 2000
+
+    @property
+    def n_throughput(self) -> int:
+        return self.n
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | os._Environ = os.environ) -> Config:
@@ -92,8 +119,35 @@ class Config:
         cleanup = _flag(environ, "BENCH_CLEANUP", None)
         json_path = Path(environ["BENCH_JSON"]) if environ.get("BENCH_JSON") else None
         transactions = _flag(environ, "BENCH_TRANSACTIONS", True)
+        default_workers = _int(environ, "BENCH_DEFAULT_WORKERS", RECOMMENDED_WORKERS, minimum=1, maximum=64)
+        workers = _ints(environ, "BENCH_WORKERS", (1, 2, 4), minimum=1, maximum=64)
+        if default_workers not in workers:
+            workers = tuple(sorted({*workers, default_workers}))
         return cls(n, n_large, size, tuple(extra), transactions,
-                   _int(environ, "BENCH_GRAPH_SCRIPTS", 2000, minimum=2), cleanup, json_path)
+                   _int(environ, "BENCH_GRAPH_SCRIPTS", 2000, minimum=2), cleanup, json_path,
+                   workers=workers, default_workers=default_workers,
+                   passes=_int(environ, "BENCH_PASSES", 2, minimum=1, maximum=10),
+                   provenance_off=bool(_flag(environ, "BENCH_PROVENANCE_OFF", True)),
+                   bulk=bool(_flag(environ, "BENCH_BULK", True)),
+                   load_scripts=_ints(environ, "BENCH_LOAD_SCRIPTS", (2000, 20000), minimum=2, empty=True),
+                   load_rounds=_int(environ, "BENCH_LOAD_ROUNDS", 5, minimum=1),
+                   history=_int(environ, "BENCH_HISTORY", 2000, minimum=0))
+
+
+def _ints(environ: Any, name: str, default: tuple[int, ...], *, minimum: int, maximum: int | None = None,
+          empty: bool = False) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers (`empty`: an empty value means none)."""
+    if name not in environ:
+        return default
+    parts = [p.strip().replace("_", "") for p in environ[name].split(",") if p.strip()]
+    if not parts and empty:
+        return ()
+    if not parts or not all(p.isdigit() and int(p) >= minimum and (maximum is None or int(p) <= maximum)
+                            for p in parts):
+        bounds = f"at least {minimum}" + (f" and at most {maximum}" if maximum is not None else "")
+        raise ConfigError(f"{name}={environ[name]!r}: expected comma-separated whole numbers {bounds}"
+                          + (", or empty for none." if empty else "."))
+    return tuple(dict.fromkeys(int(p) for p in parts))
 
 
 def _flag(environ: Any, name: str, default: bool | None) -> bool | None:
@@ -200,7 +254,11 @@ class Benchmark:
         self.figures: dict[str, Any] = {"run_id": self.run_id, "config": {
             "n": config.n, "n_large": config.n_large, "bundle_size": config.size,
             "extra_sizes": list(config.extra_sizes), "transactions": config.transactions,
-            "graph_scripts": config.graph_scripts}}
+            "graph_scripts": config.graph_scripts, "workers": list(config.workers),
+            "default_workers": config.default_workers, "passes": config.passes,
+            "provenance_off": config.provenance_off, "bulk": config.bulk,
+            "load_scripts": list(config.load_scripts), "load_rounds": config.load_rounds,
+            "history": config.history}}
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -224,12 +282,14 @@ class Benchmark:
     # --- the ways ---
 
     def tool(self, patient_set: PatientSet, size: int, *, trace: bool = False, label: str = "",
-             kind: str = "batch") -> ToolRun:
+             kind: str = "batch", workers: int | None = None, provenance: bool | None = None,
+             base_url: str | None = None, server_pids: dict[str, list[int]] | None = None) -> ToolRun:
         state_id = f"bench-{self.run_id}-{patient_set.name}{label}"
         self.state_ids.append(state_id)
         folder = self.workdir / state_id
         revision = write_script(folder, patient_set.tag_system, patient_set.new_system, kind)
-        result = run_tool(self.base_url, folder, state_id, size, trace=trace)
+        result = run_tool(base_url or self.base_url, folder, state_id, size, trace=trace, workers=workers,
+                          provenance=provenance, server_pids=server_pids)
         if result.applied != [revision]:
             raise BenchError(f"way b on set {patient_set.name}: fhirmigrate applied {result.applied}, "
                              f"expected the one script {revision}.")
@@ -240,9 +300,13 @@ class Benchmark:
         return Timing("b", patient_set.size, run.seconds, run.requests, run.cpu_seconds,
                       "Project.migrate in a child process")
 
+    def header(self) -> None:
+        self.say(f"\n  {'way':<52} {'Patients':>8} {'seconds':>9} {'Patients/s':>11} {'requests':>9} "
+                 f"{'client ms/Patient':>17}")
+
     def row(self, key: str, label: str, timing: Timing) -> Timing:
         cpu_ms = 1000 * timing.cpu_seconds / timing.resources if timing.resources else 0.0
-        self.say(f"  {label:<44} {timing.resources:>8} {timing.seconds:>9.2f} {timing.rate:>11.1f} "
+        self.say(f"  {label:<52} {timing.resources:>8} {timing.seconds:>9.2f} {timing.rate:>11.1f} "
                  f"{timing.requests:>9} {cpu_ms:>17.3f}   {timing.detail}")
         self.figures.setdefault("ways", {})[key] = asdict(timing) | {"rate": timing.rate}
         return timing
@@ -267,6 +331,9 @@ class Benchmark:
         extra_sets = {size: (self.new_set(f"b{size}", cfg.n), self.new_set(f"c{size}", cfg.n))
                       for size in cfg.extra_sizes}
         transaction_sets = (self.new_set("bt", cfg.n), self.new_set("ct", cfg.n)) if cfg.transactions else None
+        throughput = Throughput(self)
+        self.throughput = throughput
+        throughput.load()
 
         # Warm the server's paths (JIT) before anything is timed: those of (c), then those of (b)
         # (paging while a bundle is written), each adding its own identifier to the warm-up set.
@@ -275,9 +342,9 @@ class Benchmark:
         warm_b = PatientSet(warmup.name, warmup.tag_system, f"{warmup.tag_system}:warm-b", warmup.size)
         self.tool(warm_b, cfg.size, label="-warm")
         verify_migrated(self.server, warm_b, "warm-up of b")
+        throughput.warm(warmup)
 
-        self.say(f"\n  {'way':<44} {'Patients':>8} {'seconds':>9} {'Patients/s':>11} {'requests':>9} "
-                 f"{'client ms/Patient':>17}")
+        self.header()
         a = self.row("a", "(a) naive: GET + PUT per Patient", naive(self.server, set_a, cfg.size))
         verify_migrated(self.server, set_a, "a")
         # (b) and (c) run in the order b c c b, each on its own set: the server slows down as its
@@ -297,14 +364,14 @@ class Benchmark:
         cp = self.row("cplain", "(c) without X-Transaction-Semantics", ceiling(
             self.server, set_cp, cfg.size, label=" without the header (HAPI: a transaction per entry)"))
         verify_migrated(self.server, set_cp, "c without the header")
-        self.say(f"  {'':<44} the header: c/c-plain = {c.rate / cp.rate:.2f}, b/c-plain = {b.rate / cp.rate:.2f}")
+        self.say(f"  {'':<52} the header: c/c-plain = {c.rate / cp.rate:.2f}, b/c-plain = {b.rate / cp.rate:.2f}")
         for size, (set_bx, set_cx) in extra_sets.items():
             bx = self.row(f"b{size}", f"(b) fhirmigrate at bundle/page size {size}", self.tool_timing(set_bx, size))
             verify_migrated(self.server, set_bx, f"b at size {size}")
             cx = self.row(f"c{size}", f"(c) ceiling at bundle/page size {size}",
                           ceiling(self.server, set_cx, size, headers=TOOL_BATCH_HEADERS))
             verify_migrated(self.server, set_cx, f"c at size {size}")
-            self.say(f"  {'':<44} at size {size}: b/c = {bx.rate / cx.rate:.2f} (one run each, b first)")
+            self.say(f"  {'':<52} at size {size}: b/c = {bx.rate / cx.rate:.2f} (one run each, b first)")
         if transaction_sets:
             set_bt, set_ct = transaction_sets
             bt = self.row("bt", f"(b) fhirmigrate, ctx.transaction() ({cfg.size})",
@@ -313,7 +380,7 @@ class Benchmark:
             ct = self.row("ct", f"(c) ceiling, pre-built transaction bundles ({cfg.size})",
                           ceiling(self.server, set_ct, cfg.size, "transaction"))
             verify_migrated(self.server, set_ct, "c with transactions")
-            self.say(f"  {'':<44} with transactions: b/c = {bt.rate / ct.rate:.2f}, b/a = {bt.rate / a.rate:.2f} "
+            self.say(f"  {'':<52} with transactions: b/c = {bt.rate / ct.rate:.2f}, b/a = {bt.rate / a.rate:.2f} "
                      "(one run each, b first)")
 
         batch_vs_naive = b.rate / a.rate
@@ -323,13 +390,20 @@ class Benchmark:
         self.say(f"\n  b/a = {batch_vs_naive:.2f} (goal >= 5: {_met(batch_vs_naive >= 5)}),  "
                  f"b/c = {batch_vs_ceiling:.2f} (goal >= 0.9: {_met(batch_vs_ceiling >= 0.9)})")
 
+        tool_vs_sequential = throughput.run()
+        throughput.close()
+
         self.memory(set_b1)
         noop, per_migration = self.requests_overhead()
         self.graph()
+        self.loading()
+        self.long_history()
         self.figures["noop_requests"] = noop
         self.figures["requests_per_migration"] = per_migration
+        self.figures["tool_vs_sequential"] = tool_vs_sequential
         return (f"RESULT batch_vs_naive={batch_vs_naive:.2f} batch_vs_ceiling={batch_vs_ceiling:.2f} "
-                f"noop_requests={noop} requests_per_migration={per_migration}")
+                f"noop_requests={noop} requests_per_migration={per_migration} "
+                f"tool_vs_sequential={tool_vs_sequential:.2f}")
 
     # --- memory ---
 
@@ -387,10 +461,20 @@ class Benchmark:
                  f"({found.several.describe()})")
         per_extra = (len(found.several) - len(found.one)) / (found.several_count - 1)
         self.say(f"  so: {len(found.one) - per_extra:.0f} per run + {per_extra:.0f} per applied migration")
+        self.say("  the requests of one trivial migration on a new state, in order:")
+        for step, method, path, status in found.one.calls:
+            self.say(f"    {method:<6} {path.split('?')[0][:60]:<60} {status}  ({step})")
+        if found.next_one is not None:
+            self.say(f"  one more trivial migration on that existing state: {len(found.next_one)} "
+                     f"({found.next_one.describe()})")
+            for step, method, path, status in found.next_one.calls:
+                self.say(f"    {method:<6} {path.split('?')[0][:60]:<60} {status}  ({step})")
         self.figures["requests"] = {
             "noop": len(found.noop), "noop_breakdown": found.noop.breakdown(),
             "one": len(found.one), "one_breakdown": found.one.breakdown(), "one_calls": found.one.calls,
             "several": len(found.several), "several_count": found.several_count,
+            "next_one": len(found.next_one) if found.next_one else None,
+            "next_one_calls": found.next_one.calls if found.next_one else None,
         }
         return len(found.noop), len(found.one)
 
@@ -405,6 +489,47 @@ class Benchmark:
                  f"timed alone: the token checksums {timing.checksum_seconds:.2f}s, the graph (build, validate, "
                  f"plan) {timing.graph_seconds:.3f}s")
 
+    # --- loading and a long history, as whole processes ---
+
+    def loading(self) -> None:
+        """`showmigrations --offline` over chains of BENCH_LOAD_SCRIPTS scripts, whole processes."""
+        cfg = self.config
+        if not cfg.load_scripts:
+            self.say("\nLoading as whole processes: skipped (BENCH_LOAD_SCRIPTS is empty)")
+            return
+        self.say(f"\nLoading as whole processes (`python -m django_fhir_migrations showmigrations --offline`, "
+                 f"medians of {cfg.load_rounds} runs after a warm-up):")
+        found = []
+        for count in cfg.load_scripts:
+            timing = graph_load.measure_process(self.workdir / "loading", count, cfg.load_rounds)
+            self.say(f"  {timing.describe()}")
+            found.append(asdict(timing) | {"vs_start": timing.vs_start, "vs_compile": timing.vs_compile})
+        self.figures["loading"] = found
+
+    def long_history(self) -> None:
+        count = self.config.history
+        if not count:
+            self.say("\nLong history: skipped (BENCH_HISTORY=0)")
+            return
+        state_id = f"bench-{self.run_id}-history"
+        self.state_ids.append(state_id)
+        self.say(f"\nLong history: {count} trivial migrations (upgrade is `pass`) applied by one "
+                 f"`{' '.join(history.command()[-1:])} migrate` process, new state {state_id!r} ...")
+        timing = history.measure(self.base_url, self.workdir, state_id, count, self.server,
+                                 ServerProcesses.find(self.base_url))
+        self.figures["history"] = asdict(timing) | {"per_migration": timing.per_migration,
+                                                    "growth": timing.growth}
+        self.say(f"  {timing.seconds:.1f} s in all (goal < 120 s for 2,000: "
+                 f"{_met(timing.seconds < 120) if count == 2000 else 'n/a at this size'}), "
+                 f"{1000 * timing.per_migration:.1f} ms per migration; the first migration was recorded "
+                 f"{timing.first_ok_after:.1f} s after the start; last {timing.block} / first {timing.block} "
+                 f"migrations: {timing.last_block_seconds:.2f} s / {timing.first_block_seconds:.2f} s = "
+                 f"{timing.growth:.2f} (linear: about 1)")
+        if timing.cpu:
+            c = timing.cpu
+            self.say(f"  cpu s: the process {c['client']:.1f}, HAPI {c['server']:.1f}, PostgreSQL {c['database']:.1f}, "
+                     f"other {c['other']:.1f}")
+
     # --- clean-up ---
 
     def cleanup(self) -> None:
@@ -418,9 +543,11 @@ class Benchmark:
 
 def combined(way: str, *timings: Timing) -> Timing:
     """Several runs of one way as one: total Patients over total time."""
+    splits = [CpuSplit.from_dict(t.cpu) for t in timings if t.cpu]
+    cpu = sum(splits[1:], splits[0]).as_dict() if len(splits) == len(timings) and splits else None
     return Timing(way, sum(t.resources for t in timings), sum(t.seconds for t in timings),
                   sum(t.requests for t in timings), sum(t.cpu_seconds for t in timings),
-                  f"{len(timings)} runs")
+                  f"{len(timings)} runs", cpu)
 
 
 def _met(ok: bool) -> str:
@@ -435,6 +562,8 @@ def main() -> int:
             try:
                 result = bench.run()
             finally:
+                if getattr(bench, "throughput", None) is not None:
+                    bench.throughput.close()
                 if config.cleanup if config.cleanup is not None else not started:
                     try:
                         bench.cleanup()

@@ -43,6 +43,28 @@ def downgrade(ctx):
 '''
 
 
+# ctx.bulk_patch: the same change as a FHIRPath Patch, one constant value for every Patient (a
+# patch cannot name the resource's own id), through the server's job or patch bundles.
+BULK_SCRIPT = '''"""Benchmark: add {new_system}|bulk to every Patient tagged {tag_system}, by ctx.bulk_patch."""
+
+revision = "{revision}"
+down_revision = None
+
+TAG = "{tag_system}|"
+SYSTEM = "{new_system}"
+
+
+def upgrade(ctx):
+    ctx.bulk_patch("Patient", [{{"type": "add", "path": "Patient", "name": "identifier",
+                                "value": {{"valueIdentifier": {{"system": SYSTEM, "value": "bulk"}}}}}}],
+                   identifier=TAG)
+
+
+def downgrade(ctx):
+    ctx.undo()
+'''
+
+
 @dataclass
 class ToolRun:
     """What the child reported: the applied migration, its time, requests and memory."""
@@ -54,23 +76,34 @@ class ToolRun:
     maxrss_kib: int
     rss_before_kib: int
     traced_peak: int | None
+    calls: dict[str, int] | None = None  # requests by "METHOD what" (see _kind)
+    cpu: dict[str, float] | None = None  # benchmarks.cpu.CpuSplit.as_dict() around migrate()
 
 
 def write_script(folder: Path, tag_system: str, new_system: str, kind: str = "batch") -> str:
-    """The migration script of way (b); `kind` "transaction" makes it use ctx.transaction()."""
+    """The migration script of way (b); `kind` "transaction" makes it use ctx.transaction(),
+    "bulk" ctx.bulk_patch()."""
     revision = uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
+    template = BULK_SCRIPT if kind == "bulk" else SCRIPT
     (folder / "add_benchmark_identifier.py").write_text(
-        SCRIPT.format(revision=revision, tag_system=tag_system, new_system=new_system, kind=kind)
+        template.format(revision=revision, tag_system=tag_system, new_system=new_system, kind=kind)
     )
     return revision
 
 
-def run_tool(base_url: str, scripts_dir: Path, state_id: str, size: int, *, trace: bool = False
-             ) -> ToolRun:
-    """Apply the folder's migrations in a child process; raise with its message if it fails."""
+def run_tool(base_url: str, scripts_dir: Path, state_id: str, size: int, *, trace: bool = False,
+             workers: int | None = None, provenance: bool | None = None,
+             server_pids: dict[str, list[int]] | None = None) -> ToolRun:
+    """Apply the folder's migrations in a child process; raise with its message if it fails.
+
+    `workers` and `provenance` set WORKERS and PROVENANCE (None: the defaults as shipped);
+    `server_pids` ({"java": [...], "database": [...]}) makes the child report the CPU split
+    of its migrate() (benchmarks/cpu.py).
+    """
     args = {"base_url": base_url, "scripts_dir": str(scripts_dir), "state_id": state_id,
-            "size": size, "trace": trace}
+            "size": size, "trace": trace, "workers": workers, "provenance": provenance,
+            "server_pids": server_pids}
     result = subprocess.run([sys.executable, str(Path(__file__)), json.dumps(args)],
                             capture_output=True, text=True, cwd=REPO)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -101,21 +134,38 @@ def child(args: dict) -> int:
     import tracemalloc
 
     sys.path.insert(0, str(REPO))
+    from benchmarks.cpu import Meter, ServerProcesses
     from django_fhir_migrations.engine import FhirMigrationError, Project
     from django_fhir_migrations.engine.config import Settings
 
+    given = {"BASE_URL": args["base_url"], "STATE_ID": args["state_id"],
+             "SCRIPTS_DIRS": [args["scripts_dir"]], "PAGE_SIZE": args["size"],
+             "BUNDLE_SIZE": args["size"]}
+    if args.get("workers") is not None:
+        given["WORKERS"] = args["workers"]
+    if args.get("provenance") is not None:
+        given["PROVENANCE"] = args["provenance"]
     settings = Settings.build(
-        {"BASE_URL": args["base_url"], "STATE_ID": args["state_id"],
-         "SCRIPTS_DIRS": [args["scripts_dir"]], "PAGE_SIZE": args["size"],
-         "BUNDLE_SIZE": args["size"]},
+        given,
         environ={},  # the benchmark decides every setting; nothing leaks in from the shell
         source="benchmark",
     )
     project = Project(settings, command="benchmark", stdout=io.StringIO())
     project.loader.valid_graph()  # import the script before measuring, as any command does first
+    calls: dict[str, int] = {}
+    base = project.connection.base_url.rstrip("/")
+
+    def observer(method: str, url: str, status: int | None) -> None:
+        key = f"{method} {_kind(url.removeprefix(base))}"
+        calls[key] = calls.get(key, 0) + 1  # the GIL makes this safe enough for counting
+
+    project.connection.observers.append(observer)
+    meter = Meter(ServerProcesses(**args["server_pids"])) if args.get("server_pids") else None
     rss_before = _rss_kib()
     if args["trace"]:
         tracemalloc.start()
+    if meter:
+        meter.start()
     started, cpu_started = time.perf_counter(), time.process_time()
     try:
         outcome = project.migrate()
@@ -123,6 +173,7 @@ def child(args: dict) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    split = meter.stop(seconds, cpu_seconds) if meter else None
     traced_peak = tracemalloc.get_traced_memory()[1] if args["trace"] else None
     requests = project.connection.request_count
     project.close()
@@ -130,9 +181,22 @@ def child(args: dict) -> int:
         "applied": [s.revision for s in outcome.done], "seconds": seconds, "cpu_seconds": cpu_seconds,
         "requests": requests,
         "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "rss_before_kib": rss_before, "traced_peak": traced_peak,
+        "rss_before_kib": rss_before, "traced_peak": traced_peak, "calls": calls,
+        "cpu": split.as_dict() if split else None,
     }))
     return 0
+
+
+def _kind(path: str) -> str:
+    """What a request was for, from its path below the base URL: "bundle" (a POST to the base),
+    "search page" (a _getpages link), else the resource type or operation."""
+    path = path.lstrip("/")
+    if not path:
+        return "bundle"
+    if path.startswith("?_getpages") or "_getpages=" in path.split("/", 1)[0]:
+        return "search page"
+    head = path.split("?", 1)[0].split("/", 1)[0]
+    return head + ("?" if "?" in path.split("/", 1)[0] else "")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""The two reference ways of doing the benchmark's migration, with plain `requests` only.
+"""The reference ways of doing the benchmark's migration, with plain `requests` only.
 
 (a) naive: one request per resource, read then version-aware PUT, the way a first script does
 it; (c) ceiling: batch bundles built by hand from the search pages before the clock starts, then
-POSTed one after the other (only the POSTs are timed), no tool code at all. The tool's way (b)
-runs in `tool_run.py`. All three add `<new_system>|<id>` to every Patient of their set.
+POSTed one after the other (only the POSTs are timed), no tool code at all; (d) sequential: a
+careful client that searches and POSTs on the clock, one page then its bundle, then the next
+page. The tool's ways (b, e, p, f) run in `tool_run.py`. All add `<new_system>|<id>` to every
+Patient of their set.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Timing:
     requests: int
     cpu_seconds: float  # the client's own CPU time: what the code under test costs, server aside
     detail: str = ""
+    cpu: dict[str, float] | None = None  # where the CPU went (benchmarks/cpu.py CpuSplit), if measured
+    calls: dict[str, int] | None = None  # the tool's requests by "METHOD what" (tool_run._kind)
 
     @property
     def rate(self) -> float:
@@ -57,23 +61,58 @@ def naive(server: PlainServer, patient_set: PatientSet, page_size: int) -> Timin
                   "GET + PUT per Patient")
 
 
+def page_bundle(page: dict, new_system: str, kind: str = "batch") -> dict | None:
+    """One search page turned into a bundle of version-aware PUTs that add the identifier."""
+    entries = []
+    for entry in page.get("entry", []):
+        patient = entry["resource"]
+        version = patient["meta"]["versionId"]
+        entries.append({
+            "resource": add_identifier(patient, new_system),
+            "request": {"method": "PUT", "url": f"Patient/{patient['id']}", "ifMatch": f'W/"{version}"'},
+        })
+    return {"resourceType": "Bundle", "type": kind, "entry": entries} if entries else None
+
+
+def sequential(server: PlainServer, patient_set: PatientSet, size: int,
+               headers: dict[str, str] | None = None, label: str = "") -> Timing:
+    """(d) A careful sequential client, all on the clock: search a page, POST a batch bundle of
+    that page's updates (with `headers`: the tool's X-Transaction-Semantics), then the next page.
+
+    What a competent hand-written script does without the tool: one keep-alive session, bundles,
+    version-aware updates, no overlap of searching and writing, no Provenance.
+    """
+    # thread_time: this thread is the whole client (a proxy may run on other threads meanwhile)
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    before = server.requests
+    changed = bundles = 0
+    page = server.get("Patient", identifier=f"{patient_set.tag_system}|", _count=size)
+    while True:
+        bundle = page_bundle(page, patient_set.new_system)
+        if bundle:
+            failed = failures(server.post_bundle(bundle, headers))
+            if failed:
+                raise BenchError(f"sequential way: {len(failed)} of {len(bundle['entry'])} updates failed, "
+                                 f"first: {failed[0]}")
+            changed += len(bundle["entry"])
+            bundles += 1
+        next_url = next_link(page)
+        if not next_url:
+            break
+        page = server.get(next_url)
+    return Timing("d", changed, time.perf_counter() - started, server.requests - before,
+                  time.thread_time() - cpu_started, f"{bundles} pages + {bundles} batch bundles, in turn{label}")
+
+
 def prebuilt_bundles(server: PlainServer, patient_set: PatientSet, size: int,
                      kind: str = "batch") -> list[dict]:
     """Search pages turned into bundles of version-aware PUTs, one bundle per page (untimed)."""
     bundles = []
     bundle_page = server.get("Patient", identifier=f"{patient_set.tag_system}|", _count=size)
     while True:
-        entries = []
-        for entry in bundle_page.get("entry", []):
-            patient = entry["resource"]
-            version = patient["meta"]["versionId"]
-            entries.append({
-                "resource": add_identifier(patient, patient_set.new_system),
-                "request": {"method": "PUT", "url": f"Patient/{patient['id']}",
-                            "ifMatch": f'W/"{version}"'},
-            })
-        if entries:
-            bundles.append({"resourceType": "Bundle", "type": kind, "entry": entries})
+        bundle = page_bundle(bundle_page, patient_set.new_system, kind)
+        if bundle:
+            bundles.append(bundle)
         next_url = next_link(bundle_page)
         if not next_url:
             return bundles
@@ -104,3 +143,38 @@ def ceiling(server: PlainServer, patient_set: PatientSet, size: int, kind: str =
     return Timing("c", changed, seconds, server.requests - before, time.process_time() - cpu_started,
                   f"{len(bundles)} pre-built {kind} bundles{label}, POSTs timed "
                   f"(built from search pages beforehand in {prepared:.1f}s)")
+
+
+def bulk_job(server: PlainServer, patient_set: PatientSet, batch_size: int | None, poll: float = 1.0) -> Timing:
+    """HAPI's $hapi.fhir.bulk-patch started and polled by hand (no tool code, no Provenance):
+    the same FHIRPath Patch as the tool's bulk_patch rows, with `batchSize` when given, polled
+    every `poll` seconds as the tool polls."""
+    patch = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+        {"name": "type", "valueCode": "add"}, {"name": "path", "valueString": "Patient"},
+        {"name": "name", "valueString": "identifier"},
+        {"name": "value", "valueIdentifier": {"system": patient_set.new_system, "value": "bulk"}}]}]}
+    parameters = [{"name": "patch", "resource": patch},
+                  {"name": "url", "valueString": f"Patient?identifier={patient_set.tag_system}|"}]
+    if batch_size:
+        parameters.append({"name": "batchSize", "valueInteger": batch_size})
+    started, cpu_started = time.perf_counter(), time.thread_time()
+    reply = server.session.post(server.url("$hapi.fhir.bulk-patch"), timeout=server.timeout,
+                                data=json.dumps({"resourceType": "Parameters", "parameter": parameters}),
+                                headers={"Content-Type": FHIR_JSON, "Prefer": "respond-async"})
+    requests = 1
+    status_url = reply.headers.get("Content-Location", "")
+    if reply.status_code != 202 or not status_url:
+        raise BenchError(f"bulk patch kick-off answered {reply.status_code}: {reply.text[:300]}")
+    while True:
+        time.sleep(poll)
+        reply = server.session.get(status_url, timeout=server.timeout)
+        requests += 1
+        if reply.status_code == 202:
+            continue
+        response = ((reply.json().get("entry") or [{}])[0].get("response") or {}) if reply.status_code == 200 else {}
+        if not str(response.get("status", "")).startswith("2"):
+            raise BenchError(f"bulk patch job failed ({reply.status_code}): {reply.text[:500]}")
+        break
+    server.requests += requests
+    return Timing("fhand", patient_set.size, time.perf_counter() - started, requests, time.thread_time() - cpu_started,
+                  f"$hapi.fhir.bulk-patch by hand, batchSize {batch_size or 'HAPI default'}, polled every {poll:g} s")
