@@ -2,7 +2,8 @@
 
 Correctness, not timing: the RESULT line has its format, the tool's request counts are what the
 executor promises, and the server itself (asked here with plain HTTP, not through the benchmark)
-holds exactly N migrated Patients for each way.
+holds exactly N migrated Patients for each way. The throughput rows, loading and the long
+history run tiny (one pass, 5 migrations, 40 scripts once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .support.helpers import REPO
 
 RESULT = re.compile(
     r"RESULT batch_vs_naive=(\d+\.\d\d) batch_vs_ceiling=(\d+\.\d\d) "
-    r"noop_requests=(\d+) requests_per_migration=(\d+)"
+    r"noop_requests=(\d+) requests_per_migration=(\d+) tool_vs_sequential=(\d+\.\d\d)"
 )
 N = 50
 
@@ -43,7 +44,8 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "FHIR_MIGRATIONS_", "MIGRATION_"))}
     env.update(FHIR_BASE_URL=fhir.base_url, BENCH_N=str(N), BENCH_N_LARGE="0", BENCH_BUNDLE_SIZE="20",
                BENCH_EXTRA_SIZES="50", BENCH_GRAPH_SCRIPTS="40", BENCH_CLEANUP="0",
-               BENCH_JSON=str(figures_file))
+               BENCH_JSON=str(figures_file), BENCH_PASSES="1", BENCH_WORKERS="1,2", BENCH_DEFAULT_WORKERS="2",
+               BENCH_HISTORY="5", BENCH_LOAD_SCRIPTS="40", BENCH_LOAD_ROUNDS="1")
     result = subprocess.run([sys.executable, "benchmarks/run.py"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=1200)
     figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}
@@ -54,9 +56,11 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
         assert match, f"last line is not the RESULT line: {last!r}"
         batch_vs_naive, batch_vs_ceiling = float(match[1]), float(match[2])
         noop, per_migration = int(match[3]), int(match[4])
-        assert batch_vs_naive > 0 and batch_vs_ceiling > 0
+        assert batch_vs_naive > 0 and batch_vs_ceiling > 0 and float(match[5]) > 0
         assert f"{figures['batch_vs_naive']:.2f}" == match[1]
         assert f"{figures['batch_vs_ceiling']:.2f}" == match[2]
+        assert f"{figures['tool_vs_sequential']:.2f}" == match[5]
+        assert figures["tool_vs_sequential"] == figures["ways"]["e2"]["rate"] / figures["ways"]["d"]["rate"]
 
         # Nothing pending: one read of the state. One trivial migration: the steps of the executor.
         assert noop == 1
@@ -66,11 +70,17 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
             assert steps.get(step, 0) >= 1, steps
 
         # Every way changed all N Patients of its own set, as the server (not the benchmark) counts.
-        for way in ("a", "b1", "c1", "c2", "b2", "cplain", "b50", "c50", "bt", "ct"):
+        throughput = ("d", "e1", "e2", "p1", "p2", "fjob", "ffallback", "dproxy", "fhand")
+        for way in ("a", "b1", "c1", "c2", "b2", "cplain", "b50", "c50", "bt", "ct", *throughput):
             assert figures["ways"][way]["resources"] == N, way
         assert figures["ways"]["b"]["resources"] == figures["ways"]["c"]["resources"] == 2 * N
+        # bulk_patch took the server's job once, and behind the proxy patch bundles and no job.
+        assert figures["ways"]["fjob-1"]["calls"]["POST $hapi.fhir.bulk-patch"] == 1
+        assert "POST $hapi.fhir.bulk-patch" not in figures["ways"]["ffallback-1"]["calls"]
+        assert figures["ways"]["ffallback-1"]["calls"]["POST bundle"] >= 1
         sets = {s["name"]: s for s in figures["sets"]}
-        assert set(sets) == {"warmup", "a", "b", "c", "c2", "b2", "cplain", "b50", "c50", "bt", "ct"}
+        assert set(sets) == {"warmup", "a", "b", "c", "c2", "b2", "cplain", "b50", "c50", "bt", "ct",
+                             *(f"{way}-1" for way in throughput)}
         for name, patient_set in sets.items():
             assert count(fhir, f"{patient_set['tag_system']}|") == N, name
             assert count(fhir, f"{patient_set['tag_system']}|", f"{patient_set['new_system']}|") == N, name
@@ -79,6 +89,8 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
         assert figures["memory"][0]["traced_peak_bytes"] > 0
 
         assert figures["graph"]["planned"] == 40
+        assert figures["loading"][0]["listed"] == 40
+        assert figures["history"]["migrations"] == 5 and figures["history"]["seconds"] > 0
     finally:
         delete_everything_of(fhir, figures)
 
