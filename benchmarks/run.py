@@ -64,11 +64,11 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 
 from benchmarks import graph_load, history, overhead  # noqa: E402
-from benchmarks.cpu import CpuSplit, ServerProcesses  # noqa: E402
+from benchmarks.cpu import ServerProcesses  # noqa: E402
 from benchmarks.patients import BenchError, PatientSet, PlainServer, synthetic_patients, verify_migrated  # noqa: E402
 from benchmarks.throughput import RECOMMENDED_WORKERS, Throughput  # noqa: E402
 from benchmarks.tool_run import ToolRun, run_tool, write_script  # noqa: E402
-from benchmarks.ways import TOOL_BATCH_HEADERS, Timing, ceiling, naive  # noqa: E402
+from benchmarks.ways import TOOL_BATCH_HEADERS, Timing, ceiling, combined, naive  # noqa: E402
 
 SYSTEM_PREFIX = "urn:django-fhir-migrations:bench"
 MIB = 1024 * 1024
@@ -539,15 +539,6 @@ class Benchmark:
             self.server.delete_all("Basic", identifier=f"http://fhir.migration.system|{state_id}")
         self.say(f"Cleaned up: {removed} Patients and {len(self.state_ids)} state resources deleted in "
                  f"{time.perf_counter() - started:.0f}s.")
-
-
-def combined(way: str, *timings: Timing) -> Timing:
-    """Several runs of one way as one: total Patients over total time."""
-    splits = [CpuSplit.from_dict(t.cpu) for t in timings if t.cpu]
-    cpu = sum(splits[1:], splits[0]).as_dict() if len(splits) == len(timings) and splits else None
-    return Timing(way, sum(t.resources for t in timings), sum(t.seconds for t in timings),
-                  sum(t.requests for t in timings), sum(t.cpu_seconds for t in timings),
-                  f"{len(timings)} runs", cpu)
 
 
 def _met(ok: bool) -> str:

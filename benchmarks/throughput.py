@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cpu import CpuSplit, Meter, ServerProcesses
 from .patients import BenchError, PatientSet, PlainServer, verify_migrated, verify_provenance
-from .ways import TOOL_BATCH_HEADERS, Timing, bulk_job, sequential
+from .ways import TOOL_BATCH_HEADERS, Timing, bulk_job, combined, sequential
 
 if TYPE_CHECKING:
     from .run import Benchmark
@@ -138,7 +138,6 @@ class Throughput:
                 self.runs[slot].append(timing)
                 bench.row(f"{slot.key}-{number + 1}", f"{slot.label(cfg.default_workers)}, pass {number + 1}", timing)
         bench.say("")
-        from .run import combined
 
         rows: dict[Slot, Timing] = {}
         for slot in self.slots:

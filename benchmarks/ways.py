@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 
+from .cpu import CpuSplit
 from .patients import FHIR_JSON, BenchError, PatientSet, PlainServer, add_identifier, failures, next_link
 
 # What ctx.batch() sends with every batch bundle (HAPI: commit it as one transaction if it can,
@@ -37,6 +38,15 @@ class Timing:
     @property
     def rate(self) -> float:
         return self.resources / self.seconds if self.seconds > 0 else 0.0
+
+
+def combined(way: str, *timings: Timing) -> Timing:
+    """Several runs of one way as one: total Patients over total time."""
+    splits = [CpuSplit.from_dict(t.cpu) for t in timings if t.cpu]
+    cpu = sum(splits[1:], splits[0]).as_dict() if len(splits) == len(timings) and splits else None
+    return Timing(way, sum(t.resources for t in timings), sum(t.seconds for t in timings),
+                  sum(t.requests for t in timings), sum(t.cpu_seconds for t in timings),
+                  f"{len(timings)} runs", cpu)
 
 
 def naive(server: PlainServer, patient_set: PatientSet, page_size: int) -> Timing:
