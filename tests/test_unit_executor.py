@@ -20,31 +20,18 @@ from django_fhir_migrations.engine.errors import LockError, MigrationFailedError
 from django_fhir_migrations.engine.events import EventStream
 from django_fhir_migrations.engine.executor import MigrationExecutor
 from django_fhir_migrations.engine.loader import MigrationLoader
-from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.state import APPLIED_EXTENSION, ATTEMPT_EXTENSION, LockInfo
 from tests.support.fake_connection import (
     BASE_URL,
     FakeConnection,
     each_entry,
     echo_write,
-    forbid_network,
     found,
     state_resource,
     status,
 )
 
 STATE = "unit"
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    forbid_network(monkeypatch)
-
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    monkeypatch.setattr(MigrationLock, "poll_interval", 0.02)
 
 
 class World:

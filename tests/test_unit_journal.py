@@ -37,7 +37,6 @@ from tests.support.fake_connection import (
     Call,
     FakeConnection,
     each_entry,
-    forbid_network,
     outcome,
     searchset,
     status,
@@ -45,12 +44,6 @@ from tests.support.fake_connection import (
 
 WRITER = Writer(attempt="att-2", revision="r1", name="first", person="tester@unit (pid 1)", command="test")
 SECRET_NAME, SECRET_MRN = "Zebediah-Secretname", "MRN-0042-1977"
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    forbid_network(monkeypatch)
-
 
 
 def patient(pid: str | None = None, version: str | None = "2", *, mrn: str | None = None) -> dict:

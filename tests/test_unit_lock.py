@@ -23,7 +23,6 @@ from django_fhir_migrations.engine.state import LOCK_EXTENSION, LockInfo
 from tests.support.fake_connection import (
     FakeConnection,
     echo_write,
-    forbid_network,
     found,
     reply,
     state_resource,
@@ -31,17 +30,6 @@ from tests.support.fake_connection import (
 )
 
 STATE = "unit"
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    forbid_network(monkeypatch)
-
-
-
-@pytest.fixture(autouse=True)
-def quick_polls(monkeypatch):
-    monkeypatch.setattr(MigrationLock, "poll_interval", 0.02)
 
 
 def lease(token: str, *, ttl: int = 60) -> dict:

@@ -22,15 +22,9 @@ from django_fhir_migrations.engine.state import (
     RECORD_SYSTEM,
     AppliedMigration,
 )
-from tests.support.fake_connection import FakeConnection, forbid_network, found, searchset, state_resource
+from tests.support.fake_connection import FakeConnection, found, searchset, state_resource
 
 STATE = "unit"
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    forbid_network(monkeypatch)
-
 
 
 def applied(revision: str, **parts) -> dict:

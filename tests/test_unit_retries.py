@@ -24,19 +24,12 @@ from django_fhir_migrations.engine.errors import (
 )
 from django_fhir_migrations.engine.fhir.client import FhirConnection
 from django_fhir_migrations.engine.fhir.retries import RetryPolicy, parse_retry_after
-from tests.support.fake_connection import forbid_network
 
 BASE = "http://fhir.test/fhir"
 REFUSED = ("HTTPConnectionPool(host='fhir.test', port=80): Max retries exceeded with url: /fhir/Patient "
            "(Caused by NewConnectionError('<urllib3.connection.HTTPConnection object>: Failed to establish "
            "a new connection: [Errno 111] Connection refused'))")
 DROPPED = ("('Connection aborted.', RemoteDisconnected('Remote end closed connection without response'))")
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    forbid_network(monkeypatch)
-
 
 
 def response(code: int, body: dict | None = None, *, retry_after: str | None = None) -> requests.Response:
