@@ -162,6 +162,7 @@ def test_every_problem_is_found_by_reading_with_its_usual_message(scripts, sourc
     with pytest.raises(ScriptError) as loaded:
         load_script(path)
     assert str(read.value) == str(loaded.value)
+    assert read.value.path == loaded.value.path == path
     assert fragment in str(read.value) and str(path) in str(read.value)
     loader = loader_of(scripts.path)
     assert [str(e) for e in loader.broken] == [str(read.value)]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from django_fhir_migrations.engine.errors import ScriptError
 from django_fhir_migrations.engine.script import load_script, source_checksum
 
 
@@ -43,27 +40,6 @@ def test_each_file_is_imported_once(scripts):
     before = len(builtins.__dict__.get("_import_count", []))
     assert load_script(path) is load_script(path)
     assert len(builtins.__dict__["_import_count"]) == before + 1
-
-
-@pytest.mark.parametrize("source, fragment", [
-    ("revision = 'r'\ndown_revision = None\ndef upgrade(ctx):\n  pass(\n", "syntax error on line"),
-    ("down_revision = None\ndef upgrade(ctx): pass\ndef downgrade(ctx): pass\n", "no `revision`"),
-    ("revision = 'r'\ndef upgrade(ctx): pass\ndef downgrade(ctx): pass\n", "no `down_revision`"),
-    ("revision = 'r'\ndown_revision = None\ndef downgrade(ctx): pass\n", "no `upgrade`"),
-    ("revision = 'r'\ndown_revision = None\ndef upgrade(ctx): pass\n", "no `downgrade`"),
-    ("revision = 'r'\ndown_revision = None\nupgrade = 3\ndef downgrade(ctx): pass\n", "must be a function"),
-    ("revision = 42\ndown_revision = None\ndef upgrade(ctx): pass\ndef downgrade(ctx): pass\n", "non-empty string"),
-    ("revision = 'r'\ndown_revision = 7\ndef upgrade(ctx): pass\ndef downgrade(ctx): pass\n", "down_revision"),
-    ("revision = 'r'\ndown_revision = None\ndef upgrade(a, b): pass\ndef downgrade(ctx): pass\n", "one argument"),
-    ("raise RuntimeError('boom at import')\n", "RuntimeError while being imported: boom at import"),
-])
-def test_malformed_scripts_are_named_with_their_problem(scripts, source, fragment):
-    path = scripts.write("broken", source)
-    with pytest.raises(ScriptError) as info:
-        load_script(path)
-    assert info.value.path == path
-    assert fragment in str(info.value)
-    assert str(path) in str(info.value)
 
 
 def test_checksum_ignores_comments_and_whitespace_but_not_code():
