@@ -26,14 +26,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .cpu import CpuSplit, Meter, ServerProcesses
 from .patients import BenchError, PatientSet, PlainServer, verify_migrated, verify_provenance
+from .tool_run import ToolRun
 from .ways import TOOL_BATCH_HEADERS, Timing, bulk_job, combined, sequential
-
-if TYPE_CHECKING:
-    from .run import Benchmark
 
 # The WORKERS value benchmarks/README.md recommends as the default, from the figures of record;
 # tool_vs_sequential in the RESULT line is (e) at this value / (d). BENCH_DEFAULT_WORKERS overrides.
@@ -67,8 +65,46 @@ class Slot:
         return f"(f) bulk_patch, patch bundles (WORKERS={default_workers})"
 
 
+class ThroughputConfig(Protocol):
+    """The part of run.py's Config these rows read."""
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def workers(self) -> tuple[int, ...]: ...
+    @property
+    def default_workers(self) -> int: ...
+    @property
+    def passes(self) -> int: ...
+    @property
+    def provenance_off(self) -> bool: ...
+    @property
+    def bulk(self) -> bool: ...
+
+
+class Bench(Protocol):
+    """What the rows need of the run (run.py's Benchmark): its server, sets, tool runs, output."""
+
+    @property
+    def config(self) -> ThroughputConfig: ...
+
+    base_url: str
+    server: PlainServer
+    figures: dict[str, Any]
+
+    def say(self, text: str) -> None: ...
+    def new_set(self, name: str, size: int) -> PatientSet: ...
+    def header(self) -> None: ...
+    def row(self, key: str, label: str, timing: Timing) -> Timing: ...
+    def tool(self, patient_set: PatientSet, size: int, *, trace: bool = False, label: str = "",
+             kind: str = "batch", workers: int | None = None, provenance: bool | None = None,
+             base_url: str | None = None, server_pids: dict[str, list[int]] | None = None) -> ToolRun: ...
+
+
 class Throughput:
-    def __init__(self, bench: Benchmark):
+    def __init__(self, bench: Bench):
         self.bench = bench
         cfg = bench.config
         self.config = cfg
