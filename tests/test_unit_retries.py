@@ -246,3 +246,15 @@ def test_retries_zero_sends_once(connect):
     with pytest.raises(FhirServerError):
         connection.get("Patient/p1")
     assert len(session.sent) == 1
+
+
+@pytest.mark.parametrize("code", [429, 503])
+def test_a_server_busy_past_every_retry_says_how_often_it_was_asked_and_what_to_do(connect, code):
+    connection, session = connect(busy(code), busy(code), busy(code), retries=2)
+    with pytest.raises(FhirServerError) as caught:
+        connection.request("POST", "", json={"resourceType": "Bundle", "type": "batch"})
+    assert len(session.sent) == 3
+    message = str(caught.value)
+    assert f"failed with {code}" in message and "after 3 attempts" in message
+    assert "lower WORKERS, or raise RETRIES" in message
+    assert caught.value.status == code

@@ -250,7 +250,7 @@ class FhirConnection:
                 else:
                     time.sleep(wait)
                 continue
-            return self._reply(method, url, response, allow)
+            return self._reply(method, url, response, allow, attempts=attempt + 1)
 
     def _back_off(self, seconds: float) -> None:
         with self._count_lock:
@@ -300,8 +300,8 @@ class FhirConnection:
             "server is running.", url=url,
         )
 
-    def _reply(self, method: str, url: str, response: requests.Response, allow: tuple[int, ...]
-               ) -> Reply:
+    def _reply(self, method: str, url: str, response: requests.Response, allow: tuple[int, ...],
+               *, attempts: int = 1) -> Reply:
         status = response.status_code
         body, not_fhir = _parse_body(response)
         detail = scrub(outcome_text(body))
@@ -341,9 +341,12 @@ class FhirConnection:
                 f"concurrent change ({status}){': ' + detail if detail else ''}.",
                 url=url, status=status, detail=detail,
             )
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        busy = (" The server is saturated: run again later, lower WORKERS, or raise RETRIES."
+                if status in (429, 503) else "")
         raise FhirServerError(
-            f"{method} {url} failed with {status} {response.reason}"
-            f"{': ' + detail if detail else ''}.", url=url, status=status, detail=detail,
+            f"{method} {url} failed with {status} {response.reason}{tries}"
+            f"{': ' + detail if detail else ''}.{busy}", url=url, status=status, detail=detail,
         )
 
     def _type_level(self, url: str) -> bool:
