@@ -392,3 +392,26 @@ def test_a_create_the_server_found_existing_is_not_claimed_by_the_provenance():
     [result] = journal.send([create("A-1")], atomic=True)
     assert result.status == EXISTS and journal.written == 0
     assert connection.summary()[-1] == "DELETE Provenance/51"
+
+
+def test_failures_that_differ_only_in_the_resource_they_name_are_one_group():
+    connection = FakeConnection()
+
+    def missing_subject(call):
+        return {"resourceType": "Bundle", "type": "batch-response", "entry": [
+            {"response": {"status": "400 Bad Request", "outcome": {"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "processing",
+                 "diagnostics": f"HAPI-1094: Resource Patient/p{i}/_history/2 not found, specified in path: "
+                                "Observation.subject"}]}}}
+            for i in range(len(call.json["entry"]))]}
+
+    connection.on("POST", r"", missing_subject)
+    ctx = context(connection, provenance=False)
+    with pytest.raises(BundleError) as caught:
+        with ctx.batch() as batch:
+            for i in range(5):
+                batch.create({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                              "subject": {"reference": f"Patient/p{i}"}})
+    assert caught.value.failures == [
+        ("400", 5, "HAPI-1094: Resource Patient/… not found, specified in path: Observation.subject",
+         ["Observation (new)"] * 3)]

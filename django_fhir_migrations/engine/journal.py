@@ -29,6 +29,7 @@ is skipped and nothing can be undone.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -472,6 +473,11 @@ def identifier_key(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+# A reference in a server's message (HAPI-1094 "Resource Patient/p7 not found"): grouped as
+# `Patient/…`, so that 300 entries failing for the same reason are one line, not 300.
+REFERENCE = re.compile(r"\b([A-Z][A-Za-z]{1,63})/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+
+
 def failure_summary(results: Sequence[Result], *, examples: int = 3) -> list[tuple[str, int, str, list[str]]]:
     """Failed results grouped by (status, message): (status, count, message, first examples).
 
@@ -480,7 +486,8 @@ def failure_summary(results: Sequence[Result], *, examples: int = 3) -> list[tup
     groups: dict[tuple[str, str], list[str]] = {}
     for result in results:
         if not result.ok:
-            groups.setdefault((result.code, result.diagnostics[:300]), []).append(result.write.label)
+            message = REFERENCE.sub(r"\1/…", result.diagnostics[:300])
+            groups.setdefault((result.code, message), []).append(result.write.label)
     return [(status, len(labels), message, labels[:examples])
             for (status, message), labels in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
 
