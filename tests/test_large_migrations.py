@@ -421,6 +421,49 @@ def test_workers_send_bundles_at_once_and_hold_back_together_on_429(fhir_setting
         proxy.stop()
 
 
+ORDERED = """
+import uuid
+run = uuid.uuid4().hex[:8]
+with ctx.batch(size=10, workers=3) as b:
+    for i in range(20):
+        b.update({{"resourceType": "Patient", "id": f"ord-{{run}}-{{i}}",
+                   "identifier": [{{"system": "{system}", "value": f"ord-{{i}}"}}]}}, check_version=False)
+    for i in range(20):
+        b.create({{"resourceType": "Observation", "status": "final", "code": {{"text": "ordered"}},
+                   "identifier": [{{"system": "{system}", "value": f"obs-{{run}}-{{i}}"}}],
+                   "subject": {{"reference": f"Patient/ord-{{run}}-{{i}}"}}}})
+"""
+
+
+def test_bundles_that_create_wait_for_the_ones_before_them_even_with_workers(fhir_settings, settings, fhir,
+                                                                              scripts):
+    """Observations referencing Patients created by the block's earlier bundles: HAPI refuses a
+    reference to a resource that does not exist yet, so sending them side by side (the Patient
+    bundles held back by the proxy) would fail them; the order of the block holds instead."""
+    from .support.hostile import HostileProxy, Rule
+
+    def slow_patient_bundles(exchange):
+        entries = (exchange.json() or {}).get("entry", [])
+        if any(e.get("request", {}).get("url", "").startswith("Patient/") for e in entries):
+            time.sleep(1.5)
+
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
+        proxy.add(Rule("POST", r"^/fhir/?$", before=slow_patient_bundles))
+        by_hand = "\n".join(f"for r in ctx.search({t!r}, identifier={fhir.system + '|'!r}):\n    ctx.delete(r)"
+                            for t in ("Observation", "Patient"))  # undo cannot revert upserts
+        scripts.add("ordered", upgrade=ORDERED.format(system=fhir.system), downgrade=by_hand)
+        code, _, err = call("fhirmigrate")
+        assert code == 0, err
+        observations = fhir.search("Observation", identifier=f"{fhir.system}|")
+        assert len(observations) == 20 and len(fhir.patients()) == 20
+        assert call("fhirdowngrade")[0] == 0
+        assert fhir.search("Observation", identifier=f"{fhir.system}|") == [] and fhir.patients() == []
+    finally:
+        proxy.stop()
+
+
 # --- long histories --------------------------------------------------------------------------
 
 

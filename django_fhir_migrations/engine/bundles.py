@@ -11,10 +11,15 @@ however many resources a migration touches. Each bundle goes through the attempt
   when the block ends, as a count per status and message with a few `Type/id` examples
   (`raise_errors=False`: handle `b.failures` yourself).
 
-With `workers` > 1 (setting WORKERS), up to that many bundles are sent at once while the
-script goes on filling the next: memory holds at most `workers` bundles in flight plus the one
-being filled. For a transaction block, a failure is raised when the block ends (bundles
-already in flight may still commit).
+With `workers` > 1 (setting WORKERS for a batch; for a transaction block only an explicit
+`workers=`, so that by default nothing after a failed transaction is sent), up to that many
+bundles are sent at once while the script goes on filling the next: memory holds at most
+`workers` bundles in flight plus the one being filled. Only bundles of updates and patches of
+resources the script read run side by side; a bundle with a create, a delete, an update without
+a known version (it may create) or a conditional update waits for every earlier bundle and is
+sent alone, so the order of the block holds wherever one entry can depend on another. For a
+parallel transaction block, a failure is raised when the block ends (bundles already in flight
+may still commit).
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ if TYPE_CHECKING:
     from .protocols import ScriptContext
 
 logger = logging.getLogger("django_fhir_migrations")
+
+
+def updates_only(writes: list[Write]) -> bool:
+    """True when every entry changes a resource that exists (a PATCH, or a PUT of a version the
+    script read): such bundles may be sent side by side in any order."""
+    return all(w.method == "PATCH" or (w.method == "PUT" and w.version is not None and w.url is None)
+               for w in writes)
 
 
 class BundleWriter:
@@ -118,7 +130,12 @@ class BundleWriter:
                 request = write.request()
                 self.ctx.show_write(request["method"], request["url"], write.body)
             return
-        if self.workers == 1:
+        if self.workers == 1 or not updates_only(writes):
+            # A bundle that creates or deletes is sent alone, after every earlier bundle of the
+            # block has committed: later entries may reference what it creates, and what it
+            # deletes may still be referenced by entries in flight.
+            while self._in_flight:
+                self._in_flight.popleft().result()
             self._send(writes)
             return
         if self._pool is None:

@@ -234,8 +234,10 @@ class MigrationContext:
         """`with ctx.transaction() as t:` collects writes into transaction bundles of `size`
         (BUNDLE_SIZE). Each bundle is all-or-nothing; the block as a whole is not: a failed
         bundle raises at once, and the bundles before it stay committed (a resumed run skips
-        them). Put what must be atomic in one bundle (`size=`)."""
-        return BundleWriter(self, "transaction", size=size, workers=workers)
+        them). Put what must be atomic in one bundle (`size=`). Bundles go one at a time, in
+        order, whatever WORKERS says: nothing after a failed bundle is sent. `workers=` sends
+        bundles of updates side by side, and then bundles in flight may still commit."""
+        return BundleWriter(self, "transaction", size=size, workers=1 if workers is None else workers)
 
     # --- undo and the server's bulk operation -------------------------------------------------
 
