@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 
 from .cpu import CpuSplit
@@ -115,12 +116,18 @@ def sequential(server: PlainServer, patient_set: PatientSet, size: int,
 
 
 def prebuilt_bundles(server: PlainServer, patient_set: PatientSet, size: int,
-                     kind: str = "batch") -> list[dict]:
-    """Search pages turned into bundles of version-aware PUTs, one bundle per page (untimed)."""
+                     kind: str = "batch", provenance: bool = False) -> list[dict]:
+    """Search pages turned into bundles of version-aware PUTs, one bundle per page (untimed).
+
+    provenance: what the tool sends with PROVENANCE on (its default): a transaction of the PUTs
+    and one Provenance entry naming the versions they will produce, built by the engine's own
+    Provenance writer."""
     bundles = []
     bundle_page = server.get("Patient", identifier=f"{patient_set.tag_system}|", _count=size)
     while True:
-        bundle = page_bundle(bundle_page, patient_set.new_system, kind)
+        bundle = page_bundle(bundle_page, patient_set.new_system, "transaction" if provenance else kind)
+        if bundle and provenance:
+            bundle["entry"].append(provenance_entry(bundle, patient_set))
         if bundle:
             bundles.append(bundle)
         next_url = next_link(bundle_page)
@@ -129,15 +136,30 @@ def prebuilt_bundles(server: PlainServer, patient_set: PatientSet, size: int,
         bundle_page = server.get(next_url)
 
 
+def provenance_entry(bundle: dict, patient_set: PatientSet) -> dict:
+    """The Provenance entry the tool adds to a bundle of version-aware updates."""
+    from django_fhir_migrations.engine.provenance import Target, Writer
+
+    writer = Writer(attempt=uuid.uuid4().hex, revision=f"bench{patient_set.name}", name="ceiling",
+                    person="benchmark", command="fhirmigrate")
+    targets = []
+    for entry in bundle["entry"]:
+        version = entry["request"]["ifMatch"][3:-1]  # W/"n"
+        targets.append(Target("Patient", entry["resource"]["id"], str(int(version) + 1), previous=version))
+    return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": writer.provenance("UPDATE", targets),
+            "request": {"method": "POST", "url": "Provenance"}}
+
+
 def ceiling(server: PlainServer, patient_set: PatientSet, size: int, kind: str = "batch",
-            headers: dict[str, str] | None = None, label: str = "") -> Timing:
+            headers: dict[str, str] | None = None, label: str = "", provenance: bool = False) -> Timing:
     """(c) Bundles built before the clock starts, then POSTed one after the other.
 
     Only the POSTs are timed: the server's own speed at these bundles, with no search and no
-    tool code. `headers` go with every POST (the tool's X-Transaction-Semantics, for one).
+    tool code. `headers` go with every POST (the tool's X-Transaction-Semantics, for one);
+    `provenance`: the bundles the tool sends with PROVENANCE on (see prebuilt_bundles).
     """
     prepared = time.perf_counter()
-    bundles = prebuilt_bundles(server, patient_set, size, kind)
+    bundles = prebuilt_bundles(server, patient_set, size, kind, provenance)
     prepared = time.perf_counter() - prepared
     started, cpu_started = time.perf_counter(), time.process_time()
     before = server.requests
@@ -148,10 +170,11 @@ def ceiling(server: PlainServer, patient_set: PatientSet, size: int, kind: str =
         if failed:
             raise BenchError(f"ceiling way: {len(failed)} of {len(bundle['entry'])} updates failed, "
                              f"first: {failed[0]}")
-        changed += len(bundle["entry"])
+        changed += sum(1 for e in bundle["entry"] if e["request"]["method"] == "PUT")
     seconds = time.perf_counter() - started
     return Timing("c", changed, seconds, server.requests - before, time.process_time() - cpu_started,
-                  f"{len(bundles)} pre-built {kind} bundles{label}, POSTs timed "
+                  f"{len(bundles)} pre-built {'transaction + Provenance' if provenance else kind} "
+                  f"bundles{label}, POSTs timed "
                   f"(built from search pages beforehand in {prepared:.1f}s)")
 
 
