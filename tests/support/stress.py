@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=10)
     parser.add_argument("--migrations", type=int, default=5)
     parser.add_argument("--crash", action="store_true", help="kill -9 rounds instead of concurrency")
-    parser.add_argument("--resources", type=int, default=1000)
+    parser.add_argument("--resources", type=int, default=3000,
+                        help="Patients per crash round: enough that a kill 0.8-4 s in lands mid-run")
     parser.add_argument("--kills", type=int, default=2)
     args = parser.parse_args(argv)
     base_url = os.environ.get("FHIR_BASE_URL")
