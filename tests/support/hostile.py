@@ -5,13 +5,16 @@ to its own, so paging links lead back through it) unless a `Rule` matching the r
 method and path (a regex on path + query) says otherwise. A rule's `before(exchange)` may
 change the request (drop a header, say) or answer it itself (`exchange.answer(...)`); its
 `after(exchange)` may change HAPI's answer (rewrite a next link, replace a bundle response).
-`exchange.trickle` sends the answer one byte at a time, `trickle` seconds apart.
+`exchange.trickle` sends the answer one byte at a time, `trickle` seconds apart;
+`exchange.drop("request")` closes the connection without forwarding (the server never saw it),
+`exchange.drop("response")` after forwarding (it happened, but the client cannot know).
 
 `Catcher` is another origin on loopback: it records every request it gets (with its
 Authorization header) and answers an empty searchset, as a hostile host would after luring a
 client there.
 
-Both log what they saw for the tests to assert on. Used by tests/test_hostile.py.
+Both log what they saw for the tests to assert on. Used by tests/test_hostile.py, and by
+fault_proxy.py (retries, lost answers, delays) for tests/test_faults.py.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +57,9 @@ class Exchange:
     response_body: bytes = b""
     answered: bool = False
     trickle: float = 0.0
+    delay: float = 0.0  # seconds to wait (after the request is logged) before forwarding
+    dropped: str = ""  # "request" or "response": the connection is closed instead of answered
+    action: str = "forward"  # how the log names what was done (fault_proxy's actions)
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -69,6 +77,11 @@ class Exchange:
     def set_response_json(self, data: Any) -> None:
         self.response_body = json.dumps(data).encode()
 
+    def drop(self, when: str) -> None:
+        """Close the connection abruptly: before forwarding ("request"), or after ("response")."""
+        self.dropped = when
+        self.answered = self.answered or when == "request"
+
 
 @dataclass
 class Rule:
@@ -77,12 +90,17 @@ class Rule:
     before: Callable[[Exchange], None] | None = None
     after: Callable[[Exchange], None] | None = None
     times: int = -1  # -1: every match
+    skip: int = 0  # matching requests to let through first
     applied: int = 0
+    seen: int = 0
 
     def claim(self, method: str, path: str) -> bool:
         if self.method is not None and self.method != method:
             return False
         if re.search(self.path, path) is None:
+            return False
+        self.seen += 1
+        if self.seen <= self.skip:
             return False
         if self.times != -1 and self.applied >= self.times:
             return False
@@ -97,6 +115,7 @@ class Seen:
     authorization: str | None
     status: int = 0
     at: float = field(default_factory=time.monotonic)  # when the request arrived
+    action: str = "forward"
 
 
 class _Server:
@@ -150,6 +169,15 @@ class _Server:
         return Handler
 
 
+def abort(handler: BaseHTTPRequestHandler) -> None:
+    """Close the connection with a reset, answering nothing."""
+    handler.close_connection = True
+    try:
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
 def send(handler: BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], body: bytes,
          trickle: float = 0.0) -> None:
     """Write a whole response; with `trickle`, one byte at a time (status line included)."""
@@ -199,13 +227,21 @@ class HostileProxy(_Server):
         for rule in rules:
             if rule.before:
                 rule.before(exchange)
+        # Logged before forwarding: a client that gave up on a slow answer has still been seen.
+        seen = Seen(exchange.method, exchange.path, exchange.headers.get("Authorization"),
+                    exchange.status, arrived, exchange.action)
+        self.record(seen)
+        if exchange.delay:
+            time.sleep(exchange.delay)
         if not exchange.answered:
             self._forward(exchange)
             for rule in rules:
                 if rule.after:
                     rule.after(exchange)
-        self.record(Seen(exchange.method, exchange.path, exchange.headers.get("Authorization"),
-                         exchange.status, arrived))
+            seen.status = exchange.status
+        if exchange.dropped:
+            abort(handler)
+            return
         send(handler, exchange.status, exchange.response_headers, exchange.response_body,
              exchange.trickle)
 
