@@ -28,16 +28,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from django_fhir_migrations.engine.config import DEFAULTS
-
+from .config import SHIPPED_WORKERS, Config
 from .cpu import CpuSplit, Meter, ServerProcesses
 from .patients import BenchError, PatientSet, PlainServer, verify_migrated, verify_provenance
 from .tool_run import ToolRun
 from .ways import TOOL_BATCH_HEADERS, Timing, bulk_job, combined, sequential
-
-# tool_vs_sequential in the RESULT line is (e) at the WORKERS the engine ships / (d), chosen from
-# the figures of record in benchmarks/README.md. BENCH_DEFAULT_WORKERS overrides.
-SHIPPED_WORKERS = int(DEFAULTS["WORKERS"])
 
 BULK_JOB = "POST $hapi.fhir.bulk-patch"
 
@@ -67,30 +62,11 @@ class Slot:
         return f"(f) bulk_patch, patch bundles (WORKERS={default_workers})"
 
 
-class ThroughputConfig(Protocol):
-    """The part of run.py's Config these rows read."""
-
-    @property
-    def n(self) -> int: ...
-    @property
-    def size(self) -> int: ...
-    @property
-    def workers(self) -> tuple[int, ...]: ...
-    @property
-    def default_workers(self) -> int: ...
-    @property
-    def passes(self) -> int: ...
-    @property
-    def provenance_off(self) -> bool: ...
-    @property
-    def bulk(self) -> bool: ...
-
-
 class Bench(Protocol):
     """What the rows need of the run (run.py's Benchmark): its server, sets, tool runs, output."""
 
     @property
-    def config(self) -> ThroughputConfig: ...
+    def config(self) -> Config: ...
 
     base_url: str
     server: PlainServer

@@ -15,6 +15,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from django_fhir_migrations.engine.provenance import Target, Writer
+
 from .cpu import CpuSplit
 from .patients import FHIR_JSON, BenchError, PatientSet, PlainServer, add_identifier, failures, next_link
 
@@ -138,8 +140,6 @@ def prebuilt_bundles(server: PlainServer, patient_set: PatientSet, size: int,
 
 def provenance_entry(bundle: dict, patient_set: PatientSet) -> dict:
     """The Provenance entry the tool adds to a bundle of version-aware updates."""
-    from django_fhir_migrations.engine.provenance import Target, Writer
-
     writer = Writer(attempt=uuid.uuid4().hex, revision=f"bench{patient_set.name}", name="ceiling",
                     person="benchmark", command="fhirmigrate")
     targets = []

@@ -134,14 +134,12 @@ class BundleWriter:
             # A bundle that creates or deletes is sent alone, after every earlier bundle of the
             # block has committed: later entries may reference what it creates, and what it
             # deletes may still be referenced by entries in flight.
-            while self._in_flight:
-                self._in_flight.popleft().result()
+            self._wait_in_flight(below=1)
             self._send(writes)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fhir-migrations-bundle")
-        while len(self._in_flight) >= self.workers:
-            self._in_flight.popleft().result()  # bounded: raises a failed transaction's error
+        self._wait_in_flight(below=self.workers)  # bounded memory
         self._in_flight.append(self._pool.submit(self._send, writes))
 
     def _send(self, writes: list[Write]) -> None:
@@ -164,6 +162,12 @@ class BundleWriter:
         for status, count, message, examples in failure_summary(failed):
             logger.error("%s entries failed: %d x %s %s (%s)", self.kind, count, status, message,
                          ", ".join(examples))
+
+    def _wait_in_flight(self, *, below: int) -> None:
+        """Wait, oldest first, until fewer than `below` bundles are in flight (raises the first
+        failed one's error)."""
+        while len(self._in_flight) >= below:
+            self._in_flight.popleft().result()
 
     def _drain(self) -> None:
         error: BaseException | None = None

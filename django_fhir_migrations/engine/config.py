@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RUN_TIME": None,
     "MAX_RESPONSE_MB": 64,
     "PROVENANCE": True,
-    "WORKERS": 2,  # measured: benchmarks/README.md, run 11
+    "WORKERS": 2,  # measured: benchmarks/README.md, run 12
 }
 
 # Environment variable -> settings key. Seed-tool names come first where they exist.
