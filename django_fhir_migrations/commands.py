@@ -31,6 +31,9 @@ def migrate(project: Project, console: Console, options: Options) -> int:
         return project.break_lock(console.confirm()).exit_code
     if options.get("accept_checksums"):
         return project.accept_checksums().exit_code
+    if options.get("forget_bulk_job"):
+        return project.forget_bulk_job(console.confirm(),
+                                       lock_timeout=options.get("lock_timeout")).exit_code
     outcome = project.migrate(
         options.get("target"), plan_only=options.get("plan", False),
         fake=options.get("fake", False), dry_run=options.get("dry_run", False),

@@ -59,9 +59,16 @@ def app_locations() -> tuple[ScriptLocation, ...]:
 
 
 def get_settings() -> Settings:
-    """Read and validate the settings now (they may be overridden per test)."""
+    """Read and validate the settings now (they may be overridden per test). The Provenance
+    signing key defaults to the project's SECRET_KEY (and its fallbacks), as Django's own
+    signing does."""
+    values = dict(getattr(django_settings, "FHIR_MIGRATIONS", None) or {})
+    if not values.get("SIGNING_KEY") and getattr(django_settings, "SECRET_KEY", None):
+        values["SIGNING_KEY"] = django_settings.SECRET_KEY
+        values.setdefault("SIGNING_KEY_FALLBACKS",
+                          list(getattr(django_settings, "SECRET_KEY_FALLBACKS", None) or []))
     return Settings.build(
-        getattr(django_settings, "FHIR_MIGRATIONS", None) or {},
+        values,
         app_locations=app_locations(),
         source="FHIR_MIGRATIONS",
     )

@@ -218,6 +218,24 @@ class Console:
     def _on_resumed(self, event: Event) -> None:
         self.line("warning", f"    Resuming an interrupted attempt: {event.count:,} resource(s) it "
                              "wrote are skipped.")
+        if event.detail:
+            self.line("warning", f"    Warning: {event.detail}.")
+
+    def _on_bulk_job_forgotten(self, event: Event) -> None:
+        if not event.detail:
+            self.line("info", "No interrupted migration has a bulk job to forget.")
+            return
+        self.line("success", f"Forgot the bulk job ({event.detail}); the next "
+                             f"`{self.vocabulary.command('migrate')}` starts a new one.")
+
+    def _on_bulk_job_kept(self, event: Event) -> None:
+        self.line("info", "Bulk job kept.")
+
+    def _on_records_ignored(self, event: Event) -> None:
+        self.line("warning", f"    Warning: {event.detail}.")
+
+    def _on_adopted(self, event: Event) -> None:
+        self.line("info", f"    {event.detail}.")
 
     def _on_bundle_failures(self, event: Event) -> None:
         self.line("warning", f"    {event.detail}")

@@ -12,6 +12,10 @@ import requests
 
 from .support.helpers import FhirNamespace, ScriptsDir
 
+# The CLI, Flask and the facade have no SECRET_KEY to fall back on: every process the tests
+# start signs (and verifies) Provenance with this key, as Django's test settings do with theirs.
+os.environ.setdefault("FHIR_MIGRATIONS_SIGNING_KEY", "tests-only-signing-key")
+
 
 def pytest_collection_modifyitems(items):
     """A test needs a FHIR server exactly when it uses the server fixture (directly or through

@@ -27,6 +27,7 @@ from tests.support.fake_connection import (
     each_entry,
     echo_write,
     found,
+    searchset,
     state_resource,
     status,
 )
@@ -44,6 +45,7 @@ class World:
         self.events: list = []
         self.settings = Settings(base_url=BASE_URL, locations=(ScriptLocation(scripts.path, "dir"),),
                                  state_id=STATE, audit_events=False, lock_timeout=2, lock_ttl=60,
+                                 signing_keys=("unit-test-signing-key",),
                                  **settings)
 
     def add(self, name: str, *, upgrade: str = "", downgrade: str = "") -> str:
@@ -325,9 +327,13 @@ def test_fake_records_the_migrations_without_running_them(world):
     a, b = world.add("first"), world.add("second")
     world.state_reads(state(None))
     world.writes_succeed()
+    world.connection.on("GET", r"Provenance", searchset())  # no earlier application to adopt
 
     outcome = world.executor.migrate(fake=True)
     assert [s.name for s in outcome.done] == ["first", "second"] and world.ran == []
+    adopted = [e for e in world.events if e.action == "adopted"]
+    assert [e.count for e in adopted] == [0, 0]
+    assert all("the server holds no record of its writes" in e.detail for e in adopted)
     _, recorded, _ = world.state_writes()
     assert applied_in(recorded) == [a, b]
     fakes = [p for e in recorded["extension"] if e["url"] == APPLIED_EXTENSION for p in e["extension"]

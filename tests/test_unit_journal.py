@@ -32,6 +32,7 @@ from django_fhir_migrations.engine.provenance import (
     Target,
     Writer,
 )
+from django_fhir_migrations.engine.signing import Signer
 from tests.support.fake_connection import (
     BASE_URL,
     Call,
@@ -42,7 +43,9 @@ from tests.support.fake_connection import (
     status,
 )
 
-WRITER = Writer(attempt="att-2", revision="r1", name="first", person="tester@unit (pid 1)", command="test")
+SIGNER = Signer(["unit-test-signing-key"])
+WRITER = Writer(attempt="att-2", revision="r1", name="first", person="tester@unit (pid 1)", command="test",
+                signer=SIGNER)
 SECRET_NAME, SECRET_MRN = "Zebediah-Secretname", "MRN-0042-1977"
 
 
@@ -194,25 +197,30 @@ def test_creates_whose_key_already_finds_a_resource_are_answered_exists_and_not_
     assert (journal.skipped, journal.written) == (1, 1)
 
 
-def test_a_resumed_journal_skips_what_its_interrupted_attempts_wrote():
+def test_a_resumed_journal_skips_what_its_interrupted_attempts_wrote_by_their_own_signed_records():
     connection = FakeConnection()
-    earlier = Writer(attempt="att-1", revision="r1", name="first", person="tester", command="test")
-    connection.on("POST", r"Provenance/_search", searchset(
-        earlier.provenance("UPDATE", [Target("Patient", "p1", "3", "2")])))
+    earlier = Writer(attempt="att-1", revision="r1", name="first", person="tester", command="test",
+                     signer=SIGNER)
+    forger = Writer(attempt="att-1", revision="r1", name="first", person="tester", command="test",
+                    signer=Signer(["not-the-projects-key"]))
+    connection.on("GET", r"Provenance", searchset(
+        earlier.provenance("UPDATE", [Target("Patient", "p1", "3", "2")]),
+        forger.provenance("UPDATE", [Target("Patient", "p2", "3", "2")])))
     connection.on("POST", r"", each_entry())
     journal = Journal(connection, WRITER, previous=("att-1",))
 
     results = journal.send([update("p1"), update("p2")], atomic=False)
-    assert [r.status for r in results] == [SKIPPED, "200 OK"]
-    [lookup] = connection.sent("POST", r"Provenance/_search")
-    assert lookup.data["_tag"] == f"{ATTEMPT_TAG}|att-1"
-    assert lookup.data["target"] == "Patient/p1,Patient/p2"
+    assert [r.status for r in results] == [SKIPPED, "200 OK"]  # the forged record changes nothing
+    [lookup] = connection.sent("GET", r"Provenance")
+    assert lookup.params["_tag"] == f"{ATTEMPT_TAG}|att-1"
+    assert "target" not in lookup.params  # targets are matched here, not by the server's search
     [bundle] = connection.sent("POST", r"")
     assert writes_in(bundle) == ["PUT Patient/p2"]
     assert journal.skipped == 1
+    assert journal.index is not None and journal.index.ignored_count == 1
 
-    journal.send([update("p2", "3")], atomic=True)  # known fresh now: no second lookup
-    assert len(connection.sent("POST", r"Provenance/_search")) == 1
+    journal.send([update("p2", "3")], atomic=True)  # the index is built once
+    assert len(connection.sent("GET", r"Provenance")) == 1
 
 
 def test_versions_the_script_did_not_read_are_looked_up_in_one_search():

@@ -114,6 +114,10 @@ def flask_settings(app: Flask, environ: Mapping[str, str] | None = None
             renames[f"{SOURCE}[{key!r}]"] = f"app.config[{config_key!r}]"
         elif key not in values:
             renames[f"{SOURCE}[{key!r}]"] = f"app.config[{config_key!r}]"
+    if not values.get("SIGNING_KEY") and app.config.get("SECRET_KEY"):
+        # Flask's own secret signs the Provenance unless FHIR_MIGRATIONS names a key.
+        values["SIGNING_KEY"] = app.config["SECRET_KEY"]
+        values.setdefault("SIGNING_KEY_FALLBACKS", list(app.config.get("SECRET_KEY_FALLBACKS") or []))
     folders = app.config.get(SCRIPTS_DIR_ENV)
     if folders and not env.get(SCRIPTS_DIR_ENV):
         env[SCRIPTS_DIR_ENV] = os.pathsep.join(_from_root(app, folders))

@@ -24,6 +24,7 @@ from .fhir.client import FhirConnection
 from .journal import Journal
 from .provenance import Writer
 from .redaction import scrub
+from .resume import ResumeIndex
 from .script import MigrationScript
 from .state import AttemptRecord, MigrationState
 
@@ -45,16 +46,21 @@ class Attempt:
         self.job, self.job_started = (earlier.job, earlier.job_started) if earlier else ("", "")
         self.id = uuid.uuid4().hex
         writer = Writer(attempt=self.id, revision=script.revision, name=script.name,
-                        person=actor.describe(), command=actor.command) if settings.provenance else None
+                        person=actor.describe(), command=actor.command, signer=settings.signer,
+                        direction=direction) if settings.provenance else None
         version = lock.state.version_id or ""
         self.journal = Journal(connection, writer, previous=self.previous if writer else (),
                                on_start=self._record_start, integer_versions=version.isdigit())
         if earlier and writer is not None:
-            events.emit("resumed", direction=direction, script=script, count=earlier.written)
+            # What the interrupted attempts wrote, from their own signed records: the count
+            # said is what resume found, not what the last lease renewal managed to record.
+            index = self.journal.index = ResumeIndex(connection, self.previous, writer.signer)
+            events.emit("resumed", direction=direction, script=script, count=index.found,
+                        detail=_ignored(index))
 
     @property
     def started(self) -> bool:
-        return self.journal._started
+        return self.journal.started
 
     @property
     def ids(self) -> tuple[str, ...]:
@@ -78,7 +84,7 @@ class Attempt:
         """A server-side bulk job was started: recorded before anything else happens, so a
         killed run re-attaches to it instead of starting a second one."""
         self.job, self.job_started = status_url, started
-        self.journal._start()
+        self.journal.start()
         self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
 
     def _record_start(self) -> None:
@@ -95,3 +101,12 @@ class Attempt:
             self.lock.update(lambda state: state.with_attempt(self.record(text), self.script.revision))
         except FhirMigrationError:
             pass
+
+
+def _ignored(index: ResumeIndex) -> str:
+    """What resume would not trust, for the `resumed` event (empty when everything verified)."""
+    if not index.ignored_count:
+        return ""
+    more = f" and {index.ignored_count - len(index.ignored)} more" if index.ignored_count > len(index.ignored) else ""
+    return (f"{index.ignored_count} record(s) tagged with the interrupted attempt could not be "
+            f"verified as this tool's and were ignored: {', '.join(index.ignored)}{more}")

@@ -48,6 +48,7 @@ EVENTS = {
     "reset": ("Migration state reset", "U"),
     "lock-broken": ("Migration lock broken", "U"),
     "checksums-accepted": ("Checksums of edited migrations accepted", "U"),
+    "bulk-job-forgotten": ("Bulk job of an interrupted migration forgotten", "U"),
 }
 SUCCESS, SERIOUS_FAILURE = "0", "8"
 

@@ -2,13 +2,23 @@
 
 Where the server offers a bulk patch job (HAPI FHIR 8.6+: the system operation
 `$hapi.fhir.bulk-patch`, a Batch2 job; its CapabilityStatement lists it), the tool starts the
-job, records its status URL in the state at once (a killed run re-attaches to the job instead
-of starting a second one), polls it to the end (its progress reported as events), and then
-records the Provenance of what it changed: every match the server wrote since the job started
-(HAPI's versions are numbers, so the replaced version is the one before). That Provenance is
-written after the job, not with it: the job is the server's own transaction work; a run killed
-before the Provenance is complete re-attaches and completes it. Resources someone else wrote
-during the job would be counted as the job's: run it when nobody else writes them.
+job, polls it to the end (its progress reported as events), and then records the Provenance of
+what it changed: every match the server wrote since the job started (HAPI's versions are
+numbers, so the replaced version is the one before). That Provenance is written after the job,
+not with it: the job is the server's own transaction work; a run killed before the Provenance
+is complete re-attaches and completes it. Resources someone else wrote during the job would be
+counted as the job's: run it when nobody else writes them.
+
+A job must never be started twice (FHIRPath Patch `add` is not idempotent), so the attempt
+records its intent in the state *before* the request that starts the job ("pending"), then the
+status URL the server answers, before judging it. The next run re-attaches to a recorded URL
+(checked: BASE_URL's origin, under its base, an operation's poll URL), and refuses to start a
+second job while the first is unknown (a pending intent whose answer was lost, a status URL it
+cannot follow) until a human decides: `fhirmigrate --forget-bulk-job`, after confirmation.
+
+The poll is bounded: it honours Retry-After, gives up past MAX_RUN_TIME (or JOB_DEADLINE), and
+stops when the job reports no progress for JOB_STALL seconds (the lease is not renewed for a
+job that is not moving).
 
 Where the server has no such job, the same patch is sent as PATCH entries in batch bundles
 (version-aware, each bundle with its Provenance): the same result, resume and undo.
@@ -17,13 +27,14 @@ Where the server has no such job, the same patch is sent as PATCH entries in bat
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
-from .clock import isoformat, utcnow
-from .errors import FhirServerError
+from .clock import http_date, isoformat, utcnow
+from .errors import FhirMigrationError, FhirServerError, ServerUnreachableError
 from .fhir.client import FhirConnection, checked_type, resource_path
+from .fhir.retries import parse_retry_after
 from .provenance import Target
 from .redaction import printable
 
@@ -31,12 +42,31 @@ if TYPE_CHECKING:
     from .protocols import ScriptContext
 
 OPERATION = "hapi.fhir.bulk-patch"
+JOB_PENDING = "pending"  # the intent, recorded before the request that starts the job
 POLL_INTERVAL = 1.0
+MAX_POLL_INTERVAL = 60.0
+JOB_DEADLINE = 24 * 3600.0  # seconds, when MAX_RUN_TIME is not set
+JOB_STALL = 600.0  # seconds without a change in the job's reported progress
 PROVENANCE_CHUNK = 100
 
 
 class BulkJobError(FhirServerError):
     """The server's bulk job failed (its report says why)."""
+
+
+class BulkJobUnknownError(FhirMigrationError):
+    """A bulk job may be running that this run cannot follow: a human decides."""
+
+    def __init__(self, revision: str, job: str, problem: str):
+        self.revision = revision
+        self.job = job
+        super().__init__(
+            f"A bulk patch job of migration {revision} may still be running on the server: "
+            f"{problem} Starting another could patch every resource twice, so nothing was sent.",
+            "Look at the server's jobs (HAPI: its Batch2 job list). When none of this migration's "
+            "is running, `{migrate} --forget-bulk-job` forgets it (it asks first), and the next "
+            "`{migrate}` starts a new one.",
+        )
 
 
 def patch_parameters(operations: Any) -> dict[str, Any]:
@@ -82,10 +112,32 @@ def offers_bulk_patch(connection: FhirConnection) -> bool:
     return cached
 
 
+def search_url(resource_type: str, query: Mapping[str, Any]) -> str:
+    """The search the job runs, encoded exactly as ctx.search sends its parameters (a `+` or a
+    `&` in a value is data, not syntax)."""
+    return f"{resource_path(resource_type)}?{urlencode(query, doseq=True)}"
+
+
+def job_url_problem(connection: FhirConnection, url: str) -> str:
+    """Why `url` cannot be a job status URL of this server ("" when it can): on BASE_URL's
+    origin, under its base path, an operation (`$...`) with no credentials or fragment."""
+    if not url or url == JOB_PENDING:
+        return "its status URL was never received (the answer to the request that starts it was lost)."
+    parts = urlsplit(connection.url(url))
+    if not connection.same_origin(connection.url(url)):
+        return (f"its status URL {printable(url, 200)} is on another origin than "
+                f"{connection.base_url} (a proxy that does not rewrite the server's address?).")
+    base_path = urlsplit(connection.base_url).path
+    if parts.username or parts.password or parts.fragment or not parts.path.startswith(base_path) \
+            or not parts.path[len(base_path):].startswith("$"):
+        return f"{printable(url, 200)} does not look like a bulk job status URL of {connection.base_url}."
+    return ""
+
+
 def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: Mapping[str, Any]) -> int:
     checked_type(resource_type)
     patch = patch_parameters(operations)
-    query = {k: v for k, v in search.items()}
+    query = dict(search)
     if ctx.dry_run:
         count = ctx.count(resource_type, **query)
         ctx.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch)
@@ -109,45 +161,87 @@ def _server_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
                 query: Mapping[str, Any]) -> int:
     attempt = ctx.attempt
     assert attempt is not None
-    search_url = f"{resource_path(resource_type)}?" + "&".join(f"{k}={v}" for k, v in query.items())
+    revision = ctx.revision or "?"
     if not attempt.job:
-        reply = ctx.connection.request(
-            "POST", f"${OPERATION}", headers={"Prefer": "respond-async"}, idempotent=False,
-            json={"resourceType": "Parameters", "parameter": [
-                {"name": "patch", "resource": patch}, {"name": "url", "valueString": search_url}]},
-        )
-        status_url = reply.headers.get("Content-Location") or ""
-        if reply.status != 202 or not ctx.connection.same_origin(status_url):
-            raise BulkJobError(f"The server did not start the bulk patch job (answered {reply.status}"
-                               f"{', status at ' + printable(status_url, 200) if status_url else ''}).")
-        attempt.record_job(status_url, _server_time(reply.headers.get("Date")))
-    _wait(ctx, attempt.job)
+        _start_job(ctx, resource_type, patch, query)
+    problem = job_url_problem(ctx.connection, attempt.job)
+    if problem:
+        raise BulkJobUnknownError(revision, attempt.job, problem)
+    _wait(ctx, attempt.job, lambda: ctx.count(resource_type, params=dict(
+        query, _lastUpdated=f"ge{attempt.job_started}")))
     return _record_changes(ctx, resource_type, query, attempt.job_started)
 
 
-def _wait(ctx: ScriptContext, status_url: str) -> None:
-    started = time.monotonic()
+def _start_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
+               query: Mapping[str, Any]) -> None:
+    attempt = ctx.attempt
+    assert attempt is not None
+    attempt.record_job(JOB_PENDING, isoformat(utcnow()))
+    try:
+        reply = ctx.connection.request(
+            "POST", f"${OPERATION}", headers={"Prefer": "respond-async"}, idempotent=False,
+            json={"resourceType": "Parameters", "parameter": [
+                {"name": "patch", "resource": patch},
+                {"name": "url", "valueString": search_url(resource_type, query)}]},
+        )
+    except ServerUnreachableError:
+        raise  # the request may have started the job: "pending" stays, a human decides
+    except FhirServerError as exc:
+        if exc.status is not None and exc.status < 500:  # refused: no job was started
+            attempt.record_job("", "")
+        raise
+    status_url = reply.headers.get("Content-Location") or ""
+    started = http_date(reply.headers.get("Date")) or utcnow()
+    # Recorded before it is judged: a URL we will not follow still tells a human where to look.
+    attempt.record_job(status_url or JOB_PENDING, isoformat(started))
+    if reply.status != 202:
+        raise BulkJobError(f"The server answered {reply.status} to the request that starts the bulk "
+                           "patch job, not 202 Accepted; whether a job runs is unknown.")
+
+
+def _wait(ctx: ScriptContext, status_url: str, changed: Callable[[], int]) -> None:
+    """Poll the job to its end. Its progress is what it changed so far (`changed`: HAPI's
+    X-Progress only says "in progress"); no change for JOB_STALL seconds ends the run."""
+    started = last_change = time.monotonic()
+    limit = ctx.settings.max_run_time or JOB_DEADLINE
+    last_count = -1
+    interval = POLL_INTERVAL
     while True:
         reply = ctx.connection.request("GET", status_url, allow=(202,))
-        if reply.status == 202:
-            progress = printable(reply.headers.get("X-Progress") or "running", 200)
-            ctx.events.emit("progress", script=ctx.script, detail=f"bulk patch: {progress}",
-                            count=0, duration=time.monotonic() - started)
-            time.sleep(POLL_INTERVAL)
-            continue
-        body = reply.body or {}
-        entries = body.get("entry") or [{}]
-        response = (entries[0] or {}).get("response") or {}
-        status = str(response.get("status", ""))
-        if not status.startswith("2"):
-            report = "; ".join(printable(i.get("diagnostics") or "", 300)
-                               for i in (response.get("outcome") or {}).get("issue") or [] if isinstance(i, dict))
-            raise BulkJobError(f"The server's bulk patch job failed ({status or 'no status'}): "
-                               f"{report or 'no report'}. Resources it patched before failing keep "
-                               "the patch; their Provenance is written by the next run.")
-        ctx.events.emit("progress", script=ctx.script, detail="bulk patch: done", count=0,
-                        duration=time.monotonic() - started, final=True)
-        return
+        now = time.monotonic()
+        if reply.status != 202:
+            break
+        state = printable(reply.headers.get("X-Progress") or "running", 200)
+        count = changed()
+        if count != last_count:
+            last_count, last_change = count, now
+        elif now - last_change > JOB_STALL:
+            raise BulkJobError(f"The server's bulk patch job has changed nothing for {JOB_STALL:.0f} s "
+                               f"('{state}'); the run stops here. Its status is at "
+                               f"{printable(status_url, 200)}; the next run re-attaches.")
+        if now - started > limit:
+            raise BulkJobError(f"The server's bulk patch job did not finish within {limit:.0f} s; the "
+                               f"run stops here. Its status is at {printable(status_url, 200)}; the "
+                               "next run re-attaches.")
+        ctx.events.emit("progress", script=ctx.script, detail="bulk patch", count=max(count, 0),
+                        duration=now - started)
+        after = parse_retry_after(reply.headers.get("Retry-After"))
+        time.sleep(min(MAX_POLL_INTERVAL, after if after is not None else interval))
+        interval = min(MAX_POLL_INTERVAL, interval * 1.5)
+    body = reply.body or {}
+    entries = body.get("entry") or [{}]
+    first = entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) else {}
+    response = first.get("response") or {}
+    status = str(response.get("status", ""))
+    if not status.startswith("2"):
+        outcome = response.get("outcome") or {}
+        report = "; ".join(printable(i.get("diagnostics") or "", 300)
+                           for i in outcome.get("issue") or [] if isinstance(i, dict))
+        raise BulkJobError(f"The server's bulk patch job failed ({printable(status, 60) or 'no status'}): "
+                           f"{report or 'no report'}. Resources it patched before failing keep "
+                           "the patch; their Provenance is written by the next run.")
+    ctx.events.emit("progress", script=ctx.script, detail="bulk patch", count=max(changed(), 0),
+                    duration=time.monotonic() - started, final=True)
 
 
 def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, Any],
@@ -155,19 +249,14 @@ def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, 
     """Provenance for every match the job wrote (not already recorded by an earlier attempt)."""
     changed = 0
     pending: list[Target] = []
-    writer = ctx.journal.writer
-    assert writer is not None
     params = dict(query, _lastUpdated=f"ge{since}", _elements="id")
-    done = ctx.journal.written_before  # a re-attached run: what the earlier attempt recorded
 
     def flush() -> None:
         nonlocal changed
-        skip = done(t.key for t in pending)
-        targets = [t for t in pending if t.key not in skip]
+        skip = ctx.journal.written_before(t.ref for t in pending)  # a re-attached run
+        targets = [t for t in pending if t.ref not in skip]
         if targets:
-            ctx.connection.request("POST", "Provenance", json=writer.provenance("UPDATE", targets))
-            with ctx.journal._lock:
-                ctx.journal.written += len(targets)
+            ctx.journal.record("UPDATE", targets, count=True)
             changed += len(targets)
         pending.clear()
 
@@ -182,11 +271,5 @@ def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, 
     return changed
 
 
-def _server_time(date_header: str | None) -> str:
-    try:
-        return isoformat(parsedate_to_datetime(date_header)) if date_header else isoformat(utcnow())
-    except (TypeError, ValueError):
-        return isoformat(utcnow())
-
-
-__all__ = ["bulk_patch", "offers_bulk_patch", "patch_parameters"]
+__all__ = ["BulkJobError", "BulkJobUnknownError", "bulk_patch", "offers_bulk_patch",
+           "patch_parameters", "search_url"]

@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from .errors import BundleError, FhirServerError
+from .fhir.cancel import cancellable
 from .journal import (
     TRANSACTION_SEMANTICS_HEADER,
     TRY_AS_TRANSACTION_FIRST,
@@ -76,6 +77,7 @@ class BundleWriter:
         self._whole_before = ctx.journal.committed_whole
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: deque[Future[None]] = deque()
+        self._stopping = threading.Event()  # set when the block fails: workers stop retrying
 
     @property
     def written(self) -> int:
@@ -140,7 +142,11 @@ class BundleWriter:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fhir-migrations-bundle")
         self._wait_in_flight(below=self.workers)  # bounded memory
-        self._in_flight.append(self._pool.submit(self._send, writes))
+        self._in_flight.append(self._pool.submit(self._send_in_worker, writes))
+
+    def _send_in_worker(self, writes: list[Write]) -> None:
+        with cancellable(self._stopping):
+            self._send(writes)
 
     def _send(self, writes: list[Write]) -> None:
         atomic = self.kind == "transaction"
@@ -188,6 +194,7 @@ class BundleWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.entries = []  # the migration already failed; do not send half a block
+            self._stopping.set()  # a worker waiting out a Retry-After stops now
             try:
                 self._drain()
             except BaseException:  # noqa: BLE001 - the script's own error is the one to report

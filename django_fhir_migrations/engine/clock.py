@@ -7,6 +7,7 @@ the state's format to get one.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 
 
 def utcnow() -> datetime:
@@ -26,3 +27,16 @@ def parse_datetime(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def http_date(value: str | None) -> datetime | None:
+    """An HTTP date header (RFC 9110: IMF-fixdate, RFC 850 or asctime) as an aware UTC datetime;
+    None for anything unreadable. HTTP dates are GMT: the asctime form and "-0000" parse without
+    a zone and must not be read as local time."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

@@ -12,11 +12,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
+from .signing import Signer
 
 DEFAULTS: dict[str, Any] = {
     "BASE_URL": None,
@@ -35,6 +37,22 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RESPONSE_MB": 64,
     "PROVENANCE": True,
     "WORKERS": 2,  # measured: benchmarks/README.md, run 12
+    "SIGNING_KEY": None,  # Django: SECRET_KEY; signs the Provenance undo and resume trust
+    "SIGNING_KEY_FALLBACKS": [],  # Django: SECRET_KEY_FALLBACKS; still accepted (rotation)
+}
+
+# Upper bounds: a value past them is a typo or a unit mistake (ms for s), and some would
+# overflow a date or exhaust the machine (LOCK_TTL=1e308, WORKERS=100000).
+MAXIMUM: dict[str, float] = {
+    "LOCK_TIMEOUT": 7 * 86400,
+    "LOCK_TTL": 86400,
+    "TIMEOUT": 3600,
+    "RETRIES": 20,
+    "PAGE_SIZE": 10_000,
+    "BUNDLE_SIZE": 10_000,
+    "MAX_RUN_TIME": 30 * 86400,
+    "MAX_RESPONSE_MB": 4096,
+    "WORKERS": 32,
 }
 
 # Environment variable -> settings key. Seed-tool names come first where they exist.
@@ -55,6 +73,8 @@ ENV_VARS: dict[str, str] = {
     "FHIR_MIGRATIONS_MAX_RESPONSE_MB": "MAX_RESPONSE_MB",
     "FHIR_MIGRATIONS_PROVENANCE": "PROVENANCE",
     "FHIR_MIGRATIONS_WORKERS": "WORKERS",
+    "FHIR_MIGRATIONS_SIGNING_KEY": "SIGNING_KEY",
+    "FHIR_MIGRATIONS_SIGNING_KEY_FALLBACKS": "SIGNING_KEY_FALLBACKS",
 }
 SCRIPTS_DIR_ENV = "MIGRATION_SCRIPTS_DIR"
 AUTH_TYPES = ("bearer", "basic", "smart-backend")
@@ -95,6 +115,7 @@ class Settings:
     max_response_bytes: int = 64 * 1024 * 1024
     provenance: bool = True  # every ctx write recorded as Provenance: resume and undo
     workers: int = 2  # bundles sent at once by ctx.batch()/transaction() (updates only; see bundles.py)
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: the first signs
     applied_by: str | None = None
     source: str = field(default="settings")  # where the values came from, for messages
 
@@ -126,6 +147,10 @@ class Settings:
         def setting(key: str) -> str:
             return origin[key]
 
+        def number(key: str, *, minimum: float, integer: bool = False) -> float:
+            return _number(merged[key], setting(key), minimum=minimum, maximum=MAXIMUM[key],
+                           integer=integer)
+
         base_url = _validate_url(merged["BASE_URL"], setting("BASE_URL"))
         auth = _validate_auth(merged["AUTH"], setting("AUTH"))
         locations = list(app_locations)
@@ -150,22 +175,20 @@ class Settings:
             locations=_dedupe(locations),
             state_id=state_id,
             audit_events=_boolean(merged["AUDIT_EVENTS"], setting("AUDIT_EVENTS")),
-            lock_timeout=_number(merged["LOCK_TIMEOUT"], setting("LOCK_TIMEOUT"), minimum=0),
-            lock_ttl=_number(merged["LOCK_TTL"], setting("LOCK_TTL"), minimum=3),
-            timeout=_number(merged["TIMEOUT"], setting("TIMEOUT"), minimum=0.1),
-            retries=int(_number(merged["RETRIES"], setting("RETRIES"), minimum=0, integer=True)),
+            lock_timeout=number("LOCK_TIMEOUT", minimum=0),
+            lock_ttl=number("LOCK_TTL", minimum=3),
+            timeout=number("TIMEOUT", minimum=0.1),
+            retries=int(number("RETRIES", minimum=0, integer=True)),
             verify_tls=_verify(merged["VERIFY_TLS"], setting("VERIFY_TLS")),
-            page_size=int(_number(merged["PAGE_SIZE"], setting("PAGE_SIZE"), minimum=1, integer=True)),
-            bundle_size=int(
-                _number(merged["BUNDLE_SIZE"], setting("BUNDLE_SIZE"), minimum=1, integer=True)
-            ),
+            page_size=int(number("PAGE_SIZE", minimum=1, integer=True)),
+            bundle_size=int(number("BUNDLE_SIZE", minimum=1, integer=True)),
             max_run_time=(None if merged["MAX_RUN_TIME"] in (None, "", "none", "None")
-                          else _number(merged["MAX_RUN_TIME"], setting("MAX_RUN_TIME"), minimum=1)),
-            max_response_bytes=int(
-                _number(merged["MAX_RESPONSE_MB"], setting("MAX_RESPONSE_MB"), minimum=1) * 1024 * 1024
-            ),
+                          else number("MAX_RUN_TIME", minimum=1)),
+            max_response_bytes=int(number("MAX_RESPONSE_MB", minimum=1) * 1024 * 1024),
             provenance=_boolean(merged["PROVENANCE"], setting("PROVENANCE")),
-            workers=int(_number(merged["WORKERS"], setting("WORKERS"), minimum=1, integer=True)),
+            workers=int(number("WORKERS", minimum=1, integer=True)),
+            signing_keys=_signing_keys(merged["SIGNING_KEY"], merged["SIGNING_KEY_FALLBACKS"],
+                                       setting("SIGNING_KEY"), setting("SIGNING_KEY_FALLBACKS")),
             applied_by=environ.get("FHIR_MIGRATIONS_USER") or None,
             source=source,
         )
@@ -173,6 +196,20 @@ class Settings:
     def with_overrides(self, **changes: Any) -> Settings:
         known = {f.name for f in fields(self)}
         return replace(self, **{k: v for k, v in changes.items() if k in known and v is not None})
+
+    @cached_property
+    def signer(self) -> Signer:
+        """What signs and verifies the Provenance of ctx's writes (ConfigurationError: no key)."""
+        if not self.signing_keys:
+            raise ConfigurationError(
+                f"{self.source}['SIGNING_KEY']",
+                "no key to sign the Provenance of this migration's writes with (PROVENANCE is "
+                "on). Undo and resume act only on records signed with it, so it must be a "
+                "secret kept with the project (Django uses SECRET_KEY unless SIGNING_KEY is "
+                "set); give SIGNING_KEY or the environment variable FHIR_MIGRATIONS_SIGNING_KEY, "
+                "or turn PROVENANCE off.",
+            )
+        return Signer(self.signing_keys)
 
     def require_base_url(self) -> str:
         if not self.base_url:
@@ -290,7 +327,30 @@ def _verify(value: Any, setting: str) -> bool | str:
     return _boolean(value, setting)
 
 
-def _number(value: Any, setting: str, *, minimum: float, integer: bool = False) -> float:
+def _signing_keys(key: Any, fallbacks: Any, setting: str, fallbacks_setting: str) -> tuple[str, ...]:
+    """The signing key first, then the fallbacks (JSON list or one key in the environment)."""
+    if key in (None, ""):
+        return ()
+    if not isinstance(key, str):
+        raise ConfigurationError(setting, f"must be a string (a secret), got {type(key).__name__}.")
+    if isinstance(fallbacks, str):
+        text = fallbacks.strip()
+        if text.startswith("["):
+            try:
+                fallbacks = json.loads(text)
+            except ValueError:
+                raise ConfigurationError(fallbacks_setting, "must be a JSON list of strings.") from None
+        else:
+            fallbacks = [text] if text else []
+    if fallbacks is None:
+        fallbacks = []
+    if not isinstance(fallbacks, (list, tuple)) or not all(isinstance(f, str) and f for f in fallbacks):
+        raise ConfigurationError(fallbacks_setting, "must be a list of non-empty strings (secrets).")
+    return (key, *[f for f in fallbacks if f != key])
+
+
+def _number(value: Any, setting: str, *, minimum: float, maximum: float,
+            integer: bool = False) -> float:
     try:
         number = int(value) if integer else float(value)
         if integer and isinstance(value, float) and not value.is_integer():
@@ -300,4 +360,6 @@ def _number(value: Any, setting: str, *, minimum: float, integer: bool = False) 
         raise ConfigurationError(setting, f"must be {kind}, got {value!r}.") from None
     if isinstance(value, bool) or not math.isfinite(number) or number < minimum:
         raise ConfigurationError(setting, f"must be at least {minimum}, got {value!r}.")
+    if number > maximum:
+        raise ConfigurationError(setting, f"must be at most {maximum:g}, got {value!r}.")
     return number

@@ -241,14 +241,19 @@ class MigrationContext:
 
     # --- undo and the server's bulk operation -------------------------------------------------
 
-    def undo(self, *, force: bool = False) -> int:
+    def undo(self, *, force: bool = False, trust_unsigned: bool = False) -> int:
         """Revert every write this migration's last application made through ctx, from their
-        Provenance: updated resources get their previous version's content back, created ones
-        are deleted, deleted ones are restored under the same id. First it checks that every
-        one is still at the version the migration produced; if any changed since, it writes
-        nothing and raises UndoConflictError naming them. Resumable, with Provenance of its
-        own. Returns how many resources it reverted. The default downgrade body."""
-        return undo(self, force=force)
+        signed Provenance: updated resources get their previous version's content back, created
+        ones are deleted, deleted ones are restored under the same id. First it checks that
+        every one still has the content the migration left (a newer version with the same
+        content, e.g. after a later migration's undo, is fine); if any changed since, it writes
+        nothing and raises UndoConflictError naming them (`force=True` reverts the others).
+        Records that cannot be verified as this tool's are ignored and named;
+        `trust_unsigned=True` also accepts unsigned records, as versions of the tool before
+        signatures wrote them (a decision made in code, like force). Resumable, with
+        Provenance of its own. Returns how many resources it reverted. The default downgrade
+        body."""
+        return undo(self, force=force, trust_unsigned=trust_unsigned)
 
     def bulk_patch(self, resource_type: str, operations: Any, **search: Any) -> int:
         """Apply FHIRPath Patch `operations` to every `resource_type` matching `search`: through

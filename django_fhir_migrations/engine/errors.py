@@ -329,7 +329,7 @@ class MigrationFailedError(FhirMigrationError):
         shown = text if text is not None else f"{type(error).__name__}: {error}"
         super().__init__(
             f"Migration {script.name} ({script.revision}, {script.path}) failed during "
-            f"{direction}: {shown}. It was not recorded and nothing after it ran. Fix it and run "
+            f"{direction}: {shown.rstrip('.')}. It was not recorded and nothing after it ran. Fix it and run "
             "the command again to continue from here."
         )
 
@@ -389,10 +389,11 @@ class UndoConflictError(FhirMigrationError):
         more = f" and {total - len(self.changed)} more" if total > len(self.changed) else ""
         super().__init__(
             f"ctx.undo() of {script_name} ({revision}) wrote nothing: {total} resource(s) it wrote "
-            f"were changed since, and reverting them would overwrite those changes: {shown}{more}.",
-            "Bring those resources back to the version the migration produced, or write the "
-            "downgrade by hand for them; `ctx.undo(force=True)` reverts the others and leaves "
-            "these as they are.",
+            f"were changed since the migration left them, and reverting them would overwrite "
+            f"those changes: {shown}{more}.",
+            "Decide in the migration's downgrade: `ctx.undo(force=True)` reverts the others and "
+            "leaves these as they are now, or write the downgrade by hand for them (then "
+            "`{downgrade}` again).",
         )
 
 

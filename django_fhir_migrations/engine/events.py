@@ -25,7 +25,12 @@ Actions and the fields they fill:
     lock_free         -                 lock_kept   detail (holder)
     lock_broken       detail (holder)   reset       -
     script_created    detail (path), script_revision, parents
-    resumed           script, count (resources the interrupted attempt wrote)
+    resumed           script, count (resources the interrupted attempts wrote, as resume
+                      found them), detail (records it would not trust, if any)
+    records_ignored   script, count, detail (undo: records or targets it would not trust)
+    adopted           script, count (attempts), detail (--fake adopting an earlier application)
+    bulk_job_forgotten detail (the jobs forgotten; "" when there was none)
+    bulk_job_kept     detail
     bundle_failures   script, detail (the grouped summary)
 """
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO
 
+from .adoption import latest_application
 from .attempt import Attempt
 from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, utcnow
@@ -44,7 +45,7 @@ from .lock import MigrationLock
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
-from .state import AppliedMigration, LockInfo, MigrationState
+from .state import AppliedMigration, LockInfo
 
 Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")
@@ -104,9 +105,12 @@ class MigrationExecutor:
         if dry_run:
             return self._dry_run(plan, "upgrade")
 
+        if not fake:
+            self._require_signing_key()
         with signals_interrupt():
-            lock = self._lock(history.state, lock_timeout)
+            lock = self._new_lock(lock_timeout)
             try:
+                lock.acquire(history.state, self._timeout(lock_timeout))
                 # Re-plan from the state as it is now: another replica may have migrated meanwhile.
                 plan = History(lock.held, graph).forwards_plan(target_rev)[:count]
                 if not plan:
@@ -149,9 +153,12 @@ class MigrationExecutor:
         if dry_run:
             return self._dry_run(plan, "downgrade")
 
+        if not fake:
+            self._require_signing_key()
         with signals_interrupt():
-            lock = self._lock(state, lock_timeout)
+            lock = self._new_lock(lock_timeout)
             try:
+                lock.acquire(state, self._timeout(lock_timeout))
                 fresh_plan = self._backwards(History(lock.held, graph), target, steps)
                 if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
                     # Reverting "one step" twice because two people asked at once would lose data.
@@ -185,8 +192,9 @@ class MigrationExecutor:
         """Forget the state (head := None, no applied list). Runs no migration."""
         state = self.recorder.read()
         with signals_interrupt():
-            lock = self._lock(state, lock_timeout)
+            lock = self._new_lock(lock_timeout)
             try:
+                lock.acquire(state, self._timeout(lock_timeout))
                 state = lock.update(lambda s: replace(s.with_applied([], None), attempts=[]))
                 self.audit.record("reset", state=state, detail="head set to None")
             finally:
@@ -223,6 +231,33 @@ class MigrationExecutor:
         self.events.emit("lock_broken", detail=held.describe())
         return Outcome()
 
+    def forget_bulk_job(self, confirm: Confirm | None, *, lock_timeout: float | None = None) -> Outcome:
+        """Forget the bulk job an interrupted attempt started (or may have started): the next
+        run starts a new one. For a human who checked that the first is not running."""
+        state = self.recorder.read()
+        jobs = [a for a in state.attempts if a.job]
+        if not jobs:
+            self.events.emit("bulk_job_forgotten")
+            return Outcome()
+        described = "; ".join(f"migration {a.revision}: {a.job}" for a in jobs)
+        question = (f"An interrupted migration on state {self.settings.state_id!r} started a bulk "
+                    f"job on the server, or may have ({described}). If it still runs, the next run "
+                    "would patch its resources a second time. Forget it?")
+        if confirm is not None and not confirm(question):
+            self.events.emit("bulk_job_kept", detail=described)
+            return Outcome(exit_code=1)
+        with signals_interrupt():
+            lock = self._new_lock(lock_timeout)
+            try:
+                lock.acquire(state, self._timeout(lock_timeout))
+                state = lock.update(lambda s: replace(s, attempts=[
+                    replace(a, job="", job_started="") for a in s.attempts]))
+                self.audit.record("bulk-job-forgotten", state=state, detail=described)
+            finally:
+                lock.release()
+        self.events.emit("bulk_job_forgotten", detail=described)
+        return Outcome()
+
     def accept_checksums(self, *, lock_timeout: float | None = None) -> Outcome:
         """Record the current checksum of every applied script edited since it ran (Flyway's
         `repair`): the edit is accepted as what the migration is; nothing runs."""
@@ -232,8 +267,9 @@ class MigrationExecutor:
             self.events.emit("checksums_accepted")
             return Outcome()
         with signals_interrupt():
-            lock = self._lock(state, lock_timeout)
+            lock = self._new_lock(lock_timeout)
             try:
+                lock.acquire(state, self._timeout(lock_timeout))
                 drifted = History(lock.held, graph).drifted()
                 if drifted:
                     checksums = {s.revision: s.checksum for s in drifted}
@@ -255,16 +291,24 @@ class MigrationExecutor:
             return None
         return graph.resolve(target).revision
 
-    def _lock(self, state: MigrationState, lock_timeout: float | None) -> MigrationLock:
-        timeout = self.settings.lock_timeout if lock_timeout is None else lock_timeout
-        lock = MigrationLock(
+    def _timeout(self, lock_timeout: float | None) -> float:
+        return self.settings.lock_timeout if lock_timeout is None else lock_timeout
+
+    def _new_lock(self, lock_timeout: float | None) -> MigrationLock:
+        """A lock not yet taken: the caller acquires it inside its try/finally, so that a signal
+        arriving while the lease is being written still releases whatever was taken."""
+        timeout = self._timeout(lock_timeout)
+        return MigrationLock(
             self.recorder, ttl=self.settings.lock_ttl, command=self.actor.command,
             user=self.actor.user,
             on_wait=lambda held: self.events.emit("lock_wait", detail=held.describe(),
                                                   duration=timeout),
         )
-        lock.acquire(state, timeout)
-        return lock
+
+    def _require_signing_key(self) -> None:
+        """Before the lock is taken: a run that would write Provenance needs its key."""
+        if self.settings.provenance:
+            self.settings.signer  # noqa: B018 - raises ConfigurationError naming SIGNING_KEY
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
                  direction: Direction, fake: bool) -> list[MigrationScript]:
@@ -309,6 +353,9 @@ class MigrationExecutor:
                 raise self._failed(script, direction, exc) from exc
             lock.renewal = None
             attempts, recorded = attempt.ids, attempt.journal.writer is not None
+        elif direction == "upgrade":
+            attempts = self._adopt(script)
+            recorded = bool(attempts)
         duration = time.monotonic() - started
         if direction == "upgrade":
             entry = AppliedMigration(
@@ -324,6 +371,22 @@ class MigrationExecutor:
         self.audit.record(event, script=script, state=state, duration=duration)
         self.events.emit("apply_success", direction=direction, script=script, fake=fake,
                          duration=duration)
+
+    def _adopt(self, script: MigrationScript) -> tuple[str, ...]:
+        """`--fake` after `fhirreset`: the writes of the latest application the server holds
+        signed records of become this record's, so `ctx.undo()` can revert them again."""
+        if not self.settings.provenance or not self.settings.signing_keys:
+            return ()
+        found = latest_application(self.connection, script.revision, self.settings.signer)
+        if found.attempts:
+            detail = (f"Adopted the recorded writes of {len(found.attempts)} earlier attempt(s) of "
+                      f"{script.name} ({found.resources:,} resource(s), recorded {found.first} to "
+                      f"{found.last}): ctx.undo() can revert them")
+        else:
+            detail = (f"No earlier application of {script.name} to adopt ({found.why}): ctx.undo() "
+                      "cannot revert it")
+        self.events.emit("adopted", script=script, count=len(found.attempts), detail=detail)
+        return found.attempts
 
     def _run_script(self, lock: MigrationLock, script: MigrationScript, direction: str,
                     ctx: MigrationContext) -> None:

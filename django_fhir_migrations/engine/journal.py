@@ -37,21 +37,32 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .errors import BundleError, FhirServerError, ServerUnreachableError
+from .errors import BundleError, FhirMigrationError, FhirServerError, ServerUnreachableError
 from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
-from .provenance import Target, Writer, already_written
+from .provenance import Target, Writer
+from .resume import ResumeIndex
 
 logger = logging.getLogger("django_fhir_migrations")
 
 # HAPI FHIR's TransactionSemanticsHeader: one retry, which is the plain batch.
 TRANSACTION_SEMANTICS_HEADER = "X-Transaction-Semantics"
 TRY_AS_TRANSACTION_FIRST = "retryCount=1; tryBatchAsTransactionFirst=true"
-FRESH_LIMIT = 100_000  # resources known not to be written by earlier attempts (bounded memory)
 SKIPPED, EXISTS = "skipped", "exists"
 
 
 class MissingKeyError(ValueError):
     """A create with no idempotency key while resume is on (PROVENANCE)."""
+
+
+class ProvenanceNotRecordedError(FhirMigrationError):
+    """Writes were committed but the Provenance that follows them could not be written."""
+
+    def __init__(self, count: int, reason: str):
+        self.count = count
+        super().__init__(
+            f"{count} write(s) were made, but the Provenance recording them could not be written "
+            f"afterwards ({reason}). A resumed run cannot skip them and ctx.undo() cannot revert "
+            "them.", "Check the resources named above before running the migration again.")
 
 
 @dataclass
@@ -132,10 +143,12 @@ class Result:
 class Journal:
     """The writes of one migration attempt (see the module docstring).
 
-    `writer` names the attempt in Provenance (None: PROVENANCE off); `previous` are the
-    interrupted attempts this one continues; `on_start` is called once, before the first
-    write is sent (the executor records the attempt in the state there, so a resume can
-    always find it); `integer_versions` says whether the server's version ids are numbers.
+    `writer` names the attempt in Provenance and signs it (None: PROVENANCE off); `previous`
+    are the interrupted attempts this one continues, and `index` what they wrote (resume.py);
+    `on_start` is called once, before the first write is sent (the executor records the
+    attempt in the state there, so a resume can always find it: no write, from any worker,
+    leaves before it returns); `integer_versions` says whether the server's version ids are
+    numbers.
     """
 
     connection: FhirConnection
@@ -143,13 +156,14 @@ class Journal:
     previous: tuple[str, ...] = ()
     on_start: Callable[[], None] | None = None
     integer_versions: bool = True
+    index: ResumeIndex | None = None
     written: int = 0
     skipped: int = 0
     bundles: int = 0
     committed_whole: int = 0
     _started: bool = False
-    _fresh: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _start_lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- resume ------------------------------------------------------------------------------
 
@@ -158,19 +172,13 @@ class Journal:
         return self.writer is not None and bool(self.previous)
 
     def written_before(self, keys: Iterable[str]) -> set[str]:
-        """Which of `keys` the interrupted attempts already wrote; the others are remembered
-        as fresh, so a write of them later costs no second lookup."""
-        keys = set(keys)
-        if not self.resuming or not keys:
+        """Which of `keys` ("Type/id") the interrupted attempts already wrote."""
+        if not self.resuming:
             return set()
-        with self._lock:
-            unknown = keys - self._fresh
-        found = already_written(self.connection, self.previous, unknown) if unknown else set()
-        with self._lock:
-            if len(self._fresh) > FRESH_LIMIT:
-                self._fresh.clear()
-            self._fresh.update(unknown - found)
-        return found
+        if self.index is None:
+            assert self.writer is not None
+            self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
+        return self.index.written(keys)
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -188,19 +196,27 @@ class Journal:
         pending = self._skip_existing_keys(pending, results)
         self._fill_versions(pending)
         if pending:
-            self._start()
+            self.start()
             sent = self._commit(pending) if atomic else self._commit_or_split(pending)
             for (index, _), result in zip(pending, sent, strict=True):
                 results[index] = result
         return [results[i] for i in range(len(writes))]
 
-    def _start(self) -> None:
-        with self._lock:
+    def start(self) -> None:
+        """Record the attempt before its first write. Every sender (bundle workers included)
+        waits here until that record is on the server; if it fails, nothing is sent."""
+        if self._started:
+            return
+        with self._start_lock:
             if self._started:
                 return
+            if self.on_start is not None:
+                self.on_start()
             self._started = True
-        if self.on_start is not None:
-            self.on_start()
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def _skip_resumed(self, writes: Sequence[Write], results: dict[int, Result]) -> list[tuple[int, Write]]:
         done = self.written_before(w.ref for w in writes if w.ref and w.method != "POST")
@@ -324,20 +340,27 @@ class Journal:
                            headers={"Prefer": "return=representation"})
         answers = validated_results("transaction", len(entries), reply.body or {}, reply.url)
         results = [_result(write, answer) for write, answer in zip(writes, answers, strict=False)]
-        if predictable:
-            self._fix_creates(writes, results, answers[len(writes):], list(targets))
-        else:
-            self._provenance_after(writes, results)
-        with self._lock:
-            self.written += sum(1 for r in results if r.ok and r.status != EXISTS)
-            self.bundles += 1
+        # Committed: whatever fails from here must not look like a refused bundle (that would
+        # split it and send writes the server has already made a second time).
+        try:
+            if predictable:
+                self._fix_creates(writes, results, answers[len(writes):], list(targets))
+            else:
+                self._provenance_after(writes, results)
+        except FhirServerError as exc:
+            raise ProvenanceNotRecordedError(len(writes), str(exc)) from None
+        finally:
+            with self._lock:
+                self.written += sum(1 for r in results if r.ok and r.status != EXISTS)
+                self.bundles += 1
         return results
 
     def _predicted(self, write: Write) -> Target | None:
         """The Provenance target of `write`, with the version it will produce; None when that
         cannot be known in advance (version ids that are not numbers)."""
         if write.method == "POST":
-            return Target(write.resource_type, "", "1" if self.integer_versions else None)
+            return Target(write.resource_type, "", "1" if self.integer_versions else None,
+                          key=create_key(write))
         if not write.version or not write.version.isdigit():
             return None
         return Target(write.resource_type, write.resource_id or "", str(int(write.version) + 1),
@@ -366,11 +389,13 @@ class Journal:
                 continue
             rid, version = version_from_location(result.location)
             if rid:
-                target = Target(write.resource_type, rid, version or "1")
+                target = Target(write.resource_type, rid, version or "1", key=create_key(write))
                 targets.append(target)
                 refs.append(target.reference())
         resource["target"] = refs
         resource["meta"] = {"tag": (resource.get("meta") or {}).get("tag") or []}
+        assert self.writer is not None
+        self.writer.seal(resource)  # over the resolved references (and versions) it now names
         if not refs:
             self.connection.request("DELETE", f"Provenance/{prov_id}")
             return
@@ -383,17 +408,28 @@ class Journal:
 
     def _provenance_after(self, writes: list[Write], results: list[Result]) -> None:
         """Writes whose versions could not be predicted: their Provenance, from the answers."""
-        writer = self.writer
-        assert writer is not None
         by_activity: dict[str, list[Target]] = {}
         for write, result in zip(writes, results, strict=True):
             if not result.ok or result.status == EXISTS:
                 continue
             rid, version = version_from_location(result.location)
             by_activity.setdefault(write.activity, []).append(
-                Target(write.resource_type, rid or write.resource_id or "", version, write.version))
+                Target(write.resource_type, rid or write.resource_id or "", version, write.version,
+                       key=create_key(write) if write.method == "POST" else None))
         for activity, targets in by_activity.items():
-            self.connection.request("POST", "Provenance", json=writer.provenance(activity, targets))
+            self.record(activity, targets)
+
+    def record(self, activity: str, targets: Sequence[Target], *, count: bool = False) -> None:
+        """Provenance for writes made outside the journal's own transactions (a server's bulk
+        job; versions the server did not let us predict): signed, sent after the attempt is
+        recorded; `count` adds them to `written` (the journal did not send them)."""
+        writer = self.writer
+        assert writer is not None
+        self.start()
+        self.connection.request("POST", "Provenance", json=writer.provenance(activity, targets))
+        if count:
+            with self._lock:
+                self.written += len(targets)
 
     def _commit_or_split(self, pending: list[tuple[int, Write]], *, whole: bool = True) -> list[Result]:
         try:
@@ -424,7 +460,7 @@ class Journal:
         kind = "transaction" if atomic else "batch"
         bundle = {"resourceType": "Bundle", "type": kind, "entry": [
             w.entry(f"urn:uuid:{uuid.uuid4()}" if (atomic and w.method == "POST") else None) for w in writes]}
-        self._start()
+        self.start()
         reply = self._post(bundle, headers)
         body = reply.body or {}
         answers = validated_results(kind, len(writes), body, reply.url)
@@ -462,6 +498,11 @@ def _unquote(value: str) -> str:
     from urllib.parse import unquote
 
     return unquote(value)
+
+
+def create_key(write: Write) -> str | None:
+    """A create's key as its Provenance target carries it: "Type?query"."""
+    return f"{write.resource_type}?{write.key}" if write.key else None
 
 
 def identifier_key(resource: Mapping[str, Any]) -> str | None:

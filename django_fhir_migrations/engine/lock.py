@@ -89,6 +89,7 @@ class MigrationLock:
         self.overrun = False
         self.on_overrun: Callable[[], None] | None = None
         self.renewal: Mutation | None = None  # what a renewal writes besides the lease (progress)
+        self._taking = False  # a lease write was sent whose outcome this object may not know
 
     @property
     def holder(self) -> str:
@@ -110,6 +111,7 @@ class MigrationLock:
         announced: str | None = None
         while True:
             if not state.exists:
+                self._taking = True
                 try:
                     created, won = self.recorder.create(state.with_lock(self._info()))
                 except VersionConflictError:
@@ -134,6 +136,7 @@ class MigrationLock:
                     logger.warning("Taking over the expired migration lock of %s on state %r",
                                    state.lock.describe(), state.state_id)
                 self._prove_version_check(state)
+                self._taking = True
                 try:
                     written = self.recorder.write(state.with_lock(self._info()))
                 except VersionConflictError:
@@ -277,6 +280,9 @@ class MigrationLock:
         self._stop.set()
         if self._renewer is not None:
             self._renewer.join(timeout=self.recorder.connection.timeout + 5)
+        if self.state is None and self._taking and not self.lost:
+            self._release_unknown()
+            return
         if self.lost or self.state is None:
             return
         try:
@@ -285,6 +291,24 @@ class MigrationLock:
             logger.warning("Could not release the migration lock (it will expire): %s", exc)
         finally:
             self.lost = self.lost or "released"
+
+    def _release_unknown(self) -> None:
+        """Interrupted while taking the lease (a signal between the server storing it and this
+        object knowing): take it off if the server holds it for us, rather than leave it for
+        its TTL."""
+        self.lost = "released"
+        try:
+            state = self.recorder.read()
+            for _ in range(3):
+                if state.lock is None or state.lock.token != self.token:
+                    return
+                try:
+                    self.recorder.write(state.with_lock(None))
+                    return
+                except VersionConflictError:
+                    state = self.recorder.reread(state)
+        except FhirServerError as exc:
+            logger.warning("Could not release the migration lock (it will expire): %s", exc)
 
     def __enter__(self) -> MigrationLock:
         return self

@@ -13,15 +13,14 @@ creates are conditional on the record's identifier).
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 from fhirclient.models.basic import Basic
 from fhirclient.models.fhirabstractbase import FHIRValidationError
 
-from .clock import parse_datetime
+from .clock import http_date, parse_datetime
 from .errors import CorruptStateError
 from .fhir.client import FhirConnection, Reply, checked_id, validated_results, version_from_location
 from .fhir.paging import search_entries
@@ -335,15 +334,7 @@ def stale_version(current: str) -> str:
 
 
 def _server_time(reply: Reply) -> datetime | None:
-    value = reply.headers.get("Date")
-    if not value:
-        return None
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    # HTTP dates are GMT; the asctime form (and "-0000") parse without a zone.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return http_date(reply.headers.get("Date"))
 
 
 def _first_line(exc: BaseException) -> str:

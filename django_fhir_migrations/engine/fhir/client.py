@@ -39,8 +39,15 @@ from ..errors import (
 from ..redaction import printable, scrub
 from ..version import __version__
 from .auth import SmartBackendAuth, build_auth
+from .cancel import pause
 from .retries import IDEMPOTENT_METHODS, RetryPolicy
-from .session import DeadlineExceeded, GuardedSession, ResponseTooLarge, RunDeadlinePassed
+from .session import (
+    DeadlineExceeded,
+    GuardedSession,
+    RedirectRefused,
+    ResponseTooLarge,
+    RunDeadlinePassed,
+)
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -248,7 +255,7 @@ class FhirConnection:
                     # the page reader) holds back until then, not only this one.
                     self._back_off(wait)
                 else:
-                    time.sleep(wait)
+                    pause(wait)
                 continue
             return self._reply(method, url, response, allow, attempts=attempt + 1)
 
@@ -260,7 +267,7 @@ class FhirConnection:
     def _wait_for_backoff(self) -> None:
         remaining = self._resume_at - time.monotonic()
         if remaining > 0:
-            time.sleep(remaining)
+            pause(remaining)
 
     def _notify(self, method: str, url: str, status: int | None) -> None:
         for observer in self.observers:
@@ -271,6 +278,9 @@ class FhirConnection:
         tries = f" after {attempt + 1} attempts" if attempt else ""
         if isinstance(exc, RunDeadlinePassed):
             return RunTimeExceededError(self.settings.max_run_time or 0, f"{method} {url}")
+        if isinstance(exc, RedirectRefused):
+            return FhirServerError(str(exc), url=url, status=exc.response.status_code
+                                   if exc.response is not None else None)
         if isinstance(exc, ResponseTooLarge):
             return FhirServerError(
                 f"The FHIR server at {self.base_url} answered {method} {url} with a body larger "

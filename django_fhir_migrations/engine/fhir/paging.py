@@ -25,6 +25,8 @@ from ..redaction import printable
 if TYPE_CHECKING:
     from .client import FhirConnection, Reply
 
+from .cancel import cancellable
+
 PAGES_AHEAD = 3
 THREAD_NAME = "fhir-migrations-page"
 _END = object()  # the producer's last word: no more pages
@@ -85,14 +87,17 @@ class NextLinks:
 
 
 def search_entries(connection: FhirConnection, path: str, params: Mapping[str, Any] | None = None,
-                   *, read_ahead: bool = True) -> Generator[dict[str, Any], None, None]:
+                   *, read_ahead: bool = True, form: Mapping[str, str] | None = None
+                   ) -> Generator[dict[str, Any], None, None]:
     """Every entry of every page of the search, following `link[next]` (never `_offset`).
 
-    The first page is read on the caller's thread. With `read_ahead`, the following pages are
-    read by a background thread, at most PAGES_AHEAD ahead; an error there is raised where
-    the caller would have waited for that page.
+    The first page is read on the caller's thread (`form`: as a POST `_search` to `path`, for
+    parameters too long for a URL). With `read_ahead`, the following pages are read by a
+    background thread, at most PAGES_AHEAD ahead; an error there is raised where the caller
+    would have waited for that page.
     """
-    first = connection.get(path, params)
+    first = (connection.request("POST", path, data=form) if form is not None
+             else connection.get(path, params))
     links = NextLinks(connection, first.url)
     bundle = _bundle(first)
     following = links.check(next_link(bundle))
@@ -127,14 +132,18 @@ class _PageReader:
 
     def _run(self, url: str | None) -> None:
         try:
-            while url and not self.stopped.is_set():
-                bundle = _bundle(self.connection.get(url))
-                url = self.links.check(next_link(bundle))
-                self._put(bundle)
+            with cancellable(self.stopped):
+                self._read(url)
         except BaseException as exc:  # handed to the caller, raised where it waits
             self._put(exc)
             return
         self._put(_END)
+
+    def _read(self, url: str | None) -> None:
+        while url and not self.stopped.is_set():
+            bundle = _bundle(self.connection.get(url))
+            url = self.links.check(next_link(bundle))
+            self._put(bundle)
 
     def _put(self, item: Any) -> None:
         while not self.stopped.is_set():
@@ -154,6 +163,7 @@ class _PageReader:
         return item
 
     def close(self) -> None:
-        """Stop reading (a caller that stopped early): let a request in flight finish, join."""
+        """Stop reading (a caller that stopped early, or a signal): a wait before a retry ends
+        at once, a request in flight within its deadline; the join is bounded by that too."""
         self.stopped.set()
-        self.thread.join()
+        self.thread.join(timeout=self.connection.timeout + 5)

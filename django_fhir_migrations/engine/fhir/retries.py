@@ -9,12 +9,13 @@ for every method, honouring Retry-After.
 
 from __future__ import annotations
 
-import email.utils
 import random
 import time
 from dataclasses import dataclass
 
 import requests
+
+from ..clock import http_date
 
 ALWAYS_RETRY_STATUSES = frozenset({429, 503})
 IDEMPOTENT_RETRY_STATUSES = frozenset({502, 504})
@@ -64,8 +65,7 @@ def parse_retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    when = http_date(value)
+    if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())

@@ -14,6 +14,10 @@ with a `GuardedSession`, so the rules below hold for `ctx.server` / fhirclient m
 * **Dry runs intercept every write**: while `intercept` is set, any request that is not a read
   (GET, HEAD, or a POST `_search`) is handed to it instead of being sent.
 * **A run deadline** (MAX_RUN_TIME): once past, requests fail instead of being sent.
+* **No redirect is followed.** A redirect would re-send the request (a transaction full of
+  Patients, a token request) to wherever the server says; a server that moved is a
+  configuration change for the user to make, so a 3xx with a Location is an error naming both
+  origins (`RedirectRefused`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,15 @@ class ResponseTooLarge(requests.exceptions.RequestException):
 
 class RunDeadlinePassed(requests.exceptions.RequestException):
     """MAX_RUN_TIME of the migration has passed: no more requests for it."""
+
+
+class RedirectRefused(requests.exceptions.RequestException):
+    """The server answered with a redirect: never followed (see the module docstring)."""
+
+    def __init__(self, message: str, *, source: str, target: str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.source = source  # the origin asked
+        self.target = target  # the origin it pointed at
 
 
 # --- the watchdog -----------------------------------------------------------------------------
@@ -194,6 +207,7 @@ class GuardedSession(requests.Session):
             raise RunDeadlinePassed(f"{method} {url} not sent: the migration's MAX_RUN_TIME has passed",
                                     request=request)
         streaming = kwargs.pop("stream", False)
+        kwargs["allow_redirects"] = False
         deadline = time.monotonic() + self.timeout
         kwargs["timeout"] = _socket_timeouts(kwargs.get("timeout"), self.timeout)
         watch = _Watch()
@@ -204,6 +218,9 @@ class GuardedSession(requests.Session):
         timer.start()
         try:
             response = super().send(request, stream=True, **kwargs)
+            if response.is_redirect:
+                response.close()
+                raise _redirect(method, url, response)
             if not streaming:
                 self._read_body(response, deadline)
             if watch.fired:  # a body delimited by the connection's end looks complete when cut
@@ -245,6 +262,22 @@ class GuardedSession(requests.Session):
                                        f"within {self.timeout:g}s", response=response)
         response._content = b"".join(chunks)
         response._content_consumed = True  # type: ignore[attr-defined]  # requests' own flag
+
+
+def _redirect(method: str, url: str, response: requests.Response) -> RedirectRefused:
+    from urllib.parse import urljoin
+
+    from ..redaction import printable
+
+    target = urljoin(url, response.headers.get("Location", ""))
+    source, goes = describe_origin(origin_of(url)), describe_origin(origin_of(target))
+    where = f"another origin ({goes})" if goes != source else f"{printable(target, 200)}"
+    return RedirectRefused(
+        f"The FHIR server at {source} answered {method} {printable(url, 200)} with a redirect "
+        f"({response.status_code}) to {where}. Redirects are never followed: the request (its "
+        f"data and credentials) is not sent again elsewhere. If the server moved, set BASE_URL "
+        "to its new address.", source=source, target=goes, request=response.request,
+        response=response)
 
 
 def _socket_timeouts(given: Any, total: float) -> Any:
