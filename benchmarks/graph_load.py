@@ -181,6 +181,7 @@ def _clean_environment(folder: Path) -> dict[str, str]:
            if not k.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) and k not in ("FHIR_BASE_URL",
                                                                                   "DJANGO_SETTINGS_MODULE")}
     env["MIGRATION_SCRIPTS_DIR"] = str(folder)
+    env["FHIR_MIGRATIONS_SIGNING_KEY"] = "benchmark-only-signing-key"  # the CLI has no SECRET_KEY
     return env
 
 

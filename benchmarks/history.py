@@ -66,6 +66,7 @@ def measure(base_url: str, workdir: Path, state_id: str, count: int, server: Pla
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) and k != "FHIR_BASE_URL"}
     env["PYTHONUNBUFFERED"] = "1"
+    env["FHIR_MIGRATIONS_SIGNING_KEY"] = "benchmark-only-signing-key"  # the CLI has no SECRET_KEY
     args = [*command(), "migrate", "--base-url", base_url, "--scripts-dir", str(folder),
             "--state-id", state_id, "--noinput"]
     meter = Meter(processes) if processes and processes.known else None

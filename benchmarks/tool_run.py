@@ -140,7 +140,7 @@ def child(args: dict) -> int:
 
     given = {"BASE_URL": args["base_url"], "STATE_ID": args["state_id"],
              "SCRIPTS_DIRS": [args["scripts_dir"]], "PAGE_SIZE": args["size"],
-             "BUNDLE_SIZE": args["size"]}
+             "BUNDLE_SIZE": args["size"], "SIGNING_KEY": "benchmark-only-signing-key"}
     if args.get("workers") is not None:
         given["WORKERS"] = args["workers"]
     if args.get("provenance") is not None:

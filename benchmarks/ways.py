@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 
 from django_fhir_migrations.engine.provenance import Target, Writer
+from django_fhir_migrations.engine.signing import Signer
 
 from .cpu import CpuSplit
 from .patients import FHIR_JSON, BenchError, PatientSet, PlainServer, add_identifier, failures, next_link
@@ -141,7 +142,8 @@ def prebuilt_bundles(server: PlainServer, patient_set: PatientSet, size: int,
 def provenance_entry(bundle: dict, patient_set: PatientSet) -> dict:
     """The Provenance entry the tool adds to a bundle of version-aware updates."""
     writer = Writer(attempt=uuid.uuid4().hex, revision=f"bench{patient_set.name}", name="ceiling",
-                    person="benchmark", command="fhirmigrate")
+                    person="benchmark", command="fhirmigrate",
+                    signer=Signer(["benchmark-only-signing-key"]))
     targets = []
     for entry in bundle["entry"]:
         version = entry["request"]["ifMatch"][3:-1]  # W/"n"

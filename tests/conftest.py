@@ -14,7 +14,8 @@ from .support.helpers import FhirNamespace, ScriptsDir
 
 # The CLI, Flask and the facade have no SECRET_KEY to fall back on: every process the tests
 # start signs (and verifies) Provenance with this key, as Django's test settings do with theirs.
-os.environ.setdefault("FHIR_MIGRATIONS_SIGNING_KEY", "tests-only-signing-key")
+TEST_SIGNING_KEY = "tests-only-signing-key"
+os.environ.setdefault("FHIR_MIGRATIONS_SIGNING_KEY", TEST_SIGNING_KEY)
 
 
 def pytest_collection_modifyitems(items):
@@ -90,6 +91,7 @@ def clean_env(monkeypatch):
         if name.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) or name in ("FHIR_BASE_URL",
                                                                           "DJANGO_SETTINGS_MODULE"):
             monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FHIR_MIGRATIONS_SIGNING_KEY", TEST_SIGNING_KEY)  # the project's secret
     return monkeypatch
 
 

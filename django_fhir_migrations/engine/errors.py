@@ -321,16 +321,23 @@ class RunTimeExceededError(FhirMigrationError):
 
 class MigrationFailedError(FhirMigrationError):
     def __init__(self, script, direction: str, error: BaseException, text: str | None = None):
-        # `text`: the error as it may be shown (scrubbed of credentials by the caller).
+        # `text`: the error as it may be shown (scrubbed of credentials by the caller). An
+        # engine error raised inside the script keeps its remedy, so that the front door
+        # names its own commands in it.
         self.script = script
         self.revision = script.revision
         self.direction = direction
         self.error = error
-        shown = text if text is not None else f"{type(error).__name__}: {error}"
+        remedy = "Fix it and run the command again to continue from here."
+        if isinstance(error, FhirMigrationError) and text is None:
+            shown = f"{type(error).__name__}: {error.text}"
+            remedy = error.remedy or remedy
+        else:
+            shown = text if text is not None else f"{type(error).__name__}: {error}"
         super().__init__(
             f"Migration {script.name} ({script.revision}, {script.path}) failed during "
-            f"{direction}: {shown.rstrip('.')}. It was not recorded and nothing after it ran. Fix it and run "
-            "the command again to continue from here."
+            f"{direction}: {shown.rstrip('.')}. It was not recorded and nothing after it ran.",
+            remedy,
         )
 
 

@@ -28,6 +28,7 @@ from .config import Settings
 from .context import MigrationContext
 from .errors import (
     ChecksumMismatchError,
+    FhirMigrationError,
     IrreversibleMigrationError,
     LockError,
     MigrationFailedError,
@@ -342,6 +343,7 @@ class MigrationExecutor:
             try:
                 self._run_script(lock, script, direction, ctx)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
+                self.connection.stopping.set()  # no more waiting out a server's back-off
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
@@ -414,7 +416,9 @@ class MigrationExecutor:
 
     def _failed(self, script: MigrationScript, direction: str, exc: BaseException) -> MigrationFailedError:
         if isinstance(exc, SystemExit):
-            text = f"SystemExit({exc.code!r}): the script called sys.exit(); a migration must return"
+            text: str | None = f"SystemExit({exc.code!r}): the script called sys.exit(); a migration must return"
+        elif isinstance(exc, FhirMigrationError):
+            text = None  # its own text (scrubbed when made), and its remedy in the front door's words
         else:
             text = scrub(error_text(exc))
         return MigrationFailedError(script, direction, exc, text=text)

@@ -100,6 +100,12 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
                                         "PROVENANCE off), so what it wrote is not known.")
     ignored = _Ignored()
     plan = _plan(ctx, applied.attempts, ignored, trust_unsigned=trust_unsigned)
+    if not plan and ignored.count:
+        raise UndoError(name, revision, (
+            f"none of the {ignored.count} record(s) of its writes can be verified as this tool's "
+            f"({', '.join(ignored.labels[:3])}): they are not signed with this project's "
+            "SIGNING_KEY (or one of SIGNING_KEY_FALLBACKS). If an earlier version of the tool "
+            "wrote them, `ctx.undo(trust_unsigned=True)` in the downgrade accepts them."))
     done = ctx.journal.written_before(plan.keys())  # what an interrupted undo reverted already
     todo = [r for r in plan.values() if r.ref not in done and not (r.first == "CREATE" and r.last == "DELETE")]
     todo = _trusted_only(ctx, todo, ignored)

@@ -33,10 +33,17 @@ def cancellable(event: threading.Event) -> Iterator[None]:
         _cancel.event = previous
 
 
-def pause(seconds: float) -> None:
-    """Sleep before a retry; on a cancellable thread, give up when told to stop."""
+def pause(seconds: float, stopping: threading.Event | None = None) -> None:
+    """Sleep before a retry. On a cancellable thread, give up (RequestCancelled) when told to
+    stop; once `stopping` is set (the run is being interrupted), return at once, so that the
+    last writes (the failure, the lease's release) are not held behind a long Retry-After."""
     event = getattr(_cancel, "event", None)
-    if event is None:
-        time.sleep(seconds)
-    elif event.wait(seconds):
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if event is not None and event.is_set():
+            raise RequestCancelled("The request was not retried: the run is stopping.")
+        if stopping is not None and stopping.is_set():
+            return
+        time.sleep(min(left, 0.05))
+    if event is not None and event.is_set():
         raise RequestCancelled("The request was not retried: the run is stopping.")

@@ -164,6 +164,8 @@ class FhirConnection:
         self._request_count = 0
         self._count_lock = threading.Lock()  # ctx.search reads ahead, bundles go out in workers
         self._resume_at = 0.0  # time.monotonic() before which no request is sent (429/503)
+        # Set when the run is interrupted: no more waiting to retry, no more retries.
+        self.stopping = threading.Event()
         self.observers: list[Callable[[str, str, int | None], None]] = []
 
     @property
@@ -245,6 +247,7 @@ class FhirConnection:
             if (
                 status >= 400
                 and attempt < self.policy.retries
+                and not self.stopping.is_set()
                 and self.policy.retry_status(status, idempotent)
             ):
                 wait = self.policy.delay(attempt, response)
@@ -255,7 +258,7 @@ class FhirConnection:
                     # the page reader) holds back until then, not only this one.
                     self._back_off(wait)
                 else:
-                    pause(wait)
+                    pause(wait, self.stopping)
                 continue
             return self._reply(method, url, response, allow, attempts=attempt + 1)
 
@@ -267,7 +270,7 @@ class FhirConnection:
     def _wait_for_backoff(self) -> None:
         remaining = self._resume_at - time.monotonic()
         if remaining > 0:
-            pause(remaining)
+            pause(remaining, self.stopping)
 
     def _notify(self, method: str, url: str, status: int | None) -> None:
         for observer in self.observers:
@@ -279,8 +282,9 @@ class FhirConnection:
         if isinstance(exc, RunDeadlinePassed):
             return RunTimeExceededError(self.settings.max_run_time or 0, f"{method} {url}")
         if isinstance(exc, RedirectRefused):
-            return FhirServerError(str(exc), url=url, status=exc.response.status_code
-                                   if exc.response is not None else None)
+            # No status: the server refused nothing we sent, so nothing here is an entry's fault
+            # (a bundle is not split and retried over it).
+            return FhirServerError(str(exc), url=url)
         if isinstance(exc, ResponseTooLarge):
             return FhirServerError(
                 f"The FHIR server at {self.base_url} answered {method} {url} with a body larger "
