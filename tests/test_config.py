@@ -48,3 +48,38 @@ def test_missing_base_url_is_explained_when_needed():
     settings = Settings.build({}, environ={})
     with pytest.raises(ConfigurationError, match="FHIR_BASE_URL"):
         settings.require_base_url()
+
+
+@pytest.mark.parametrize("key, value, environ", [
+    ("LOCK_TTL", 1e308, {}),
+    ("LOCK_TTL", None, {"FHIR_MIGRATIONS_LOCK_TTL": "1e308"}),
+    ("WORKERS", 100_000, {}),
+    ("TIMEOUT", 86_400, {}),
+    ("RETRIES", 1000, {}),
+    ("PAGE_SIZE", 10**9, {}),
+    ("BUNDLE_SIZE", 10**9, {}),
+    ("MAX_RUN_TIME", 10**12, {}),
+    ("MAX_RESPONSE_MB", 10**7, {}),
+    ("LOCK_TIMEOUT", 10**9, {}),
+])
+def test_every_number_has_an_upper_bound_named_in_one_paragraph(key, value, environ):
+    values = {} if value is None else {key: value}
+    with pytest.raises(ConfigurationError) as info:
+        Settings.build(values, environ=environ)
+    assert key in info.value.setting
+    assert "must be at most" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_signing_key_defaults_to_none_and_fallbacks_verify_old_signatures():
+    assert Settings.build({}, environ={}).signing_keys == ()
+    with pytest.raises(ConfigurationError, match="FHIR_MIGRATIONS_SIGNING_KEY"):
+        Settings.build({}, environ={}).signer  # noqa: B018
+    old = Settings.build({"SIGNING_KEY": "old-secret"}, environ={}).signer
+    rotated = Settings.build({}, environ={"FHIR_MIGRATIONS_SIGNING_KEY": "new-secret",
+                                          "FHIR_MIGRATIONS_SIGNING_KEY_FALLBACKS": '["old-secret"]'}).signer
+    signature = old.sign(b"record")
+    assert rotated.verify(b"record", signature)  # still trusted after rotation
+    assert not rotated.verify(b"another record", signature)
+    assert not Settings.build({"SIGNING_KEY": "new-secret"}, environ={}).signer.verify(b"record", signature)
+    assert rotated.sign(b"record") != signature  # new records are signed with the new key
+    assert "secret" not in repr(Settings.build({"SIGNING_KEY": "new-secret"}, environ={}))

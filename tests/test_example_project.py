@@ -31,7 +31,11 @@ def test_example_migrations_apply_and_revert(fhir):
     manage(fhir, "fhirdowngrade", "--steps", "4")
     assert fhir.search("Patient", identifier=DEMO) == []
     assert fhir.search("Patient", identifier=f"{STUDY}|") == []
-    assert len(fhir.search("Patient", identifier=f"{COHORT}|")) == 200
+    untagged = fhir.search("Patient", identifier=f"{COHORT}|")
+    assert len(untagged) == 200
+    # tag_cohort's downgrade is ctx.undo(): each Patient has its created content back (as version 3)
+    assert {p["meta"]["versionId"] for p in untagged} == {"3"}
+    assert all([i["system"] for i in p["identifier"]] == [COHORT] for p in untagged)
     manage(fhir, "fhirdowngrade", "zero")
     assert fhir.search("Patient", identifier=f"{COHORT}|") == []
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from . import jsonpatch
 from .errors import BundleError, FhirMigrationError, FhirServerError, ServerUnreachableError
 from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
 from .provenance import Target, Writer
@@ -48,6 +49,7 @@ logger = logging.getLogger("django_fhir_migrations")
 TRANSACTION_SEMANTICS_HEADER = "X-Transaction-Semantics"
 TRY_AS_TRANSACTION_FIRST = "retryCount=1; tryBatchAsTransactionFirst=true"
 SKIPPED, EXISTS = "skipped", "exists"
+JSON_PATCH_IN_BUNDLE = "json_patch_in_bundle"
 
 
 class MissingKeyError(ValueError):
@@ -189,18 +191,78 @@ class Journal:
         atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
         write, the server's error). Otherwise batch semantics: each write on its own.
         """
-        if self.writer is None:
-            return self._send_plain(writes, atomic=atomic, headers=headers or {})
         results: dict[int, Result] = {}
-        pending = self._skip_resumed(writes, results)
-        pending = self._skip_existing_keys(pending, results)
-        self._fill_versions(pending)
+        if self.writer is None:
+            pending = list(enumerate(writes))
+        else:
+            pending = self._skip_resumed(writes, results)
+            pending = self._skip_existing_keys(pending, results)
+            self._fill_versions(pending)
         if pending:
             self.start()
-            sent = self._commit(pending) if atomic else self._commit_or_split(pending)
+            if self.connection.capabilities.get(JSON_PATCH_IN_BUNDLE) is False:
+                pending = self._patches_as_puts(pending, results)
+            try:
+                sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
+            except FhirServerError as exc:
+                if exc.status != 501 or not any(_json_patch(w) for _, w in pending):
+                    raise
+                # Refused whole (nothing was written): this server takes no JSON Patch in a
+                # bundle. Learned once; from now on such writes go as version-aware PUTs.
+                logger.warning("The FHIR server does not accept JSON Patch inside a bundle (%s): "
+                               "JSON Patches are applied here and sent as version-aware updates.",
+                               exc.detail or exc.status)
+                self.connection.capabilities[JSON_PATCH_IN_BUNDLE] = False
+                pending = self._patches_as_puts(pending, results)
+                sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
             for (index, _), result in zip(pending, sent, strict=True):
                 results[index] = result
         return [results[i] for i in range(len(writes))]
+
+    def _dispatch(self, pending: list[tuple[int, Write]], *, atomic: bool, headers: Mapping[str, str]
+                  ) -> list[Result]:
+        if not pending:
+            return []
+        writes = [w for _, w in pending]
+        if self.writer is None:
+            return self._send_plain(writes, atomic=atomic, headers=headers)
+        return self._commit(pending) if atomic else self._commit_or_split(pending)
+
+    def _patches_as_puts(self, pending: list[tuple[int, Write]], results: dict[int, Result]
+                         ) -> list[tuple[int, Write]]:
+        """JSON Patches applied here (jsonpatch.py) and sent as PUTs If-Match the version read:
+        the same change for a server that takes no JSON Patch in a bundle. A patch that cannot
+        apply, or a resource no longer at the version the script asked for, fails as the
+        server would have failed it."""
+        patches = [(i, w) for i, w in pending if _json_patch(w)]
+        if not patches:
+            return pending
+        current = self.connection.read_many([(w.resource_type, w.resource_id or "", None) for _, w in patches])
+        replaced: dict[int, Write | None] = {}
+        for (index, write), resource in zip(patches, current, strict=True):
+            version = (resource or {}).get("meta", {}).get("versionId")
+            if resource is None:
+                results[index] = Result(write, "404", f"{write.label} does not exist")
+            elif write.check_version and write.version and version != write.version:
+                results[index] = Result(write, "412", f"{write.label} is at version {version}, "
+                                                      f"not {write.version}")
+            else:
+                try:
+                    body = jsonpatch.apply(resource, write.body)
+                except jsonpatch.JsonPatchError as exc:
+                    results[index] = Result(write, "422", f"the JSON Patch does not apply: {exc}")
+                else:
+                    replaced[index] = Write("PUT", write.resource_type, write.resource_id, body=body,
+                                            version=version, check_version=True)
+                    continue
+            replaced[index] = None
+        kept: list[tuple[int, Write]] = []
+        for index, write in pending:
+            if index not in replaced:
+                kept.append((index, write))
+            elif (put := replaced[index]) is not None:
+                kept.append((index, put))
+        return kept
 
     def start(self) -> None:
         """Record the attempt before its first write. Every sender (bundle workers included)
@@ -435,7 +497,7 @@ class Journal:
         try:
             results = self._commit(pending)
         except FhirServerError as exc:
-            if exc.status is None or isinstance(exc, ServerUnreachableError) or exc.status in (429, 503):
+            if exc.status is None or isinstance(exc, ServerUnreachableError) or exc.status in (429, 501, 503):
                 raise  # the server, not an entry: nothing to split
             if len(pending) == 1:
                 write = pending[0][1]
@@ -472,6 +534,10 @@ class Journal:
         with self._lock:
             self.written += sum(1 for r in results if r.ok)
         return results
+
+
+def _json_patch(write: Write) -> bool:
+    return write.method == "PATCH" and isinstance(write.body, list)
 
 
 def _result(write: Write, answer: Mapping[str, Any]) -> Result:

@@ -45,7 +45,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .clock import isoformat, utcnow
-from .fhir.client import FhirConnection, resource_path, validated_results
+from .fhir.client import FhirConnection, resource_path
 from .fhir.paging import search_entries
 from .redaction import printable
 from .signing import Signer
@@ -371,18 +371,12 @@ def bound_creates(connection: FhirConnection, targets: Sequence[Target]) -> set[
                 bound.add(target.ref)
     for start in range(0, len(by_identifier), LOOKUP_CHUNK):
         chunk = by_identifier[start:start + LOOKUP_CHUNK]
-        entries = [{"request": {"method": "GET", "url": resource_path(
-            t.resource_type, t.resource_id, "_history", t.version or "")}} for t, _ in chunk]
-        reply = connection.request("POST", "", json={"resourceType": "Bundle", "type": "batch",
-                                                     "entry": entries})
-        answers = validated_results("batch", len(entries), reply.body or {}, reply.url)
-        for (target, token), answer in zip(chunk, answers, strict=True):
-            resource = answer.get("resource")
-            if not isinstance(resource, Mapping) or resource.get("id") != target.resource_id:
-                continue
+        versions = connection.read_many([(t.resource_type, t.resource_id, t.version) for t, _ in chunk])
+        for (target, token), resource in zip(chunk, versions, strict=True):
             system, _, value = token.partition("|")
-            if any(isinstance(i, Mapping) and i.get("system") == system and i.get("value") == value
-                   for i in resource.get("identifier") or []):
+            if resource is not None and any(
+                    isinstance(i, Mapping) and i.get("system") == system and i.get("value") == value
+                    for i in resource.get("identifier") or []):
                 bound.add(target.ref)
     return bound
 

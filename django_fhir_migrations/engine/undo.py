@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UndoConflictError, UndoError
-from .fhir.client import resource_path, validated_results
 from .journal import Write, bundle_error
 from .provenance import Recorded, Target, bound_creates, recorded_by
 from .state import RECORD_IDENTIFIER, STATE_SYSTEM
@@ -237,22 +236,7 @@ def _changed_since(ctx: ScriptContext, todo: list[Revert], ignored: _Ignored) ->
 
 
 def _read(ctx: ScriptContext, wanted: list[tuple[str, str, str | None]]) -> list[dict[str, Any] | None]:
-    """Resources (or versions of them) in one batch of reads; None for gone or unreadable."""
-    if not wanted:
-        return []
-    entries = [{"request": {"method": "GET", "url": resource_path(t, i, "_history", v) if v
-                            else resource_path(t, i)}} for t, i, v in wanted]
-    reply = ctx.connection.request("POST", "", json={"resourceType": "Bundle", "type": "batch",
-                                                     "entry": entries})
-    answers = validated_results("batch", len(entries), reply.body or {}, reply.url)
-    found: list[dict[str, Any] | None] = []
-    for (resource_type, resource_id, _), answer in zip(wanted, answers, strict=True):
-        resource = answer.get("resource")
-        ok = str((answer.get("response") or {}).get("status", "")).startswith("2")
-        found.append(dict(resource) if ok and isinstance(resource, Mapping)
-                     and resource.get("resourceType") == resource_type
-                     and resource.get("id") == resource_id else None)
-    return found
+    return ctx.connection.read_many(wanted)
 
 
 def _version(resource: Mapping[str, Any]) -> str | None:

@@ -38,7 +38,7 @@ from django_fhir_migrations.engine.errors import (
     ResourceNotFoundError,
     VersionConflictError,
 )
-from django_fhir_migrations.engine.fhir.client import Reply
+from django_fhir_migrations.engine.fhir.client import FhirConnection, Reply
 
 BASE_URL = "http://fhir.test/fhir/"
 REASONS = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 412: "Precondition Failed",
@@ -136,6 +136,7 @@ class FakeConnection:
         self.calls: list[Call] = []
         self.unexpected: list[Call] = []
         self.closed = False
+        self.capabilities: dict[str, bool] = {}
         self._mutex = threading.Lock()
 
     # --- scripting -------------------------------------------------------------------------
@@ -167,6 +168,8 @@ class FakeConnection:
         return [str(c) for c in self.calls]
 
     # --- the FhirConnection interface ---------------------------------------------------------
+
+    read_many = FhirConnection.read_many  # the real one, over the scripted request()
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):

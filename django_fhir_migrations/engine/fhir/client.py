@@ -167,6 +167,8 @@ class FhirConnection:
         # Set when the run is interrupted: no more waiting to retry, no more retries.
         self.stopping = threading.Event()
         self.observers: list[Callable[[str, str, int | None], None]] = []
+        # What this server turned out not to do, learned once per run (e.g. "json_patch_in_bundle").
+        self.capabilities: dict[str, bool] = {}
 
     @property
     def request_count(self) -> int:
@@ -372,6 +374,24 @@ class FhirConnection:
 
     def get(self, path: str, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Reply:
         return self.request("GET", path, params=params, **kwargs)
+
+    def read_many(self, wanted: list[tuple[str, str, str | None]]) -> list[dict[str, Any] | None]:
+        """Resources `(type, id, version or None)` in one batch of reads (vreads where a version
+        is given); None for one that is gone, unreadable, or not what was asked for."""
+        if not wanted:
+            return []
+        entries = [{"request": {"method": "GET", "url": resource_path(t, i, "_history", v) if v
+                                else resource_path(t, i)}} for t, i, v in wanted]
+        reply = self.request("POST", "", json={"resourceType": "Bundle", "type": "batch", "entry": entries})
+        answers = validated_results("batch", len(entries), reply.body or {}, reply.url)
+        found: list[dict[str, Any] | None] = []
+        for (resource_type, resource_id, _), answer in zip(wanted, answers, strict=True):
+            resource = answer.get("resource")
+            ok = str((answer.get("response") or {}).get("status", "")).startswith("2")
+            found.append(dict(resource) if ok and isinstance(resource, Mapping)
+                         and resource.get("resourceType") == resource_type
+                         and resource.get("id") == resource_id else None)
+        return found
 
 
 def _parse_body(response: requests.Response) -> tuple[dict[str, Any] | None, str]:

@@ -29,6 +29,5 @@ def upgrade(ctx):
 
 
 def downgrade(ctx):
-    with ctx.batch() as batch:
-        for patient in ctx.search("Patient", identifier=f"{COHORT}|", as_dict=True):
-            batch.delete("Patient", patient["id"])
+    # Deletes exactly the Patients this migration created (not any other with the system).
+    ctx.undo()
