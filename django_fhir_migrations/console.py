@@ -231,6 +231,12 @@ class Console:
     def _on_bulk_job_kept(self, event: Event) -> None:
         self.line("info", "Bulk job kept.")
 
+    def _on_verify_start(self, event: Event) -> None:
+        self.line("info", "    verifying...", 2)
+
+    def _on_verify_only(self, event: Event) -> None:
+        self.line("info", "    upgrade() already ran with this script; running verify() again")
+
     def _on_records_ignored(self, event: Event) -> None:
         self.line("warning", f"    Warning: {event.detail}.")
 

@@ -44,6 +44,9 @@ class Attempt:
         self.started_at = earlier.started_at if earlier else isoformat(utcnow())
         self.written_before = earlier.written if earlier else 0
         self.job, self.job_started = (earlier.job, earlier.job_started) if earlier else ("", "")
+        # upgrade() finished earlier with this very script and only verify() failed: run that alone.
+        self.upgraded = earlier.upgraded if earlier else ""
+        self.verify_only = bool(self.upgraded) and self.upgraded == script.checksum
         self.id = uuid.uuid4().hex
         writer = Writer(attempt=self.id, revision=script.revision, name=script.name,
                         person=actor.describe(), command=actor.command, signer=settings.signer,
@@ -51,7 +54,7 @@ class Attempt:
         version = lock.state.version_id or ""
         self.journal = Journal(connection, writer, previous=self.previous if writer else (),
                                on_start=self._record_start, integer_versions=version.isdigit())
-        if earlier and writer is not None:
+        if earlier and writer is not None and not self.verify_only:
             # What the interrupted attempts wrote, from their own signed records: the count
             # said is what resume found, not what the last lease renewal managed to record.
             index = self.journal.index = ResumeIndex(connection, self.previous, writer.signer)
@@ -72,7 +75,7 @@ class Attempt:
             revision=self.script.revision, direction=self.direction,
             attempts=self.previous + (self.id,), started_at=self.started_at,
             written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
-            error=error, job=self.job, job_started=self.job_started)
+            error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded)
 
     def recording(self, state: MigrationState) -> MigrationState:
         """The state with this attempt's progress in it (for lease renewals)."""
@@ -84,6 +87,13 @@ class Attempt:
         """A server-side bulk job was started: recorded before anything else happens, so a
         killed run re-attaches to it instead of starting a second one."""
         self.job, self.job_started = status_url, started
+        self.journal.start()
+        self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def mark_upgraded(self, checksum: str) -> None:
+        """upgrade() returned; verify() comes next. Recorded, so that when verify() fails a
+        rerun runs verify() alone (unless the script changed since)."""
+        self.upgraded = checksum
         self.journal.start()
         self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
 

@@ -341,6 +341,21 @@ class MigrationFailedError(FhirMigrationError):
         )
 
 
+class VerificationError(FhirMigrationError):
+    """A migration's verify(ctx) raised: its data did not verify, so it is not recorded."""
+
+    def __init__(self, script, error: BaseException, text: str):
+        self.script = script
+        self.revision = script.revision
+        self.error = error
+        super().__init__(
+            f"Migration {script.name} ({script.revision}, {script.path}) ran, but its data did not "
+            f"verify: {text.rstrip('.')}. It was not recorded as applied.",
+            "Fix the data or the script; `{migrate}` then runs verify() again (and upgrade() "
+            "first only if the script was changed).",
+        )
+
+
 class BundleError(FhirMigrationError):
     """A batch or transaction bundle written through ctx did not fully succeed.
 

@@ -31,6 +31,7 @@ Actions and the fields they fill:
     adopted           script, count (attempts), detail (--fake adopting an earlier application)
     bulk_job_forgotten detail (the jobs forgotten; "" when there was none)
     bulk_job_kept     detail
+    verify_start      script            verify_only  script (upgrade done earlier; verify again)
     bundle_failures   script, detail (the grouped summary)
 """
 

@@ -34,6 +34,7 @@ from .errors import (
     MigrationFailedError,
     RevisionError,
     RunTimeExceededError,
+    VerificationError,
     VersionConflictError,
 )
 from .events import Direction, EventStream
@@ -341,7 +342,12 @@ class MigrationExecutor:
                                    attempt=attempt, applied=applied)
             lock.renewal = attempt.recording
             try:
-                self._run_script(lock, script, direction, ctx)
+                if attempt.verify_only:
+                    self.events.emit("verify_only", script=script)
+                else:
+                    self._run_script(lock, script, direction, ctx)
+                if direction == "upgrade" and script.has_verify:
+                    self._verify(lock, script, attempt, ctx)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
                 self.connection.stopping.set()  # no more waiting out a server's back-off
                 lock.renewal = None
@@ -352,6 +358,8 @@ class MigrationExecutor:
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
+                if isinstance(exc, VerificationError):
+                    raise
                 raise self._failed(script, direction, exc) from exc
             lock.renewal = None
             attempts, recorded = attempt.ids, attempt.journal.writer is not None
@@ -389,6 +397,20 @@ class MigrationExecutor:
                       "cannot revert it")
         self.events.emit("adopted", script=script, count=len(found.attempts), detail=detail)
         return found.attempts
+
+    def _verify(self, lock: MigrationLock, script: MigrationScript, attempt: Attempt,
+                ctx: MigrationContext) -> None:
+        """verify(ctx) after upgrade(ctx), under the lock and MAX_RUN_TIME like the upgrade;
+        the upgrade is recorded as done first, so a failed verify is all a rerun repeats."""
+        if not attempt.verify_only:
+            attempt.mark_upgraded(script.checksum)
+        self.events.emit("verify_start", script=script)
+        try:
+            self._run_script(lock, script, "verify", ctx)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - an assert, sys.exit(): the data did not verify
+            raise VerificationError(script, exc, scrub(error_text(exc))) from exc
 
     def _run_script(self, lock: MigrationLock, script: MigrationScript, direction: str,
                     ctx: MigrationContext) -> None:

@@ -175,8 +175,14 @@ class MigrationScript:
             self._checksum = None
         self._module, self._source, self._stamp = module, source, stamp
 
+    @property
+    def has_verify(self) -> bool:
+        """Whether the script defines `verify(ctx)`: run after upgrade, before it is recorded."""
+        return callable(vars(self.module).get("verify"))
+
     def run(self, direction: str, ctx: Any) -> Any:
-        """Call upgrade/downgrade, passing ctx only to functions that take an argument."""
+        """Call upgrade/downgrade (or verify), passing ctx only to functions that take an
+        argument."""
         func: Callable[..., Any] = getattr(self.module, direction)
         if _takes_no_argument(func):
             return func()
@@ -291,6 +297,10 @@ def _validate(path: Path, label: str, module: ModuleType) -> MigrationScript:
             raise ScriptError(
                 path, f"`{name}` must take one argument (ctx) or none, as def {name}(ctx): ..."
             )
+    verify = vars(module).get("verify")  # defined in the file, not a module __getattr__'s answer
+    if verify is not None and (not callable(verify) or not _callable_with_ctx_or_nothing(verify)):
+        raise ScriptError(path, "`verify` must be a function taking one argument (ctx) or none, as "
+                                "def verify(ctx): ...")
     irreversible = getattr(module, "irreversible", False)
     if not isinstance(irreversible, bool):
         raise ScriptError(path, f"`irreversible` must be True or False, got {irreversible!r}.")

@@ -182,6 +182,7 @@ class AttemptRecord:
     error: str = ""
     job: str = ""  # a server-side bulk job it started (its status URL), to re-attach to
     job_started: str = ""  # when the server started it (its clock)
+    upgraded: str = ""  # upgrade() completed with the script of this checksum; verify() did not pass
 
     @property
     def current(self) -> str:
@@ -195,6 +196,9 @@ class AttemptRecord:
         verb = "applied" if self.direction == "upgrade" else "reverted"
         since = f", last seen {self.updated_at}" if self.updated_at else ""
         why = f"; it stopped with: {self.error}" if self.error else ""
+        if self.upgraded:
+            return (f"upgraded ({self.written:,} resource(s) written) but its verify() did not pass"
+                    f"{why}")
         return (f"partially {verb}: {self.written:,} resource(s) written by {len(self.attempts)} "
                 f"attempt(s){since}{why}")
 
@@ -213,6 +217,8 @@ class AttemptRecord:
         if self.job:
             parts.append({"url": "job", "valueString": self.job})
             parts.append({"url": "jobStarted", "valueDateTime": self.job_started})
+        if self.upgraded:
+            parts.append({"url": "upgraded", "valueString": self.upgraded})
         return {"url": ATTEMPT_EXTENSION, "extension": parts}
 
     @classmethod
@@ -234,6 +240,7 @@ class AttemptRecord:
             error=values.text("error") or "",
             job=values.text("job") or "",
             job_started=values.moment("jobStarted") or "",
+            upgraded=values.text("upgraded") or "",
         )
 
 

@@ -46,6 +46,12 @@ def upgrade(ctx):
 def downgrade(ctx):
     """Revert every write upgrade() made through ctx (from their Provenance)."""
     ctx.undo()
+
+
+# def verify(ctx):
+#     """Optional: runs after upgrade(ctx), under the lock. If it raises, the migration is not
+#     recorded as applied, and the next run repeats only verify() (unless this file changed)."""
+#     assert ctx.count("Patient", identifier="http://hospital.example.org/mrn|") == 0
 '''
 
 
