@@ -64,6 +64,8 @@ MIGRATE: tuple[Arg, ...] = (
         "ran (audited); runs nothing.", action="store_true"),
     Arg(("--break-lock",), "Remove another process's migration lock (asks first), then stop.",
         action="store_true"),
+    Arg(("--retry-failed",), "Run an applied migration again over exactly the resources it left "
+        "as failures (accepting the script as it is now).", metavar="NAME"),
     Arg(("--forget-bulk-job",), "Forget a server-side bulk job an interrupted migration may still "
         "be running (asks first); the next run starts a new one. Runs nothing.", action="store_true"),
     LOCK_TIMEOUT,

@@ -155,7 +155,18 @@ class Console:
         self.line("info", f"  {verb} {_label(event.script)}...")
 
     def _on_apply_success(self, event: Event) -> None:
-        self.line("success", f"    {'FAKED' if event.fake else 'OK'} ({event.duration or 0:.2f}s)")
+        failures = f", {event.count:,} failure{'' if event.count == 1 else 's'}" if event.count else ""
+        self.line("success", f"    {'FAKED' if event.fake else 'OK'} ({event.duration or 0:.2f}s{failures})")
+        if event.detail and event.direction == "upgrade" and not event.fake:
+            self.line("info", f"    {event.detail[:1].upper()}{event.detail[1:]}.")
+
+    def _on_retry_start(self, event: Event) -> None:
+        script = event.script
+        assert script is not None
+        edited = (" The script was edited since it was applied: its new checksum will be accepted "
+                  "and recorded." if event.detail == "edited" else "")
+        self.line("heading", f"Retrying {_label(script)} over the {event.count:,} resource(s) it "
+                             f"left as failures.{edited}")
 
     def _on_run_done(self, event: Event) -> None:
         verb = ({"upgrade": "Applied", "downgrade": "Reverted"} if not event.fake
@@ -244,7 +255,7 @@ class Console:
         self.line("info", f"    {event.detail}.")
 
     def _on_bundle_failures(self, event: Event) -> None:
-        self.line("warning", f"    {event.detail}")
+        self.line("warning", f"    Warning: {event.detail}.")
 
     def _on_progress(self, event: Event) -> None:
         key = event.detail

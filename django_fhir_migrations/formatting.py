@@ -33,6 +33,8 @@ def format_row(row: ScriptStatus, verbosity: int = 1, *, known: bool = True) -> 
             line += f" by {record.applied_by}"
     if record and record.fake:
         line += "  (faked)"
+    if record and record.failures:
+        line += f"  (with {record.failures:,} failure{'' if record.failures == 1 else 's'})"
     if verbosity >= 2 and record and record.duration_ms is not None:
         line += f"  in {record.duration_ms / 1000:.2f}s"
     if row.is_head and known:

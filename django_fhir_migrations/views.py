@@ -51,6 +51,7 @@ class ScriptRow:
     duration: str = ""
     applied_by: str = ""
     fake: bool = False
+    failures: int = 0  # refused entries it was applied with (its failure budget)
     is_head: bool = False
     drifted: bool = False
     out_of_order: bool = False
@@ -74,7 +75,8 @@ class ScriptRow:
             doc=row.script.doc, applied=row.applied if known else None,
             applied_at=parse_datetime(record.applied_at) if record else None,
             duration=duration, applied_by=(record.applied_by or "") if record else "",
-            fake=bool(record and record.fake), is_head=row.is_head, drifted=row.drifted,
+            fake=bool(record and record.fake), failures=record.failures if record else 0,
+            is_head=row.is_head, drifted=row.drifted,
             out_of_order=row.out_of_order, progress=row.progress, running=running,
         )
 

@@ -48,3 +48,57 @@ def test_a_verify_fixed_in_the_script_runs_the_upgrade_again_resumed(fhir_settin
     assert "running verify() again" not in out and "4 resource(s) it wrote are skipped" in out
     assert fhir.applied() == [revision]
     assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in fhir.patients())
+
+
+BUDGET = """
+BAD = {bad!r}
+with ctx.batch(size=4, max_failures={budget}) as b:
+    for p in ctx.search('Patient', identifier={system!r}, as_dict=True):
+        p['identifier'].append({{'system': {new!r}, 'value': p['id']}})
+        if p['id'] in BAD:
+            p['meta']['versionId'] = '99'  # the bug: a stale version, refused by the server
+        b.update(p)
+"""
+
+
+def test_a_failure_budget_applies_with_failures_then_retry_failed_fixes_exactly_those(
+        fhir_settings, fhir, scripts):
+    patients = seed(fhir, 10)
+    bad = sorted(p["id"] for p in patients[:3])
+    revision = scripts.add("append", upgrade=BUDGET.format(bad=bad, budget=5, system=fhir.system + "|", new=NEW),
+                           downgrade="ctx.undo()")
+    code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    assert "3 failures" in out and "within the budget of 5 failures" in out
+    assert fhir.applied() == [revision]
+    by_id = {p["id"]: p for p in fhir.patients()}
+    assert all(len(appended(by_id[i])) == (0 if i in bad else 1) for i in by_id)
+    code, out, _ = call("fhirshowmigrations")
+    assert "(with 3 failures)" in out
+    applied = next(e for e in fhir.state()["extension"] if e["url"].endswith("/applied-migration"))
+    assert {"url": "failures", "valueInteger": 3} in applied["extension"]
+
+    path = scripts.path / "append.py"  # the fix
+    path.write_text(path.read_text().replace("p['meta']['versionId'] = '99'", "pass"))
+    code, out, err = call("fhirmigrate", retry_failed="append")
+    assert code == 0, err
+    assert "over the 3 resource(s) it left as failures" in out and "checksum will be accepted" in out
+    by_id = {p["id"]: p for p in fhir.patients()}
+    assert all(len(appended(p)) == 1 for p in by_id.values())
+    assert all(by_id[i]["meta"]["versionId"] == "2" for i in by_id)  # the 7 were not touched again
+    code, out, _ = call("fhirshowmigrations")
+    assert "failure" not in out and "edited since applied" not in out
+    assert code == 0
+
+    assert call("fhirdowngrade")[0] == 0  # undo covers the first run and the retry
+    assert all(appended(p) == [] for p in fhir.patients())
+
+
+def test_past_the_failure_budget_the_run_stops_unrecorded_as_before(fhir_settings, fhir, scripts):
+    patients = seed(fhir, 12)
+    bad = sorted(p["id"] for p in patients[:6])
+    scripts.add("append", upgrade=BUDGET.format(bad=bad, budget=5, system=fhir.system + "|", new=NEW))
+    code, _, err = call("fhirmigrate")
+    assert code == 1
+    assert "more than its budget of 5 failures" in err
+    assert fhir.applied() == []

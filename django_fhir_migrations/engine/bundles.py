@@ -31,11 +31,13 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from .config import failure_budget
 from .errors import BundleError, FhirServerError
 from .fhir.cancel import cancellable
 from .journal import (
     TRANSACTION_SEMANTICS_HEADER,
     TRY_AS_TRANSACTION_FIRST,
+    Failure,
     Result,
     Write,
     bundle_error,
@@ -59,7 +61,8 @@ class BundleWriter:
     """Collects writes into bundles of `size` and sends them (see the module docstring)."""
 
     def __init__(self, ctx: ScriptContext, kind: str, *, size: int | None = None,
-                 raise_errors: bool = True, transaction_first: bool = True, workers: int | None = None):
+                 raise_errors: bool = True, transaction_first: bool = True, workers: int | None = None,
+                 max_failures: float | None = None):
         if kind not in ("batch", "transaction"):
             raise ValueError(f"kind must be 'batch' or 'transaction', not {kind!r}")
         self.ctx = ctx
@@ -69,6 +72,9 @@ class BundleWriter:
         self.size = size or ctx.settings.bundle_size
         self.workers = max(1, workers if workers is not None else ctx.settings.workers)
         self.raise_errors = raise_errors
+        # Refused entries the block may leave behind: a count, or a fraction of what it sent.
+        self.max_failures = (ctx.settings.max_failures if max_failures is None
+                             else failure_budget(max_failures, "max_failures"))
         self.entries: list[Write] = []
         self.failures: list[Result] = []
         self.sent_bundles = 0
@@ -165,9 +171,25 @@ class BundleWriter:
             self.sent_bundles += 1
             self.committed += sum(1 for r in results if r.ok)
             self.failures.extend(failed)
+            failures = len(self.failures)
         for status, count, message, examples in failure_summary(failed):
             logger.error("%s entries failed: %d x %s %s (%s)", self.kind, count, status, message,
                          ", ".join(examples))
+        if failed and self.raise_errors and self.max_failures >= 1 and failures > self.max_failures:
+            # Past a count budget: stop now (resumable), not at the end of a long block.
+            raise bundle_error(self.kind, self.failures, budget=self._budget())
+
+    def _budget(self) -> str:
+        if self.max_failures >= 1:
+            return f"{int(self.max_failures)} failure{'' if self.max_failures == 1 else 's'}"
+        return f"{self.max_failures:.4g} of the entries sent"
+
+    def _within_budget(self) -> bool:
+        if not self.max_failures:
+            return False
+        if self.max_failures >= 1:
+            return len(self.failures) <= self.max_failures
+        return len(self.failures) <= self.max_failures * (self.committed + len(self.failures))
 
     def _wait_in_flight(self, *, below: int) -> None:
         """Wait, oldest first, until fewer than `below` bundles are in flight (raises the first
@@ -203,4 +225,12 @@ class BundleWriter:
         self.flush()
         self._drain()
         if self.failures and self.raise_errors:
-            raise bundle_error(self.kind, self.failures)
+            if not self._within_budget():
+                raise bundle_error(self.kind, self.failures, budget=self._budget() if self.max_failures else "")
+            # Within the budget: the migration goes on, and is recorded "applied with N failures".
+            self.ctx.journal.failures.extend(Failure.of(r) for r in self.failures)
+            summary = "; ".join(f"{count} x {status} {message} ({', '.join(examples)})"
+                                for status, count, message, examples in failure_summary(self.failures))
+            self.ctx.events.emit("bundle_failures", script=self.ctx.script, count=len(self.failures),
+                                 detail=f"{len(self.failures)} entr{'y' if len(self.failures) == 1 else 'ies'} "
+                                        f"refused, within the budget of {self._budget()}: {summary}")

@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RESPONSE_MB": 64,
     "PROVENANCE": True,
     "WORKERS": 2,  # measured: benchmarks/README.md, run 12
+    "MAX_FAILURES": 0,  # refused batch entries a migration may leave behind (count, or fraction < 1)
     "SIGNING_KEY": None,  # Django: SECRET_KEY; signs the Provenance undo and resume trust
     "SIGNING_KEY_FALLBACKS": [],  # Django: SECRET_KEY_FALLBACKS; still accepted (rotation)
 }
@@ -73,6 +74,7 @@ ENV_VARS: dict[str, str] = {
     "FHIR_MIGRATIONS_MAX_RESPONSE_MB": "MAX_RESPONSE_MB",
     "FHIR_MIGRATIONS_PROVENANCE": "PROVENANCE",
     "FHIR_MIGRATIONS_WORKERS": "WORKERS",
+    "FHIR_MIGRATIONS_MAX_FAILURES": "MAX_FAILURES",
     "FHIR_MIGRATIONS_SIGNING_KEY": "SIGNING_KEY",
     "FHIR_MIGRATIONS_SIGNING_KEY_FALLBACKS": "SIGNING_KEY_FALLBACKS",
 }
@@ -116,6 +118,7 @@ class Settings:
     provenance: bool = True  # every ctx write recorded as Provenance: resume and undo
     workers: int = 2  # bundles sent at once by ctx.batch()/transaction() (updates only; see bundles.py)
     signing_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: the first signs
+    max_failures: float = 0  # a count (>= 1, whole) or a fraction (0 < f < 1) of a batch's entries
     applied_by: str | None = None
     source: str = field(default="settings")  # where the values came from, for messages
 
@@ -187,6 +190,7 @@ class Settings:
             max_response_bytes=int(number("MAX_RESPONSE_MB", minimum=1) * 1024 * 1024),
             provenance=_boolean(merged["PROVENANCE"], setting("PROVENANCE")),
             workers=int(number("WORKERS", minimum=1, integer=True)),
+            max_failures=failure_budget(merged["MAX_FAILURES"], setting("MAX_FAILURES")),
             signing_keys=_signing_keys(merged["SIGNING_KEY"], merged["SIGNING_KEY_FALLBACKS"],
                                        setting("SIGNING_KEY"), setting("SIGNING_KEY_FALLBACKS")),
             applied_by=environ.get("FHIR_MIGRATIONS_USER") or None,
@@ -325,6 +329,24 @@ def _verify(value: Any, setting: str) -> bool | str:
             raise ConfigurationError(setting, f"CA bundle {value!r} does not exist.")
         return value
     return _boolean(value, setting)
+
+
+MAX_FAILURE_COUNT = 1_000_000
+
+
+def failure_budget(value: Any, setting: str) -> float:
+    """MAX_FAILURES / ctx.batch(max_failures=): a whole count of refused entries, or a
+    fraction below 1 of the entries sent (0.01: one in a hundred)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number < 0 or number > MAX_FAILURE_COUNT \
+            or (number >= 1 and not number.is_integer()):
+        raise ConfigurationError(setting, f"must be a whole number of failures (0 to {MAX_FAILURE_COUNT:,}) "
+                                          f"or a fraction below 1 (0.01: one entry in a hundred), got "
+                                          f"{value!r}.")
+    return int(number) if number >= 1 or number == 0 else number
 
 
 def _signing_keys(key: Any, fallbacks: Any, setting: str, fallbacks_setting: str) -> tuple[str, ...]:

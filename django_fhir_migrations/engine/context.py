@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import requests
@@ -54,7 +54,8 @@ class MigrationContext:
     def __init__(self, connection: FhirConnection, settings: Settings, *, dry_run: bool = False,
                  script: Any = None, direction: str = "upgrade", events: EventStream | None = None,
                  stdout: IO[str] | None = None, attempt: Attempt | None = None,
-                 applied: AppliedMigration | None = None):
+                 applied: AppliedMigration | None = None,
+                 only: Mapping[str, Collection[str]] | None = None):
         self.connection = connection
         self.settings = settings
         self.dry_run = dry_run
@@ -66,6 +67,8 @@ class MigrationContext:
         self.attempt = attempt
         self.journal = attempt.journal if attempt is not None else Journal(connection)
         self.applied = applied  # in a downgrade, the application ctx.undo() reverts
+        # --retry-failed: ctx.search yields only these resources (type -> ids), nothing else.
+        self.only = {t: sorted(ids) for t, ids in only.items()} if only is not None else None
         self.log = script_logger
         self.dry_run_writes: list[tuple[str, str]] = []
         # Last version of resources this migration has seen, for dry-run diffs. Bounded: memory
@@ -109,6 +112,16 @@ class MigrationContext:
         query = dict(params or {})
         query.update(search)
         query.setdefault("_count", self.settings.page_size)
+        if self.only is not None:  # the script's own search, over the failed resources alone
+            ids = self.only.get(resource_type, [])
+            for start in range(0, len(ids), 100):
+                yield from self._search(resource_type, dict(query, _id=",".join(ids[start:start + 100])),
+                                        as_dict, read_ahead)
+            return
+        yield from self._search(resource_type, query, as_dict, read_ahead)
+
+    def _search(self, resource_type: str, query: dict[str, Any], as_dict: bool, read_ahead: bool
+                ) -> Iterator[Any]:
         entries = search_entries(self.connection, resource_path(resource_type), query,
                                  read_ahead=read_ahead)
         try:
@@ -222,13 +235,19 @@ class MigrationContext:
     # --- writing: bundles ----------------------------------------------------------------
 
     def batch(self, *, size: int | None = None, raise_errors: bool = True,
-              transaction_first: bool = True, workers: int | None = None) -> BundleWriter:
+              transaction_first: bool = True, workers: int | None = None,
+              max_failures: float | None = None) -> BundleWriter:
         """`with ctx.batch() as b:` collects writes into batch bundles of `size` (BUNDLE_SIZE),
         each entry applied on its own; failures are raised together at the end of the block
         (`raise_errors=False`: read `b.failures`). `workers` bundles are sent at once (WORKERS).
-        See bundles.py."""
+        `max_failures` (MAX_FAILURES, default 0): refused entries the migration may leave
+        behind, a count or a fraction below 1 of the entries sent; within it the block goes on,
+        the failures are recorded and the migration is applied "with N failures"
+        (`fhirmigrate --retry-failed NAME` reruns it over exactly those); past it, it stops as
+        it would without one. See bundles.py."""
         return BundleWriter(self, "batch", size=size, raise_errors=raise_errors,
-                            transaction_first=transaction_first, workers=workers)
+                            transaction_first=transaction_first, workers=workers,
+                            max_failures=max_failures)
 
     def transaction(self, *, size: int | None = None, workers: int | None = None) -> BundleWriter:
         """`with ctx.transaction() as t:` collects writes into transaction bundles of `size`

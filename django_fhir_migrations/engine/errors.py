@@ -365,8 +365,9 @@ class BundleError(FhirMigrationError):
     """
 
     def __init__(self, kind: str, failures: Sequence[tuple[str, int, str, Sequence[str]]], *,
-                 committed: int = 0, bundles: int = 0):
+                 committed: int = 0, bundles: int = 0, budget: str = ""):
         self.kind = kind
+        self.budget = budget  # the failure budget it went past, as said ("5 failures", "1 %")
         self.failures = [(status, count, message, list(examples))
                          for status, count, message, examples in failures]
         self.count = sum(count for _, count, _, _ in self.failures)
@@ -383,7 +384,8 @@ class BundleError(FhirMigrationError):
                        f"{'y' if committed == 1 else 'ies'} in {bundles} earlier bundle"
                        f"{'' if bundles == 1 else 's'} were committed"
                        f"{' (a resumed run skips them)' if committed else ''}")
-        super().__init__(f"{kind} bundle: {self.count} entr{'y' if self.count == 1 else 'ies'} failed: "
+        over = f" (more than its budget of {budget})" if budget else ""
+        super().__init__(f"{kind} bundle: {self.count} entr{'y' if self.count == 1 else 'ies'} failed{over}: "
                          f"{'; '.join(parts)}{earlier}")
 
 

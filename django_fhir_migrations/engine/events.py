@@ -12,7 +12,8 @@ Actions and the fields they fill:
     plan              direction, scripts, detail ("plan" | "check")
     run_start         direction, scripts, fake
     apply_start       direction, script, fake
-    apply_success     direction, script, fake, duration
+    apply_success     direction, script, fake, duration, count (failures it was applied with),
+                      detail (with failures / a retry's outcome)
     run_done          direction, scripts (done), fake, duration
     dry_run_start     direction, scripts
     dry_run_script    direction, script
@@ -32,7 +33,8 @@ Actions and the fields they fill:
     bulk_job_forgotten detail (the jobs forgotten; "" when there was none)
     bulk_job_kept     detail
     verify_start      script            verify_only  script (upgrade done earlier; verify again)
-    bundle_failures   script, detail (the grouped summary)
+    bundle_failures   script, count, detail (refused entries within the failure budget, grouped)
+    retry_start       script, count (failed resources), detail ("edited": its checksum is accepted)
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO
 
+from . import failures as failures_record
 from .adoption import latest_application
 from .attempt import Attempt
 from .audit import Actor, AuditTrail, error_text
@@ -42,6 +43,7 @@ from .fhir.client import FhirConnection
 from .graph import RevisionGraph
 from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
+from .journal import Failure
 from .loader import MigrationLoader
 from .lock import MigrationLock
 from .recorder import StateRecorder
@@ -326,7 +328,9 @@ class MigrationExecutor:
         return done
 
     def _run_one(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
-                 direction: Direction, *, fake: bool) -> None:
+                 direction: Direction, *, fake: bool, retry: list[Failure] | None = None) -> None:
+        """Run one migration and record it. `retry`: `--retry-failed`, the upgrade again over
+        exactly these resources of a migration applied with failures."""
         self.events.emit("apply_start", direction=direction, script=script, fake=fake)
         lock.check()
         started = time.monotonic()
@@ -337,9 +341,15 @@ class MigrationExecutor:
             attempt = Attempt(lock, script, direction, settings=self.settings,
                               connection=self.connection, actor=self.actor, events=self.events)
             applied = lock.state.applied_record(script.revision)
+            only: dict[str, set[str]] | None = None
+            if retry is not None:
+                only = {}
+                for failure in retry:
+                    resource_type, _, resource_id = failure.ref.partition("/")
+                    only.setdefault(resource_type, set()).add(resource_id)
             ctx = MigrationContext(self.connection, self.settings, script=script,
                                    direction=direction, events=self.events, stdout=self.stdout,
-                                   attempt=attempt, applied=applied)
+                                   attempt=attempt, applied=applied, only=only)
             lock.renewal = attempt.recording
             try:
                 if attempt.verify_only:
@@ -363,24 +373,70 @@ class MigrationExecutor:
                 raise self._failed(script, direction, exc) from exc
             lock.renewal = None
             attempts, recorded = attempt.ids, attempt.journal.writer is not None
+            failed = attempt.journal.failures
         elif direction == "upgrade":
             attempts = self._adopt(script)
-            recorded = bool(attempts)
+            recorded, failed = bool(attempts), []
         duration = time.monotonic() - started
+        detail = ""
         if direction == "upgrade":
+            before = lock.held.applied_record(script.revision) if retry is not None else None
+            if failed or before is not None:  # the details first: the state never counts failures it lacks
+                failures_record.write(self.connection, self.settings.state_id, lock.held.resource_id,
+                                      script.revision, failed)
             entry = AppliedMigration(
                 revision=script.revision, name=script.name, applied_at=isoformat(utcnow()),
                 duration_ms=int(duration * 1000), checksum=script.checksum,
                 applied_by=self.actor.describe(), fake=fake, attempts=attempts, provenance=recorded,
+                failures=len(failed),
             )
+            if before is not None:  # --retry-failed: the same application, continued
+                entry = replace(before, checksum=script.checksum, failures=len(failed),
+                                attempts=before.attempts + tuple(a for a in attempts if a not in before.attempts),
+                                provenance=before.provenance and recorded)
+                detail = (f"retried {len(retry or [])} failed resource(s): {len(failed)} still fail"
+                          + (f"; its edited checksum {script.checksum} is accepted"
+                             if before.checksum != script.checksum else ""))
+            elif failed:
+                detail = f"with {len(failed)} failure(s) within its budget"
             state = lock.update(recording_applied(graph, entry))
             event = "faked" if fake else "applied"
         else:
             state = lock.update(recording_reverted(graph, script.revision))
             event = "unfaked" if fake else "reverted"
-        self.audit.record(event, script=script, state=state, duration=duration)
+        self.audit.record(event, script=script, state=state, duration=duration, detail=detail)
         self.events.emit("apply_success", direction=direction, script=script, fake=fake,
-                         duration=duration)
+                         duration=duration, count=len(failed) if direction == "upgrade" else 0,
+                         detail=detail)
+
+    def retry_failed(self, target: str, *, lock_timeout: float | None = None) -> Outcome:
+        """`fhirmigrate --retry-failed NAME`: run the migration's upgrade again over exactly the
+        resources it was applied with as failures (its ctx.search yields only them), accepting
+        the script as it is now; what still fails is recorded as its failures."""
+        graph = self.loader.valid_graph()
+        script = graph.resolve(target)
+        entry = self.recorder.read().applied_record(script.revision)
+        if entry is None:
+            raise RevisionError(f"{script.name} ({script.revision}) is not applied, so it has no "
+                                "failures to retry; `{migrate}` applies it.")
+        if not entry.failures:
+            raise RevisionError(f"{script.name} ({script.revision}) was applied without failures: "
+                                "there is nothing to retry.")
+        failed = failures_record.read(self.connection, self.settings.state_id, script.revision)
+        if not failed:
+            raise RevisionError(f"{script.name} ({script.revision}) is recorded with {entry.failures} "
+                                "failure(s), but the record naming them is missing from the server.")
+        self._require_signing_key()
+        with signals_interrupt():
+            lock = self._new_lock(lock_timeout)
+            try:
+                lock.acquire(self.recorder.read(), self._timeout(lock_timeout))
+                self.events.emit("retry_start", script=script, count=len(failed),
+                                 detail="edited" if entry.checksum != script.checksum else "")
+                self._run_one(graph, lock, script, "upgrade", fake=False, retry=failed)
+            finally:
+                lock.release()
+        return Outcome(done=[script])
 
     def _adopt(self, script: MigrationScript) -> tuple[str, ...]:
         """`--fake` after `fhirreset`: the writes of the latest application the server holds

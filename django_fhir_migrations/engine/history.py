@@ -82,12 +82,15 @@ class History:
 
 
 def recording_applied(graph: RevisionGraph, entry: AppliedMigration):
-    """The state change that records `entry` as applied (idempotent)."""
+    """The state change that records `entry` as applied (idempotent; an entry already there for
+    the revision, as after `--retry-failed`, is replaced where it stands)."""
 
     def mutate(state: MigrationState) -> MigrationState:
         entries = History(state, graph).entries()
         if all(e.revision != entry.revision for e in entries):
             entries.append(entry)
+        else:
+            entries = [entry if e.revision == entry.revision else e for e in entries]
         state = state.with_attempt(None, entry.revision)  # the application is complete
         return state.with_applied(entries, graph.top(e.revision for e in entries))
 

@@ -163,6 +163,7 @@ class Journal:
     skipped: int = 0
     bundles: int = 0
     committed_whole: int = 0
+    failures: list[Failure] = field(default_factory=list)  # within a batch's failure budget
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -599,5 +600,20 @@ def failure_summary(results: Sequence[Result], *, examples: int = 3) -> list[tup
             for (status, message), labels in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
 
 
-def bundle_error(kind: str, results: Sequence[Result], committed: int = 0, bundles: int = 0) -> BundleError:
-    return BundleError(kind, failure_summary(results), committed=committed, bundles=bundles)
+def bundle_error(kind: str, results: Sequence[Result], committed: int = 0, bundles: int = 0,
+                 budget: str = "") -> BundleError:
+    return BundleError(kind, failure_summary(results), committed=committed, bundles=bundles, budget=budget)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A refused entry a migration was allowed to leave behind (its failure budget): `Type/id`,
+    the server's status and its grouped message; never anything from the resource's body."""
+
+    ref: str
+    status: str
+    message: str
+
+    @classmethod
+    def of(cls, result: Result) -> Failure:
+        return cls(result.write.label, result.code, REFERENCE.sub(r"\1/…", result.diagnostics[:300]))

@@ -80,6 +80,9 @@ class Project:
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         return self.executor.break_lock(confirm)
 
+    def retry_failed(self, target: str, *, lock_timeout: float | None = None) -> Outcome:
+        return self.executor.retry_failed(target, lock_timeout=lock_timeout)
+
     def forget_bulk_job(self, confirm: Confirm | None, *, lock_timeout: float | None = None) -> Outcome:
         return self.executor.forget_bulk_job(confirm, lock_timeout=lock_timeout)
 

@@ -66,6 +66,7 @@ class AppliedMigration:
     fake: bool = False
     attempts: tuple[str, ...] = ()  # the Provenance tags of its writes: what ctx.undo() reverts
     provenance: bool = False  # applied with its writes recorded as Provenance (undo can work)
+    failures: int = 0  # refused entries left within its failure budget (failures.py holds them)
 
     def to_extension(self) -> dict[str, Any]:
         parts: list[dict[str, Any]] = [{"url": "revision", "valueString": self.revision}]
@@ -83,6 +84,8 @@ class AppliedMigration:
             parts.append({"url": "fake", "valueBoolean": True})
         if self.provenance:
             parts.append({"url": "provenance", "valueBoolean": True})
+        if self.failures:
+            parts.append({"url": "failures", "valueInteger": int(self.failures)})
         parts += [{"url": "attempt", "valueString": a} for a in self.attempts]
         return {"url": APPLIED_EXTENSION, "extension": parts}
 
@@ -102,6 +105,7 @@ class AppliedMigration:
             fake=values.boolean("fake"),
             attempts=values.texts("attempt"),
             provenance=values.boolean("provenance"),
+            failures=values.integer("failures", minimum=0) or 0,
         )
 
     def record_identifier(self, state_id: str) -> str:
