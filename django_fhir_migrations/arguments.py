@@ -64,6 +64,10 @@ MIGRATE: tuple[Arg, ...] = (
         "ran (audited); runs nothing.", action="store_true"),
     Arg(("--break-lock",), "Remove another process's migration lock (asks first), then stop.",
         action="store_true"),
+    Arg(("--pause",), "Ask the migration running on this state (on any host) to stop at its next "
+        "bundle; a plain run continues it.", action="store_true"),
+    Arg(("--cancel",), "Stop the running (or paused, or interrupted) migration and revert what it "
+        "wrote (asks first); nothing is recorded as applied.", action="store_true"),
     Arg(("--retry-failed",), "Run an applied migration again over exactly the resources it left "
         "as failures (accepting the script as it is now).", metavar="NAME"),
     Arg(("--forget-bulk-job",), "Forget a server-side bulk job an interrupted migration may still "

@@ -31,6 +31,10 @@ def migrate(project: Project, console: Console, options: Options) -> int:
         return project.break_lock(console.confirm()).exit_code
     if options.get("accept_checksums"):
         return project.accept_checksums().exit_code
+    if options.get("pause"):
+        return project.request_pause(wait=options.get("lock_timeout")).exit_code
+    if options.get("cancel"):
+        return project.cancel(console.confirm(), lock_timeout=options.get("lock_timeout")).exit_code
     if options.get("retry_failed"):
         return project.retry_failed(options["retry_failed"], lock_timeout=options.get("lock_timeout")).exit_code
     if options.get("forget_bulk_job"):

@@ -160,6 +160,39 @@ class Console:
         if event.detail and event.direction == "upgrade" and not event.fake:
             self.line("info", f"    {event.detail[:1].upper()}{event.detail[1:]}.")
 
+    def _on_stop_requested(self, event: Event) -> None:
+        action, _, holder = event.detail.partition("|")
+        self.line("info", f"Asked the migration run by {holder} to {action}; it stops at its next "
+                          "bundle (within a few seconds)...")
+
+    def _on_stop_pending(self, event: Event) -> None:
+        if event.detail == "finished":
+            self.line("info", "The run finished before it could pause: nothing is paused.")
+        else:
+            self.line("warning", f"The running migration has not stopped yet; it will {event.detail} "
+                                 "at its next bundle.")
+
+    def _on_nothing_running(self, event: Event) -> None:
+        self.line("info", f"No migration is running or unfinished on state {event.detail!r}: nothing "
+                          "to pause or cancel.")
+
+    def _on_paused(self, event: Event) -> None:
+        what = _label(event.script) if event.script is not None else "the migration"
+        asked = event.detail if event.detail.startswith("by ") else f"at the request of {event.detail}"
+        self.line("success", f"    Paused {what} {asked} after {event.count:,} resource(s). "
+                             f"`{self.vocabulary.command('migrate')}` continues it.")
+
+    def _on_cancelled(self, event: Event) -> None:
+        if event.count < 0:
+            self.line("success", "Cancelled: the running migration reverted what it had written.")
+            return
+        what = _label(event.script) if event.script is not None else "the migration"
+        self.line("success", f"    Cancelled {what}: {event.count:,} resource(s) it wrote were reverted; "
+                             "nothing is recorded as applied.")
+
+    def _on_cancel_kept(self, event: Event) -> None:
+        self.line("info", "Cancel cancelled: nothing was changed.")
+
     def _on_retry_start(self, event: Event) -> None:
         script = event.script
         assert script is not None

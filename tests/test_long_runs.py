@@ -102,3 +102,118 @@ def test_past_the_failure_budget_the_run_stops_unrecorded_as_before(fhir_setting
     assert code == 1
     assert "more than its budget of 5 failures" in err
     assert fhir.applied() == []
+
+
+SLOW_APPEND = """
+import time
+with ctx.batch(size=10) as batch:
+    for p in ctx.search('Patient', identifier={system!r}, _count=10, as_dict=True):
+        time.sleep(0.03)
+        p['identifier'].append({{'system': {new!r}, 'value': p['id']}})
+        batch.update(p)
+"""
+
+
+def start_in_background(fhir, scripts):
+    import subprocess
+    import sys
+
+    from .support.helpers import REPO
+    from .test_large_migrations import manage_env
+
+    env = manage_env(fhir, scripts, FHIR_MIGRATIONS_LOCK_TTL="30")
+    return subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until_writing(fhir, process, at_least: int = 40) -> None:
+    import time
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        if sum(1 for p in fhir.patients() if appended(p)) >= at_least:
+            return
+        time.sleep(0.3)
+    raise AssertionError("the migration did not start writing")
+
+
+def test_pause_from_another_process_then_continue_changes_each_resource_once(fhir_settings, fhir, scripts):
+    import time
+
+    seed(fhir, 300)
+    revision = scripts.add("append", upgrade=SLOW_APPEND.format(system=fhir.system + "|", new=NEW))
+    process = start_in_background(fhir, scripts)
+    try:
+        wait_until_writing(fhir, process)
+        asked = time.monotonic()
+        code, out, err = call("fhirmigrate", pause=True)
+        assert code == 0, err
+        assert time.monotonic() - asked < 15  # one bundle or 5 s, whichever is later (and slack)
+        assert "Paused" in out and "continues it" in out
+        stdout, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+        assert "Paused" in stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+    state = fhir.state()
+    assert not any(e["url"].endswith("migration-lock") for e in state["extension"])
+    [attempt] = [e for e in state["extension"] if e["url"].endswith("/migration-attempt")]
+    assert any(p["url"] == "paused" for p in attempt["extension"])
+    done = sum(1 for p in fhir.patients() if appended(p))
+    assert 0 < done < 300 and fhir.applied() == []
+    code, out, _ = call("fhirshowmigrations")
+    assert "paused by" in out
+
+    code, out, err = call("fhirmigrate")  # continue
+    assert code == 0, err
+    assert f"{done:,} resource(s) it wrote are skipped" in out
+    assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in fhir.patients())
+    assert fhir.applied() == [revision]
+
+
+def test_cancel_from_another_process_reverts_everything_and_records_nothing(fhir_settings, fhir, scripts):
+    before = {p["id"]: p for p in seed(fhir, 300)}
+    scripts.add("append", upgrade=SLOW_APPEND.format(system=fhir.system + "|", new=NEW))
+    process = start_in_background(fhir, scripts)
+    try:
+        wait_until_writing(fhir, process)
+        code, out, err = call("fhirmigrate", cancel=True, interactive=False)
+        assert code == 0, err
+        assert "Cancelled" in out
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1
+        assert "Cancelled" in stdout and "nothing is recorded as applied" in stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert fhir.applied() == []
+    state = fhir.state()
+    assert not any(e["url"].endswith(("/migration-attempt", "/migration-lock", "/migration-control"))
+                   for e in state.get("extension", []))
+    for patient in fhir.patients():
+        assert appended(patient) == []
+        assert {k: v for k, v in patient.items() if k != "meta"} == \
+            {k: v for k, v in before[patient["id"]].items() if k != "meta"}
+    events = [e["subtype"][0]["code"] for e in fhir.audit_events() if e.get("subtype")]
+    assert "cancelled" in events
+
+
+def test_cancel_of_a_paused_migration_reverts_it_without_a_running_process(fhir_settings, fhir, scripts):
+    seed(fhir, 300)
+    scripts.add("append", upgrade=SLOW_APPEND.format(system=fhir.system + "|", new=NEW))
+    process = start_in_background(fhir, scripts)
+    try:
+        wait_until_writing(fhir, process)
+        assert call("fhirmigrate", pause=True)[0] == 0
+        process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert any(appended(p) for p in fhir.patients())
+    code, out, err = call("fhirmigrate", cancel=True, interactive=False)
+    assert code == 0, err
+    assert "resource(s) it wrote were reverted" in out
+    assert all(appended(p) == [] for p in fhir.patients()) and fhir.applied() == []
+    code, out, _ = call("fhirmigrate", cancel=True, interactive=False)
+    assert code == 0 and "nothing to pause or cancel" in out

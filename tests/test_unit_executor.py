@@ -174,7 +174,8 @@ def test_a_failing_migration_stops_the_run_and_is_not_recorded(world):
     assert (error.revision, error.direction, type(error.error)) == (b, "upgrade", ValueError)
     assert "bad data in row 7" in str(error) and "second" in str(error)
     assert world.ran == ["up first", "up second"]  # third never ran
-    assert world.actions() == ["run_start", "apply_start first", "apply_success first", "apply_start second"]
+    assert world.actions() == ["run_start", "apply_start first", "apply_success first", "apply_start second",
+                              "apply_failed second"]
     record_a, release = world.state_writes()
     assert (head_of(record_a), applied_in(record_a)) == (a, [a])
     assert (head_of(release), applied_in(release)) == (a, [a])  # the lease goes, the head stays

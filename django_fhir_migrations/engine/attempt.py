@@ -12,12 +12,15 @@ that wrote (what `ctx.undo()` reverts) and the attempt record goes, in the same 
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from typing import TYPE_CHECKING
 
 from .audit import Actor, error_text
 from .clock import isoformat, utcnow
 from .config import Settings
+from .control import CHECK_EVERY, StopRequested
 from .errors import FhirMigrationError
 from .events import EventStream
 from .fhir.client import FhirConnection
@@ -26,7 +29,7 @@ from .provenance import Writer
 from .redaction import scrub
 from .resume import ResumeIndex
 from .script import MigrationScript
-from .state import AttemptRecord, MigrationState
+from .state import AttemptRecord, ControlRequest, MigrationState
 
 if TYPE_CHECKING:
     from .lock import MigrationLock
@@ -34,12 +37,19 @@ if TYPE_CHECKING:
 
 class Attempt:
     def __init__(self, lock: MigrationLock, script: MigrationScript, direction: str, *,
-                 settings: Settings, connection: FhirConnection, actor: Actor, events: EventStream):
+                 settings: Settings, connection: FhirConnection, actor: Actor, events: EventStream,
+                 reverts: tuple[str, ...] = ()):
+        """`reverts`: a cancel, the upgrade attempts whose writes this (downgrade) attempt
+        reverts; kept in its record, so that an interrupted cancel can be finished."""
         assert lock.state is not None
         self.lock = lock
         self.script = script
         self.direction = direction
         earlier = lock.state.attempt_for(script.revision, direction)
+        self.reverts = reverts or (earlier.reverts if earlier else ())
+        self.paused = ""
+        self._checked = time.monotonic()
+        self._check_mutex = threading.Lock()
         self.previous: tuple[str, ...] = earlier.attempts if earlier else ()
         self.started_at = earlier.started_at if earlier else isoformat(utcnow())
         self.written_before = earlier.written if earlier else 0
@@ -53,7 +63,8 @@ class Attempt:
                         direction=direction) if settings.provenance else None
         version = lock.state.version_id or ""
         self.journal = Journal(connection, writer, previous=self.previous if writer else (),
-                               on_start=self._record_start, integer_versions=version.isdigit())
+                               on_start=self._record_start, integer_versions=version.isdigit(),
+                               on_boundary=self.checkpoint)
         if earlier and writer is not None and not self.verify_only:
             # What the interrupted attempts wrote, from their own signed records: the count
             # said is what resume found, not what the last lease renewal managed to record.
@@ -75,7 +86,8 @@ class Attempt:
             revision=self.script.revision, direction=self.direction,
             attempts=self.previous + (self.id,), started_at=self.started_at,
             written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
-            error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded)
+            error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded,
+            paused=self.paused, reverts=self.reverts)
 
     def recording(self, state: MigrationState) -> MigrationState:
         """The state with this attempt's progress in it (for lease renewals)."""
@@ -89,6 +101,25 @@ class Attempt:
         self.job, self.job_started = status_url, started
         self.journal.start()
         self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def checkpoint(self) -> None:
+        """At a bundle boundary: at most every CHECK_EVERY seconds, write the progress (which
+        renews the lease) and look at what comes back for an operator's stop request."""
+        with self._check_mutex:
+            now = time.monotonic()
+            if now - self._checked < CHECK_EVERY:
+                return
+            self._checked = now
+            state = self.lock.update(self.recording)
+        control = state.control
+        if control is not None and control.token == self.lock.token:
+            raise StopRequested(control)
+
+    def pause(self, request: ControlRequest) -> None:
+        """Stopped on request: recorded as paused (with its count), the request answered."""
+        self.paused = f"by {request.requested_by} at {request.requested_at}"
+        self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision)
+                         .with_control(None))
 
     def mark_upgraded(self, checksum: str) -> None:
         """upgrade() returned; verify() comes next. Recorded, so that when verify() fails a

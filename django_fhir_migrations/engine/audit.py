@@ -49,6 +49,8 @@ EVENTS = {
     "lock-broken": ("Migration lock broken", "U"),
     "checksums-accepted": ("Checksums of edited migrations accepted", "U"),
     "bulk-job-forgotten": ("Bulk job of an interrupted migration forgotten", "U"),
+    "paused": ("Migration paused on request", "E"),
+    "cancelled": ("Migration cancelled on request, its writes reverted", "E"),
 }
 SUCCESS, SERIOUS_FAILURE = "0", "8"
 

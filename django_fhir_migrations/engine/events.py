@@ -33,6 +33,12 @@ Actions and the fields they fill:
     bulk_job_forgotten detail (the jobs forgotten; "" when there was none)
     bulk_job_kept     detail
     verify_start      script            verify_only  script (upgrade done earlier; verify again)
+    apply_failed      direction, script, detail (the error, scrubbed)
+    stop_requested    detail ("pause|holder" or "cancel|holder")
+    stop_pending      detail (the action not done yet, or "finished": the run ended first)
+    paused            script, count (resources written), detail (who asked)
+    cancelled         script, count (resources reverted; -1: the running process did it), detail
+    nothing_running   detail (state id)          cancel_kept  -
     bundle_failures   script, count, detail (refused entries within the failure budget, grouped)
     retry_start       script, count (failed resources), detail ("edited": its checksum is accepted)
 """

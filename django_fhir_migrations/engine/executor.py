@@ -27,6 +27,7 @@ from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, utcnow
 from .config import Settings
 from .context import MigrationContext
+from .control import StopRequested, request_stop, wait_for_stop
 from .errors import (
     ChecksumMismatchError,
     FhirMigrationError,
@@ -49,10 +50,19 @@ from .lock import MigrationLock
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
-from .state import AppliedMigration, LockInfo
+from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
+from .undo import undo
 
 Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")
+
+
+class RunStopped(Exception):
+    """The run stopped at an operator's request (pause: exit 0; cancel: 1)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -120,7 +130,7 @@ class MigrationExecutor:
                 if not plan:
                     self.events.emit("nothing_to_do", detail="another_process")
                     return Outcome()
-                return Outcome(done=self._run_all(graph, lock, plan, "upgrade", fake))
+                return self._run_all(graph, lock, plan, "upgrade", fake)
             finally:
                 lock.release()
 
@@ -171,7 +181,7 @@ class MigrationExecutor:
                         "nothing was reverted.",
                         "Check `{showmigrations}` and run the downgrade again.",
                     )
-                return Outcome(done=self._run_all(graph, lock, plan, "downgrade", fake))
+                return self._run_all(graph, lock, plan, "downgrade", fake)
             finally:
                 lock.release()
 
@@ -315,17 +325,20 @@ class MigrationExecutor:
             self.settings.signer  # noqa: B018 - raises ConfigurationError naming SIGNING_KEY
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
-                 direction: Direction, fake: bool) -> list[MigrationScript]:
+                 direction: Direction, fake: bool) -> Outcome:
         self.events.emit("run_start", direction=direction, scripts=tuple(plan), fake=fake,
                          detail=self.settings.state_id)
         started = time.monotonic()
         done: list[MigrationScript] = []
         for script in plan:
-            self._run_one(graph, lock, script, direction, fake=fake)
+            try:
+                self._run_one(graph, lock, script, direction, fake=fake)
+            except RunStopped as stopped:  # an operator's pause or cancel: the rest waits
+                return Outcome(done=done, pending=plan[len(done):], exit_code=stopped.exit_code)
             done.append(script)
         self.events.emit("run_done", direction=direction, scripts=tuple(done), fake=fake,
                          duration=time.monotonic() - started)
-        return done
+        return Outcome(done=done)
 
     def _run_one(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
                  direction: Direction, *, fake: bool, retry: list[Failure] | None = None) -> None:
@@ -351,6 +364,8 @@ class MigrationExecutor:
                                    direction=direction, events=self.events, stdout=self.stdout,
                                    attempt=attempt, applied=applied, only=only)
             lock.renewal = attempt.recording
+            if direction == "upgrade":
+                self._refuse_while_cancelling(lock.held, script)
             try:
                 if attempt.verify_only:
                     self.events.emit("verify_only", script=script)
@@ -358,16 +373,23 @@ class MigrationExecutor:
                     self._run_script(lock, script, direction, ctx)
                 if direction == "upgrade" and script.has_verify:
                     self._verify(lock, script, attempt, ctx)
+            except StopRequested as stop:  # an operator asked (fhirmigrate --pause / --cancel)
+                lock.renewal = None
+                self._stop(graph, lock, script, attempt, stop.request)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: audited, then re-raised
                 self.connection.stopping.set()  # no more waiting out a server's back-off
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
+                self.events.emit("apply_failed", direction=direction, script=script,
+                                 detail=scrub(error_text(exc)))
                 raise
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in a script is a failure too
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
+                self.events.emit("apply_failed", direction=direction, script=script,
+                                 detail=scrub(error_text(exc)))
                 if isinstance(exc, VerificationError):
                     raise
                 raise self._failed(script, direction, exc) from exc
@@ -408,6 +430,133 @@ class MigrationExecutor:
         self.events.emit("apply_success", direction=direction, script=script, fake=fake,
                          duration=duration, count=len(failed) if direction == "upgrade" else 0,
                          detail=detail)
+
+    # --- pause and cancel (control.py) -------------------------------------------------------
+
+    def _stop(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
+              attempt: Attempt, request: ControlRequest) -> None:
+        """This run was asked to stop at a bundle boundary: pause (recorded, resumable) or
+        cancel (what the application wrote is reverted; nothing is recorded as applied)."""
+        written = attempt.written_before + attempt.journal.written
+        if request.action == "pause" or attempt.direction != "upgrade":  # an undo is only paused
+            attempt.pause(request)
+            self.audit.record("paused", script=script, state=lock.state,
+                              detail=f"at the request of {request.requested_by}, after {written} resource(s)")
+            self.events.emit("paused", script=script, count=written, detail=request.requested_by)
+            raise RunStopped(0)
+        reverted = self._revert_partial(graph, lock, script, attempt.ids, request.requested_by)
+        self.events.emit("cancelled", script=script, count=reverted, detail=request.requested_by)
+        raise RunStopped(1)
+
+    def _revert_partial(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
+                        upgrade_attempts: tuple[str, ...], by: str) -> int:
+        """Revert what the attempts of an unfinished application wrote (a cancel), through the
+        undo of a downgrade attempt that records them (`reverts`), so a cancel interrupted in
+        turn is finished by the next `--cancel`."""
+        assert lock.state is not None
+        attempt = Attempt(lock, script, "downgrade", settings=self.settings, connection=self.connection,
+                          actor=self.actor, events=self.events, reverts=upgrade_attempts)
+        unfinished = AppliedMigration(revision=script.revision, name=script.name,
+                                      attempts=attempt.reverts, provenance=True)
+        ctx = MigrationContext(self.connection, self.settings, script=script, direction="downgrade",
+                               events=self.events, stdout=self.stdout, attempt=attempt,
+                               applied=unfinished)
+        # Recorded as cancelling before anything is reverted: a plain run must not resume it now.
+        lock.update(lambda state: state.with_attempt(attempt.record(), script.revision).with_control(None))
+        lock.renewal = attempt.recording
+        try:
+            reverted = undo(ctx) if attempt.reverts else 0
+        except BaseException as exc:
+            lock.renewal = None
+            attempt.stopped(exc)
+            self.audit.record("failed", script=script, state=lock.state, error=exc)
+            if isinstance(exc, FhirMigrationError):
+                raise
+            raise self._failed(script, "cancel", exc) from exc
+        lock.renewal = None
+        state = lock.update(lambda state: state.with_attempt(None, script.revision))
+        self.audit.record("cancelled", script=script, state=state,
+                          detail=f"at the request of {by}: {reverted} resource(s) reverted")
+        return reverted
+
+    def _refuse_while_cancelling(self, state: MigrationState, script: MigrationScript) -> None:
+        record = state.attempt_for(script.revision, "downgrade")
+        if record is not None and record.reverts:
+            raise LockError(f"{script.name} ({script.revision}) is being cancelled: an earlier cancel "
+                            "stopped before it had reverted everything; nothing was run.",
+                            "`{migrate} --cancel` finishes the cancel; then `{migrate}` applies it again.")
+
+    def request_pause(self, *, wait: float | None = None) -> Outcome:
+        """`fhirmigrate --pause`: ask the running migration to pause, and wait until it has."""
+        state, request = request_stop(self.recorder, "pause", self.actor.describe())
+        if request is None:
+            self.events.emit("nothing_running", detail=self.settings.state_id)
+            return Outcome()
+        assert state.lock is not None
+        self.events.emit("stop_requested", detail=f"pause|{state.lock.describe()}")
+        after = wait_for_stop(self.recorder, request, self._timeout(wait))
+        self._report_stop(request, after)
+        return Outcome()
+
+    def cancel(self, confirm: Confirm | None, *, lock_timeout: float | None = None) -> Outcome:
+        """`fhirmigrate --cancel`: stop the running migration (if one runs) and revert what the
+        unfinished application wrote; nothing is recorded as applied."""
+        graph = self.loader.valid_graph()
+        state = self.recorder.read()
+        running = state.lock is not None and not state.lock_expired()
+        unfinished = [a for a in state.attempts if (a.direction == "upgrade" or a.reverts)
+                      and a.revision in graph]
+        if not running and not unfinished:
+            self.events.emit("nothing_running", detail=self.settings.state_id)
+            return Outcome()
+        names = ", ".join(graph.script(a.revision).name for a in unfinished) or "the running migration"
+        question = (f"This stops {names} on state {self.settings.state_id!r} and reverts every "
+                    "resource its unfinished application wrote. Cancel it?")
+        if confirm is not None and not confirm(question):
+            self.events.emit("cancel_kept")
+            return Outcome(exit_code=1)
+        if running:
+            state, request = request_stop(self.recorder, "cancel", self.actor.describe())
+            if request is not None:
+                assert state.lock is not None
+                self.events.emit("stop_requested", detail=f"cancel|{state.lock.describe()}")
+                after = wait_for_stop(self.recorder, request, self._timeout(lock_timeout))
+                if after is None:
+                    self._report_stop(request, None)
+                    return Outcome(exit_code=3)
+                state = after
+        unfinished = [a for a in state.attempts if (a.direction == "upgrade" or a.reverts)
+                      and a.revision in graph]
+        if not unfinished:  # the running process reverted them itself
+            self.events.emit("cancelled", count=-1, detail=self.actor.describe())
+            return Outcome()
+        self._require_signing_key()
+        with signals_interrupt():
+            lock = self._new_lock(lock_timeout)
+            try:
+                lock.acquire(state, self._timeout(lock_timeout))
+                for record in [a for a in lock.held.attempts if (a.direction == "upgrade" or a.reverts)
+                               and a.revision in graph]:
+                    script = graph.script(record.revision)
+                    reverted = self._revert_partial(graph, lock, script, record.reverts or record.attempts,
+                                                    self.actor.describe())
+                    self.events.emit("cancelled", script=script, count=reverted, detail=self.actor.describe())
+            finally:
+                lock.release()
+        return Outcome()
+
+    def _report_stop(self, request: ControlRequest, state: MigrationState | None) -> None:
+        if state is None:
+            self.events.emit("stop_pending", detail=request.action)
+            return
+        paused = [a for a in state.attempts if a.paused]
+        if request.action == "pause" and paused:
+            for record in paused:
+                self.events.emit("paused", count=record.written, detail=record.paused,
+                                 script=self.loader.valid_graph().script(record.revision)
+                                 if record.revision in self.loader.valid_graph() else None)
+        elif request.action == "pause":
+            self.events.emit("stop_pending", detail="finished")
 
     def retry_failed(self, target: str, *, lock_timeout: float | None = None) -> Outcome:
         """`fhirmigrate --retry-failed NAME`: run the migration's upgrade again over exactly the

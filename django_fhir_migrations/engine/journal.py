@@ -159,6 +159,7 @@ class Journal:
     on_start: Callable[[], None] | None = None
     integer_versions: bool = True
     index: ResumeIndex | None = None
+    on_boundary: Callable[[], None] | None = None  # before each send: the attempt's checkpoint
     written: int = 0
     skipped: int = 0
     bundles: int = 0
@@ -192,6 +193,8 @@ class Journal:
         atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
         write, the server's error). Otherwise batch semantics: each write on its own.
         """
+        if self.on_boundary is not None:
+            self.on_boundary()  # may raise StopRequested: an operator asked the run to stop
         results: dict[int, Result] = {}
         if self.writer is None:
             pending = list(enumerate(writes))

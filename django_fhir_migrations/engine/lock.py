@@ -286,7 +286,9 @@ class MigrationLock:
         if self.lost or self.state is None:
             return
         try:
-            self.update(lambda state: state, release=True)
+            # A stop request meant for this run has done its work (or came too late): it goes too.
+            self.update(lambda state: state.with_control(None) if state.control is not None
+                        and state.control.token == self.token else state, release=True)
         except (LeaseLostError, FhirServerError) as exc:
             logger.warning("Could not release the migration lock (it will expire): %s", exc)
         finally:

@@ -80,6 +80,12 @@ class Project:
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         return self.executor.break_lock(confirm)
 
+    def request_pause(self, *, wait: float | None = None) -> Outcome:
+        return self.executor.request_pause(wait=wait)
+
+    def cancel(self, confirm: Confirm | None, *, lock_timeout: float | None = None) -> Outcome:
+        return self.executor.cancel(confirm, lock_timeout=lock_timeout)
+
     def retry_failed(self, target: str, *, lock_timeout: float | None = None) -> Outcome:
         return self.executor.retry_failed(target, lock_timeout=lock_timeout)
 

@@ -28,6 +28,7 @@ from .redaction import printable
 from .state import (
     APPLIED_EXTENSION,
     ATTEMPT_EXTENSION,
+    CONTROL_EXTENSION,
     COUNT_EXTENSION,
     LOCK_EXTENSION,
     NO_HEAD,
@@ -37,6 +38,7 @@ from .state import (
     STATE_SYSTEM,
     AppliedMigration,
     AttemptRecord,
+    ControlRequest,
     LockInfo,
     MigrationState,
 )
@@ -268,6 +270,7 @@ class StateRecorder:
         applied: list[AppliedMigration] = []
         attempts: list[AttemptRecord] = []
         lock = None
+        control = None
         try:
             for ext in data.get("extension", []):
                 if ext.get("url") == APPLIED_EXTENSION:
@@ -276,6 +279,8 @@ class StateRecorder:
                     lock = LockInfo.from_extension(ext)
                 elif ext.get("url") == ATTEMPT_EXTENSION:
                     attempts.append(AttemptRecord.from_extension(ext))
+                elif ext.get("url") == CONTROL_EXTENSION:
+                    control = ControlRequest.from_extension(ext)
             _applied_count(data)
         except (ValueError, TypeError, AttributeError) as exc:
             raise CorruptStateError(self.state_id, str(exc), location) from None
@@ -295,6 +300,7 @@ class StateRecorder:
             applied=applied,
             lock=lock,
             attempts=attempts,
+            control=control,
             inline=bool(applied),
             last_updated=parse_datetime(meta.get("lastUpdated")),
             server_time=_server_time(reply),

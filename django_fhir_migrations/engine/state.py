@@ -9,6 +9,10 @@ so the old tool still reads the head. Our additions are extensions under `EXTENS
 * `migration-attempt`: one per migration whose application (or undo) started and has not
   finished: its attempt ids (the Provenance tags of the writes made so far), how many
   resources they wrote, and why the last attempt stopped. `fhirmigrate` resumes from it.
+* `migration-control`: an operator's request to the running migration (`fhirmigrate --pause`,
+  `--cancel`, the admin page's buttons): the action, the lease it is meant for, who asked and
+  when. The holder sees it at its next bundle boundary (at most every CHECK_EVERY seconds) and
+  stops itself; nothing is ever stopped from outside;
 * `applied-count`: how many migrations are applied;
 * `applied-migration`: one per applied migration, in the order applied (revision, name, when,
   how long, checksum, by whom, fake, attempt ids), as long as there are at most INLINE_LIMIT.
@@ -48,7 +52,9 @@ APPLIED_EXTENSION = EXTENSION_BASE + "applied-migration"
 LOCK_EXTENSION = EXTENSION_BASE + "migration-lock"
 ATTEMPT_EXTENSION = EXTENSION_BASE + "migration-attempt"
 COUNT_EXTENSION = EXTENSION_BASE + "applied-count"
-OUR_EXTENSIONS = (APPLIED_EXTENSION, LOCK_EXTENSION, ATTEMPT_EXTENSION, COUNT_EXTENSION)
+CONTROL_EXTENSION = EXTENSION_BASE + "migration-control"
+OUR_EXTENSIONS = (APPLIED_EXTENSION, LOCK_EXTENSION, ATTEMPT_EXTENSION, COUNT_EXTENSION, CONTROL_EXTENSION)
+CONTROL_ACTIONS = ("pause", "cancel")
 RECORD_SYSTEM = "http://fhir.migration.system/record"
 RECORD_CODE = "applied-migration"
 RECORD_IDENTIFIER = "http://fhir.migration.system/applied"
@@ -173,6 +179,32 @@ class LockInfo:
 
 
 @dataclass(frozen=True)
+class ControlRequest:
+    """An operator asked the run holding lease `token` to pause or cancel (see the module doc)."""
+
+    action: str  # "pause" or "cancel"
+    token: str  # the lease (lock token) of the run it is meant for
+    requested_by: str
+    requested_at: str
+
+    def to_extension(self) -> dict[str, Any]:
+        return {"url": CONTROL_EXTENSION, "extension": [
+            {"url": "action", "valueCode": self.action}, {"url": "token", "valueString": self.token},
+            {"url": "requestedBy", "valueString": self.requested_by},
+            {"url": "requestedAt", "valueDateTime": self.requested_at}]}
+
+    @classmethod
+    def from_extension(cls, ext: dict[str, Any]) -> ControlRequest:
+        values = _Values(ext, "migration-control")
+        action = values.code("action")
+        if action not in CONTROL_ACTIONS:
+            raise ValueError(f"the migration-control extension's action is {action!r}")
+        return cls(action=action, token=values.text("token", required=True) or "",
+                   requested_by=values.text("requestedBy") or "?",
+                   requested_at=values.moment("requestedAt") or "")
+
+
+@dataclass(frozen=True)
 class AttemptRecord:
     """A migration's application (direction "upgrade") or undo ("downgrade") that started and
     has not finished: the next run resumes it."""
@@ -187,6 +219,8 @@ class AttemptRecord:
     job: str = ""  # a server-side bulk job it started (its status URL), to re-attach to
     job_started: str = ""  # when the server started it (its clock)
     upgraded: str = ""  # upgrade() completed with the script of this checksum; verify() did not pass
+    paused: str = ""  # stopped on request (fhirmigrate --pause): by whom, when
+    reverts: tuple[str, ...] = ()  # a cancel: the upgrade attempts whose writes this one reverts
 
     @property
     def current(self) -> str:
@@ -203,6 +237,11 @@ class AttemptRecord:
         if self.upgraded:
             return (f"upgraded ({self.written:,} resource(s) written) but its verify() did not pass"
                     f"{why}")
+        if self.reverts:
+            return (f"being cancelled: {self.written:,} resource(s) reverted so far{since}; "
+                    "`--cancel` again finishes it")
+        if self.paused:
+            return f"paused {self.paused}: {self.written:,} resource(s) written{since}"
         return (f"partially {verb}: {self.written:,} resource(s) written by {len(self.attempts)} "
                 f"attempt(s){since}{why}")
 
@@ -223,6 +262,9 @@ class AttemptRecord:
             parts.append({"url": "jobStarted", "valueDateTime": self.job_started})
         if self.upgraded:
             parts.append({"url": "upgraded", "valueString": self.upgraded})
+        if self.paused:
+            parts.append({"url": "paused", "valueString": self.paused})
+        parts += [{"url": "reverts", "valueString": a} for a in self.reverts]
         return {"url": ATTEMPT_EXTENSION, "extension": parts}
 
     @classmethod
@@ -245,6 +287,8 @@ class AttemptRecord:
             job=values.text("job") or "",
             job_started=values.moment("jobStarted") or "",
             upgraded=values.text("upgraded") or "",
+            paused=values.text("paused") or "",
+            reverts=values.texts("reverts"),
         )
 
 
@@ -283,6 +327,10 @@ class _Values:
                 raise ValueError(f"the {self.what} extension has no {name}")
             return None
         return self._check(name, values[-1], kinds)
+
+    def code(self, name: str) -> str | None:
+        value = self._get(name, (str,), False)
+        return printable(value, 40) if value is not None else None
 
     def text(self, name: str, *, required: bool = False) -> str | None:
         value = self._get(name, (str,), required)
@@ -334,6 +382,7 @@ class MigrationState:
     applied: list[AppliedMigration] = field(default_factory=list)
     lock: LockInfo | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)
+    control: ControlRequest | None = None
     records: dict[str, str] = field(default_factory=dict)
     inline: bool = False  # applied entries were read from the state's own extensions
     last_updated: datetime | None = None
@@ -380,6 +429,9 @@ class MigrationState:
     def with_lock(self, lock: LockInfo | None) -> MigrationState:
         return replace(self, lock=lock)
 
+    def with_control(self, control: ControlRequest | None) -> MigrationState:
+        return replace(self, control=control)
+
     def with_attempt(self, record: AttemptRecord | None, revision: str) -> MigrationState:
         """This revision's attempt record replaced by `record` (None: removed)."""
         others = [a for a in self.attempts if a.revision != revision]
@@ -419,6 +471,8 @@ class MigrationState:
         ours += [a.to_extension() for a in self.attempts]
         if self.lock is not None:
             ours.append(self.lock.to_extension())
+        if self.control is not None:
+            ours.append(self.control.to_extension())
         if others or ours:
             data["extension"] = others + ours
         else:
@@ -428,6 +482,6 @@ class MigrationState:
 
 
 __all__ = [
-    "APPLIED_EXTENSION", "ATTEMPT_EXTENSION", "AppliedMigration", "AttemptRecord", "LockInfo",
+    "APPLIED_EXTENSION", "ATTEMPT_EXTENSION", "AppliedMigration", "AttemptRecord", "ControlRequest", "LockInfo",
     "MigrationState", "RECORD_CODE", "RECORD_SYSTEM", "STATE_SYSTEM",
 ]
