@@ -305,7 +305,10 @@ class Console:
             self._last_line[key] = now
             of = f"/{event.total:,}" if event.total else ""
             rate = event.count / event.duration if event.duration else 0.0
-            self.line("info", f"    {key}: {event.count:,}{of} done ({rate:,.0f}/s)")
+            left = ""
+            if event.total and rate > 0 and event.total > event.count:
+                left = f", about {format_seconds((event.total - event.count) / rate)} left"
+            self.line("info", f"    {key}: {event.count:,}{of} done ({rate:,.0f}/s{left})")
 
     def _terminal(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
@@ -324,6 +327,15 @@ class Console:
         if event.final:
             bar.close()  # prints the final state once
             del self._bars[key]
+
+
+def format_seconds(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 20 min': how long, as a person says it."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
 def configure_logging(verbosity: int, stream: IO[str] | None = None) -> None:

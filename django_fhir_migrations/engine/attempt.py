@@ -48,6 +48,7 @@ class Attempt:
         earlier = lock.state.attempt_for(script.revision, direction)
         self.reverts = reverts or (earlier.reverts if earlier else ())
         self.paused = ""
+        self.total: int | None = earlier.total if earlier else None  # from ctx.progress(total=)
         self._checked = time.monotonic()
         self._check_mutex = threading.Lock()
         self.previous: tuple[str, ...] = earlier.attempts if earlier else ()
@@ -87,7 +88,7 @@ class Attempt:
             attempts=self.previous + (self.id,), started_at=self.started_at,
             written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
             error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded,
-            paused=self.paused, reverts=self.reverts)
+            paused=self.paused, reverts=self.reverts, total=self.total)
 
     def recording(self, state: MigrationState) -> MigrationState:
         """The state with this attempt's progress in it (for lease renewals)."""

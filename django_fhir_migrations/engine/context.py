@@ -440,6 +440,8 @@ class MigrationContext:
         10 seconds otherwise (the front end decides, from `progress` events), and one log line
         at the end."""
         desc = desc or (self.script.name if self.script is not None else "progress")
+        if total is not None and self.attempt is not None:
+            self.attempt.total = total  # the state's attempt record carries it: rate and ETA anywhere
         started = last = time.monotonic()
         count = 0
         self.events.emit("progress", script=self.script, detail=desc, count=0, total=total,

@@ -220,11 +220,26 @@ class AttemptRecord:
     job_started: str = ""  # when the server started it (its clock)
     upgraded: str = ""  # upgrade() completed with the script of this checksum; verify() did not pass
     paused: str = ""  # stopped on request (fhirmigrate --pause): by whom, when
+    total: int | None = None  # how many resources the script said it would go through (progress)
     reverts: tuple[str, ...] = ()  # a cancel: the upgrade attempts whose writes this one reverts
 
     @property
     def current(self) -> str:
         return self.attempts[-1]
+
+    def rate(self) -> float | None:
+        """Resources per second since the application started (its first attempt)."""
+        start, end = parse_datetime(self.started_at), parse_datetime(self.updated_at)
+        if start is None or end is None or end <= start or not self.written:
+            return None
+        return self.written / (end - start).total_seconds()
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the rate so far, when the script said how many there are."""
+        rate = self.rate()
+        if rate is None or self.total is None or self.total <= self.written:
+            return None
+        return (self.total - self.written) / rate
 
     @property
     def previous(self) -> tuple[str, ...]:
@@ -264,6 +279,8 @@ class AttemptRecord:
             parts.append({"url": "upgraded", "valueString": self.upgraded})
         if self.paused:
             parts.append({"url": "paused", "valueString": self.paused})
+        if self.total is not None:
+            parts.append({"url": "total", "valueInteger": int(self.total)})
         parts += [{"url": "reverts", "valueString": a} for a in self.reverts]
         return {"url": ATTEMPT_EXTENSION, "extension": parts}
 
@@ -288,6 +305,7 @@ class AttemptRecord:
             job_started=values.moment("jobStarted") or "",
             upgraded=values.text("upgraded") or "",
             paused=values.text("paused") or "",
+            total=values.integer("total", minimum=0),
             reverts=values.texts("reverts"),
         )
 
