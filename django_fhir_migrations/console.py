@@ -160,6 +160,9 @@ class Console:
         if event.detail and event.direction == "upgrade" and not event.fake:
             self.line("info", f"    {event.detail[:1].upper()}{event.detail[1:]}.")
 
+    def _on_throttle(self, event: Event) -> None:
+        self.line("warning", f"    {event.detail}")
+
     def _on_stop_requested(self, event: Event) -> None:
         action, _, holder = event.detail.partition("|")
         self.line("info", f"Asked the migration run by {holder} to {action}; it stops at its next "

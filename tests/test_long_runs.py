@@ -217,3 +217,16 @@ def test_cancel_of_a_paused_migration_reverts_it_without_a_running_process(fhir_
     assert all(appended(p) == [] for p in fhir.patients()) and fhir.applied() == []
     code, out, _ = call("fhirmigrate", cancel=True, interactive=False)
     assert code == 0 and "nothing to pause or cancel" in out
+
+
+def test_max_rate_50_over_300_resources_takes_at_least_6_seconds(fhir_settings, settings, fhir, scripts):
+    import time
+
+    seed(fhir, 300)
+    settings.FHIR_MIGRATIONS = dict(fhir_settings, MAX_RATE=50)
+    scripts.add("append", upgrade=APPEND.format(system=fhir.system + "|", new=NEW))
+    started = time.monotonic()
+    code, _, err = call("fhirmigrate")
+    assert code == 0, err
+    assert time.monotonic() - started >= 300 / 50
+    assert all(len(appended(p)) == 1 for p in fhir.patients())

@@ -30,6 +30,7 @@ from .redaction import scrub
 from .resume import ResumeIndex
 from .script import MigrationScript
 from .state import AttemptRecord, ControlRequest, MigrationState
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     from .lock import MigrationLock
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 class Attempt:
     def __init__(self, lock: MigrationLock, script: MigrationScript, direction: str, *,
                  settings: Settings, connection: FhirConnection, actor: Actor, events: EventStream,
-                 reverts: tuple[str, ...] = ()):
+                 reverts: tuple[str, ...] = (), throttle: Throttle | None = None):
         """`reverts`: a cancel, the upgrade attempts whose writes this (downgrade) attempt
         reverts; kept in its record, so that an interrupted cancel can be finished."""
         assert lock.state is not None
@@ -65,7 +66,7 @@ class Attempt:
         version = lock.state.version_id or ""
         self.journal = Journal(connection, writer, previous=self.previous if writer else (),
                                on_start=self._record_start, integer_versions=version.isdigit(),
-                               on_boundary=self.checkpoint)
+                               on_boundary=self.checkpoint, throttle=throttle)
         if earlier and writer is not None and not self.verify_only:
             # What the interrupted attempts wrote, from their own signed records: the count
             # said is what resume found, not what the last lease renewal managed to record.

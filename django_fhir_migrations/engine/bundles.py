@@ -147,7 +147,8 @@ class BundleWriter:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fhir-migrations-bundle")
-        self._wait_in_flight(below=self.workers)  # bounded memory
+        throttle = self.ctx.journal.throttle  # a slow server: fewer bundles at once
+        self._wait_in_flight(below=throttle.workers(self.workers) if throttle else self.workers)
         self._in_flight.append(self._pool.submit(self._send_in_worker, writes))
 
     def _send_in_worker(self, writes: list[Write]) -> None:

@@ -37,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_RESPONSE_MB": 64,
     "PROVENANCE": True,
     "WORKERS": 2,  # measured: benchmarks/README.md, run 12
+    "MAX_RATE": None,  # resources written per second, across all workers (None: no limit)
+    "ADAPTIVE_BACKOFF": True,  # send less when the server's latency rises well above its normal
     "MAX_FAILURES": 0,  # refused batch entries a migration may leave behind (count, or fraction < 1)
     "SIGNING_KEY": None,  # Django: SECRET_KEY; signs the Provenance undo and resume trust
     "SIGNING_KEY_FALLBACKS": [],  # Django: SECRET_KEY_FALLBACKS; still accepted (rotation)
@@ -54,6 +56,7 @@ MAXIMUM: dict[str, float] = {
     "MAX_RUN_TIME": 30 * 86400,
     "MAX_RESPONSE_MB": 4096,
     "WORKERS": 32,
+    "MAX_RATE": 1_000_000,
 }
 
 # Environment variable -> settings key. Seed-tool names come first where they exist.
@@ -75,6 +78,8 @@ ENV_VARS: dict[str, str] = {
     "FHIR_MIGRATIONS_PROVENANCE": "PROVENANCE",
     "FHIR_MIGRATIONS_WORKERS": "WORKERS",
     "FHIR_MIGRATIONS_MAX_FAILURES": "MAX_FAILURES",
+    "FHIR_MIGRATIONS_MAX_RATE": "MAX_RATE",
+    "FHIR_MIGRATIONS_ADAPTIVE_BACKOFF": "ADAPTIVE_BACKOFF",
     "FHIR_MIGRATIONS_SIGNING_KEY": "SIGNING_KEY",
     "FHIR_MIGRATIONS_SIGNING_KEY_FALLBACKS": "SIGNING_KEY_FALLBACKS",
 }
@@ -119,6 +124,8 @@ class Settings:
     workers: int = 2  # bundles sent at once by ctx.batch()/transaction() (updates only; see bundles.py)
     signing_keys: tuple[str, ...] = field(default=(), repr=False)  # secrets: the first signs
     max_failures: float = 0  # a count (>= 1, whole) or a fraction (0 < f < 1) of a batch's entries
+    max_rate: float | None = None  # resources written per second across all workers
+    adaptive_backoff: bool = True  # fewer workers, then pauses, while the server is slow
     applied_by: str | None = None
     source: str = field(default="settings")  # where the values came from, for messages
 
@@ -190,6 +197,9 @@ class Settings:
             max_response_bytes=int(number("MAX_RESPONSE_MB", minimum=1) * 1024 * 1024),
             provenance=_boolean(merged["PROVENANCE"], setting("PROVENANCE")),
             workers=int(number("WORKERS", minimum=1, integer=True)),
+            max_rate=(None if merged["MAX_RATE"] in (None, "", "none", "None")
+                      else number("MAX_RATE", minimum=0.01)),
+            adaptive_backoff=_boolean(merged["ADAPTIVE_BACKOFF"], setting("ADAPTIVE_BACKOFF")),
             max_failures=failure_budget(merged["MAX_FAILURES"], setting("MAX_FAILURES")),
             signing_keys=_signing_keys(merged["SIGNING_KEY"], merged["SIGNING_KEY_FALLBACKS"],
                                        setting("SIGNING_KEY"), setting("SIGNING_KEY_FALLBACKS")),

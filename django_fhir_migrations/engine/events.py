@@ -34,6 +34,7 @@ Actions and the fields they fill:
     bulk_job_kept     detail
     verify_start      script            verify_only  script (upgrade done earlier; verify again)
     apply_failed      direction, script, detail (the error, scrubbed)
+    throttle          detail ("server slow: 2 workers → 1 worker"; "server well again: ...")
     stop_requested    detail ("pause|holder" or "cancel|holder")
     stop_pending      detail (the action not done yet, or "finished": the run ended first)
     paused            script, count (resources written), detail (who asked)

@@ -51,6 +51,7 @@ from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
 from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
+from .throttle import Throttle
 from .undo import undo
 
 Confirm = Callable[[str], bool]
@@ -91,6 +92,11 @@ class MigrationExecutor:
         self.actor = actor
         self.recorder = StateRecorder(connection, settings.state_id)
         self.audit = AuditTrail(connection, actor, enabled=settings.audit_events)
+        # One per run: the server's normal latency, learnt by the first sends, holds for all.
+        self.throttle = Throttle(max_rate=settings.max_rate, adaptive=settings.adaptive_backoff,
+                                 workers=settings.workers,
+                                 notify=lambda text: events.emit("throttle", detail=text))
+        connection.observers.append(self.throttle.on_response)
 
     # --- upgrade -------------------------------------------------------------------------
 
@@ -352,7 +358,8 @@ class MigrationExecutor:
         if not fake:
             assert lock.state is not None
             attempt = Attempt(lock, script, direction, settings=self.settings,
-                              connection=self.connection, actor=self.actor, events=self.events)
+                              connection=self.connection, actor=self.actor, events=self.events,
+                              throttle=self.throttle)
             applied = lock.state.applied_record(script.revision)
             only: dict[str, set[str]] | None = None
             if retry is not None:
@@ -455,7 +462,8 @@ class MigrationExecutor:
         turn is finished by the next `--cancel`."""
         assert lock.state is not None
         attempt = Attempt(lock, script, "downgrade", settings=self.settings, connection=self.connection,
-                          actor=self.actor, events=self.events, reverts=upgrade_attempts)
+                          actor=self.actor, events=self.events, reverts=upgrade_attempts,
+                          throttle=self.throttle)
         unfinished = AppliedMigration(revision=script.revision, name=script.name,
                                       attempts=attempt.reverts, provenance=True)
         ctx = MigrationContext(self.connection, self.settings, script=script, direction="downgrade",

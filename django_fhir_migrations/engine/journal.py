@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .errors import BundleError, FhirMigrationError, FhirServerError, ServerUnre
 from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
 from .provenance import Target, Writer
 from .resume import ResumeIndex
+from .throttle import Throttle
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -160,6 +162,7 @@ class Journal:
     integer_versions: bool = True
     index: ResumeIndex | None = None
     on_boundary: Callable[[], None] | None = None  # before each send: the attempt's checkpoint
+    throttle: Throttle | None = None  # MAX_RATE and the adaptive back-off (throttle.py)
     written: int = 0
     skipped: int = 0
     bundles: int = 0
@@ -206,6 +209,8 @@ class Journal:
             self.start()
             if self.connection.capabilities.get(JSON_PATCH_IN_BUNDLE) is False:
                 pending = self._patches_as_puts(pending, results)
+            slot = self.throttle.admit(len(pending)) if self.throttle is not None else 0.0
+            began = time.monotonic()
             try:
                 sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
             except FhirServerError as exc:
@@ -219,6 +224,9 @@ class Journal:
                 self.connection.capabilities[JSON_PATCH_IN_BUNDLE] = False
                 pending = self._patches_as_puts(pending, results)
                 sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
+            if self.throttle is not None:
+                self.throttle.observe(time.monotonic() - began, len(pending))
+                self.throttle.settle(slot)
             for (index, _), result in zip(pending, sent, strict=True):
                 results[index] = result
         return [results[i] for i in range(len(writes))]

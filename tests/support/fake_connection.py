@@ -137,6 +137,7 @@ class FakeConnection:
         self.unexpected: list[Call] = []
         self.closed = False
         self.capabilities: dict[str, bool] = {}
+        self.observers: list[Callable[[str, str, int | None], None]] = []  # never called: no HTTP
         self._mutex = threading.Lock()
 
     # --- scripting -------------------------------------------------------------------------
