@@ -97,10 +97,12 @@ class BundleWriter:
     # --- collecting entries --------------------------------------------------------------
 
     def create(self, resource: Any, *, if_none_exist: str | Mapping[str, str] | None = None,
-               key: str | Mapping[str, str] | None = None) -> None:
+               key: str | Mapping[str, str] | None = None, full_url: str | None = None) -> None:
         """Create `resource`; `key` (or `if_none_exist`) is its idempotency key: a search that
-        finds it once it exists (default: its first identifier)."""
-        self._add(self.ctx.create_write(resource, key=key if key is not None else if_none_exist))
+        finds it once it exists (default: its first identifier). `full_url` (`urn:uuid:...`) is
+        what other entries reference it by (see ctx.transaction)."""
+        self._add(self.ctx.create_write(resource, key=key if key is not None else if_none_exist,
+                                        full_url=full_url))
 
     def update(self, resource: Any, *, check_version: bool = True) -> None:
         """Update `resource` (version-aware by default: If-Match its meta.versionId)."""

@@ -179,16 +179,19 @@ class MigrationContext:
 
     # --- writing: one call, one write --------------------------------------------------------
 
-    def create(self, resource: Any, *, key: str | Mapping[str, str] | None = None) -> Any:
+    def create(self, resource: Any, *, key: str | Mapping[str, str] | None = None,
+               full_url: str | None = None) -> Any:
         """Create `resource`, at most once.
 
         `key` is its idempotency key: a search (`{"identifier": "system|value"}` or
         `"name=value&..."`) that finds the resource once it exists. Default: the resource's
         first identifier with a system and a value. A resource the key already finds is not
         created again (and is returned as found), so a resumed or repeated run never
-        duplicates. Without PROVENANCE a create with no key is a plain POST.
+        duplicates. Without PROVENANCE a create with no key is a plain POST. `full_url`
+        (`urn:uuid:...`): what later writes of this migration may reference it by before it
+        exists (`{"reference": "urn:uuid:..."}`); see `transaction()`.
         """
-        return self._one(self.create_write(resource, key=key), resource)
+        return self._one(self.create_write(resource, key=key, full_url=full_url), resource)
 
     def conditional_create(self, resource: Any, query: str | Mapping[str, str]) -> Any:
         """Create unless a resource matches `query` (If-None-Exist); `create(resource, key=query)`."""
@@ -255,7 +258,13 @@ class MigrationContext:
         bundle raises at once, and the bundles before it stay committed (a resumed run skips
         them). Put what must be atomic in one bundle (`size=`). Bundles go one at a time, in
         order, whatever WORKERS says: nothing after a failed bundle is sent. `workers=` sends
-        bundles of updates side by side, and then bundles in flight may still commit."""
+        bundles of updates side by side, and then bundles in flight may still commit.
+
+        Entries that reference each other: `t.create(patient, full_url="urn:uuid:...")` and
+        `{"subject": {"reference": "urn:uuid:..."}}` in the entries that point at it, as in any
+        FHIR transaction. The server resolves the reference inside one bundle; an entry that
+        lands in a later bundle (or a resumed run, where the create already exists) gets the id
+        the server assigned written in before it is sent."""
         return BundleWriter(self, "transaction", size=size, workers=1 if workers is None else workers)
 
     # --- undo and the server's bulk operation -------------------------------------------------
@@ -283,11 +292,15 @@ class MigrationContext:
 
     # --- the writes behind the helpers ---------------------------------------------------------
 
-    def create_write(self, resource: Any, *, key: str | Mapping[str, str] | None = None) -> Write:
+    def create_write(self, resource: Any, *, key: str | Mapping[str, str] | None = None,
+                     full_url: str | None = None) -> Write:
         data = self.as_json(resource)
         checked_type(data["resourceType"])
+        if full_url is not None:
+            self.journal.claim_full_url(full_url)
         return Write("POST", data["resourceType"], body=data,
-                     key=query_string(key) if key is not None else identifier_key(data))
+                     key=query_string(key) if key is not None else identifier_key(data),
+                     full_url=full_url)
 
     def update_write(self, resource: Any, *, check_version: bool = True) -> Write:
         data = self.as_json(resource)

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -42,6 +42,7 @@ from . import jsonpatch
 from .errors import BundleError, FhirMigrationError, FhirServerError, ServerUnreachableError
 from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
 from .provenance import Target, Writer
+from .redaction import printable
 from .resume import ResumeIndex
 from .throttle import Throttle
 
@@ -81,6 +82,7 @@ class Write:
     check_version: bool = True
     key: str | None = None  # creates: If-None-Exist query (the idempotency key)
     url: str | None = None  # a conditional URL (`Patient?identifier=...`), PROVENANCE off only
+    full_url: str | None = None  # creates: the urn:uuid other entries' references use for it
 
     @property
     def activity(self) -> str:
@@ -168,6 +170,10 @@ class Journal:
     bundles: int = 0
     committed_whole: int = 0
     failures: list[Failure] = field(default_factory=list)  # within a batch's failure budget
+    # The id each `full_url` (urn:uuid) of a create turned out to have, for references to it
+    # from entries sent in later bundles (one "Type/id" per such create: memory grows with them).
+    urns: dict[str, str] = field(default_factory=dict)
+    _claimed: set[str] = field(default_factory=set)
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -205,10 +211,13 @@ class Journal:
             pending = self._skip_resumed(writes, results)
             pending = self._skip_existing_keys(pending, results)
             self._fill_versions(pending)
+        self._learn_urns(results.values())  # creates skipped as existing: their ids are known
         if pending:
             self.start()
             if self.connection.capabilities.get(JSON_PATCH_IN_BUNDLE) is False:
                 pending = self._patches_as_puts(pending, results)
+            if self.urns:
+                pending = [(i, _resolved(w, self.urns)) for i, w in pending]
             slot = self.throttle.admit(len(pending)) if self.throttle is not None else 0.0
             began = time.monotonic()
             try:
@@ -229,7 +238,30 @@ class Journal:
                 self.throttle.settle(slot)
             for (index, _), result in zip(pending, sent, strict=True):
                 results[index] = result
+            self._learn_urns(sent)
         return [results[i] for i in range(len(writes))]
+
+    def claim_full_url(self, full_url: str) -> None:
+        """A create's `full_url`: a `urn:uuid:` of its own, used once in the run."""
+        try:
+            valid = full_url.startswith("urn:uuid:") and str(uuid.UUID(full_url[9:])) == full_url[9:].lower()
+        except (ValueError, AttributeError):
+            valid = False
+        if not valid:
+            raise ValueError(f"full_url must be 'urn:uuid:' and a UUID, got {printable(repr(full_url), 80)}")
+        with self._lock:
+            if full_url in self._claimed:
+                raise ValueError(f"full_url {full_url} is given to two creates of this migration")
+            self._claimed.add(full_url)
+
+    def _learn_urns(self, results: Iterable[Result]) -> None:
+        for result in results:
+            write = result.write
+            if write.full_url and result.ok and write.full_url not in self.urns:
+                rid, _ = version_from_location(result.location)
+                if rid:
+                    with self._lock:
+                        self.urns[write.full_url] = f"{write.resource_type}/{rid}"
 
     def _dispatch(self, pending: list[tuple[int, Write]], *, atomic: bool, headers: Mapping[str, str]
                   ) -> list[Result]:
@@ -394,7 +426,7 @@ class Journal:
         targets: dict[str, list[tuple[int, Target, dict[str, Any]]]] = {}
         predictable = True
         for position, write in enumerate(writes):
-            full_url = f"urn:uuid:{uuid.uuid4()}" if write.method == "POST" else None
+            full_url = (write.full_url or f"urn:uuid:{uuid.uuid4()}") if write.method == "POST" else None
             entries.append(write.entry(full_url))
             target = self._predicted(write)
             if target is None:
@@ -533,7 +565,8 @@ class Journal:
                     ) -> list[Result]:
         kind = "transaction" if atomic else "batch"
         bundle = {"resourceType": "Bundle", "type": kind, "entry": [
-            w.entry(f"urn:uuid:{uuid.uuid4()}" if (atomic and w.method == "POST") else None) for w in writes]}
+            w.entry(w.full_url or (f"urn:uuid:{uuid.uuid4()}" if atomic else None) if w.method == "POST" else None)
+            for w in writes]}
         self.start()
         reply = self._post(bundle, headers)
         body = reply.body or {}
@@ -546,6 +579,28 @@ class Journal:
         with self._lock:
             self.written += sum(1 for r in results if r.ok)
         return results
+
+
+def _resolved(write: Write, urns: Mapping[str, str]) -> Write:
+    """`write` with references to creates of earlier bundles (`urn:uuid:...`) pointing at the ids
+    the server gave them; the caller's resource is not changed."""
+    if not isinstance(write.body, dict):
+        return write
+    body = _replace_references(write.body, urns)
+    return write if body is write.body else replace(write, body=body)
+
+
+def _replace_references(value: Any, urns: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        changed = {k: _replace_references(v, urns) for k, v in value.items()}
+        reference = changed.get("reference")
+        if isinstance(reference, str) and reference in urns:
+            changed["reference"] = urns[reference]
+        return value if all(changed[k] is value[k] for k in value) else changed
+    if isinstance(value, list):
+        items = [_replace_references(v, urns) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
 
 
 def _json_patch(write: Write) -> bool:
