@@ -1,0 +1,195 @@
+"""The clinicians row: what a long migration leaves of the server for everybody else.
+
+A second process plays the clinicians: searches and reads at a steady rate (CLINICIAN_RATE per
+second, alternating a search by identifier and a read by id over a set of its own Patients),
+each timed. It runs alone first (idle), then while a BENCH_CLINICIANS_N-resource migration runs
+as a whole `fhir-migrations migrate` process, once with the adaptive back-off off and once on
+(ADAPTIVE_BACKOFF), each on a fresh set. Printed: the clinicians' p50/p95 latency idle and during
+each migration, and each migration's throughput. Goal: with the back-off, the clinicians' p95
+stays within 2x idle while the migration keeps at least half its unthrottled throughput.
+
+    python benchmarks/clinicians.py          # the local HAPI (on PostgreSQL), or FHIR_BASE_URL
+    BENCH_CLINICIANS_N=2000 python benchmarks/clinicians.py
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.patients import PlainServer, synthetic_patients  # noqa: E402
+from benchmarks.tool_run import SCRIPT  # noqa: E402
+
+CLINICIAN_RATE = 10.0  # requests per second
+CLINICIAN_PATIENTS = 200
+IDLE_SECONDS = 15.0
+SIGNING_KEY = "benchmark-only-signing-key"
+
+
+@dataclass(frozen=True)
+class Latencies:
+    seconds: list[float]
+
+    def percentile(self, p: float) -> float:
+        ordered = sorted(self.seconds)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p95(self) -> float:
+        return self.percentile(95)
+
+
+def clinicians(base_url: str, system: str, ids: list[str], done: Connection, rate: float) -> None:
+    """The other users: one request every 1/rate s until told to stop; the latencies back."""
+    session = requests.Session()
+    session.headers["Accept"] = "application/fhir+json"
+    latencies: list[float] = []
+    interval = 1.0 / rate
+    next_at = time.monotonic()
+    number = 0
+    while not done.poll():
+        number += 1
+        if number % 2:
+            url, params = f"{base_url}/Patient", {"identifier": f"{system}|{number % len(ids)}", "_count": "10"}
+        else:
+            url, params = f"{base_url}/Patient/{ids[number % len(ids)]}", {}
+        started = time.monotonic()
+        try:
+            session.get(url, params=params, timeout=60).raise_for_status()
+        except requests.RequestException:
+            latencies.append(60.0)  # a failed request counts as the slowest
+        else:
+            latencies.append(time.monotonic() - started)
+        next_at += interval
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    done.send(latencies)
+    session.close()
+
+
+class Clinicians:
+    """Start, then stop and collect, the clinicians' process."""
+
+    def __init__(self, base_url: str, system: str, ids: list[str]):
+        self.mine, theirs = multiprocessing.Pipe()
+        self.process = multiprocessing.Process(target=clinicians, args=(base_url, system, ids, theirs,
+                                                                        CLINICIAN_RATE), daemon=True)
+
+    def __enter__(self) -> Clinicians:
+        self.process.start()
+        return self
+
+    def stop(self) -> Latencies:
+        self.mine.send("stop")
+        latencies = self.mine.recv()
+        self.process.join(timeout=30)
+        return Latencies(latencies)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def seed(server: PlainServer, count: int, tag: str) -> None:
+    server.load(synthetic_patients(count, tag))
+
+
+def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> float:
+    """One whole `fhir-migrations migrate` over the set tagged `tag`; its seconds."""
+    folder = workdir / f"scripts-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    revision = uuid.uuid4().hex
+    (folder / "add_identifier.py").write_text(SCRIPT.format(
+        revision=revision, tag_system=tag, new_system=f"urn:bench:clinicians:new:{revision[:8]}", kind="batch"))
+    command = shutil.which("fhir-migrations", path=str(Path(sys.executable).parent)) or ""
+    args = [command] if command else [sys.executable, "-m", "django_fhir_migrations"]
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("FHIR_MIGRATIONS_", "MIGRATION_")) and k not in ("FHIR_BASE_URL",
+                                                                                  "DJANGO_SETTINGS_MODULE")}
+    env.update(FHIR_MIGRATIONS_SIGNING_KEY=SIGNING_KEY,
+               FHIR_MIGRATIONS_ADAPTIVE_BACKOFF="true" if adaptive else "false")
+    started = time.monotonic()
+    result = subprocess.run([*args, "migrate", "--base-url", base_url, "--scripts-dir", str(folder),
+                             "--state-id", f"bench-clinicians-{revision[:8]}", "--noinput"],
+                            env=env, cwd=workdir, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"the migration failed (exit {result.returncode}): {result.stderr[-1500:]}")
+    slowed = [line.strip() for line in result.stdout.splitlines() if "server slow" in line or "well again" in line]
+    if slowed:
+        print(f"    back-off: {len(slowed)} change(s), first: {slowed[0]}", flush=True)
+    return seconds
+
+
+def measure(base_url: str, size: int) -> dict[str, float]:
+    server = PlainServer(base_url)
+    run = uuid.uuid4().hex[:8]
+    clinician_tag = f"urn:bench:clinicians:{run}"
+    print(f"Clinicians row: {size:,} resources per migration, clinicians at {CLINICIAN_RATE:g} requests/s "
+          f"on {CLINICIAN_PATIENTS} Patients of their own, {base_url}", flush=True)
+    seed(server, CLINICIAN_PATIENTS, clinician_tag)
+    ids = list(server.ids("Patient", 200, identifier=f"{clinician_tag}|"))
+    sets = {}
+    for way in ("unthrottled", "adaptive"):
+        sets[way] = f"urn:bench:clinicians:{run}:{way}"
+        seed(server, size, sets[way])
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="fhir-bench-clinicians-") as tmp, \
+            Clinicians(base_url, clinician_tag, ids) as idle:
+        time.sleep(IDLE_SECONDS)
+        quiet = idle.stop()
+        figures.update(idle_p50=quiet.p50, idle_p95=quiet.p95)
+        print(f"  idle:        clinicians p50 {quiet.p50 * 1000:6.1f} ms  p95 {quiet.p95 * 1000:6.1f} ms "
+              f"({len(quiet.seconds)} requests)", flush=True)
+        for way in ("unthrottled", "adaptive"):
+            with Clinicians(base_url, clinician_tag, ids) as busy:
+                seconds = migrate(base_url, Path(tmp), sets[way], adaptive=way == "adaptive")
+                during = busy.stop()
+            rate = size / seconds
+            figures.update({f"{way}_p50": during.p50, f"{way}_p95": during.p95, f"{way}_rate": rate})
+            print(f"  {way + ':':12} clinicians p50 {during.p50 * 1000:6.1f} ms  p95 {during.p95 * 1000:6.1f} ms "
+                  f"({during.p95 / quiet.p95:.2f} x idle); migration {rate:,.0f} resources/s in {seconds:.1f} s",
+                  flush=True)
+    figures["p95_vs_idle"] = figures["adaptive_p95"] / figures["idle_p95"]
+    figures["throughput_kept"] = figures["adaptive_rate"] / figures["unthrottled_rate"]
+    print(f"  goal: p95 with back-off / idle = {figures['p95_vs_idle']:.2f} (<= 2: "
+          f"{'met' if figures['p95_vs_idle'] <= 2 else 'NOT met'}); throughput kept = "
+          f"{figures['throughput_kept']:.2f} (>= 0.5: {'met' if figures['throughput_kept'] >= 0.5 else 'NOT met'})",
+          flush=True)
+    for tag in [clinician_tag, *sets.values()]:
+        server.delete_all("Patient", identifier=f"{tag}|")
+    server.close()
+    return figures
+
+
+def main() -> int:
+    from benchmarks.run import fhir_server
+
+    size = int(os.environ.get("BENCH_CLINICIANS_N", "10000"))
+    with fhir_server() as (base_url, _started):
+        measure(base_url, size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
