@@ -50,3 +50,18 @@ def test_without_the_back_off_nothing_changes():
         throttle.observe(100.0, 1)
     throttle.busy()
     assert throttle.workers(2) == 2 and throttle.pause == 0
+
+
+def test_reads_of_other_users_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
+    said: list[str] = []
+    probes = iter([0.01, 0.01, 0.01] + [0.2] * 20)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append,
+                        probe=lambda: time.sleep(next(probes)))
+    throttle.admit(5)  # small sends start no probing (a trivial migration costs no request)
+    assert throttle.probe_baseline is None
+    throttle.admit(100)  # the first bundle: three probes in a row are the server's normal
+    assert throttle.probe_baseline is not None and throttle.probe_baseline < 0.1
+    for _ in range(3):
+        throttle._probed_at = 0.0  # as if PROBE_EVERY had passed
+        throttle.admit(100)
+    assert throttle.workers(2) == 1 and said[0] == "others' reads slow: 2 workers → 1 worker"

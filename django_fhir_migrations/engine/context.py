@@ -29,7 +29,7 @@ from .bundles import BundleWriter
 from .config import Settings
 from .events import Event, EventStream
 from .fhir.client import FhirConnection, checked_id, checked_type, query_string, resource_path
-from .fhir.paging import search_entries
+from .fhir.paging import FRESH, search_entries
 from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
 from .redaction import printable
 from .state import AppliedMigration
@@ -162,7 +162,7 @@ class MigrationContext:
         query = dict(params or {})
         query.update(search)
         query["_summary"] = "count"
-        reply = self.connection.get(resource_path(resource_type), query)
+        reply = self.connection.get(resource_path(resource_type), query, headers=FRESH)
         total = (reply.body or {}).get("total", 0)
         return total if isinstance(total, int) and not isinstance(total, bool) else 0
 

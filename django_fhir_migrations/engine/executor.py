@@ -332,6 +332,8 @@ class MigrationExecutor:
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
                  direction: Direction, fake: bool) -> Outcome:
+        state_path = f"Basic/{lock.held.resource_id}"
+        self.throttle.probe = lambda: self.connection.get(state_path)  # a read as clinicians make
         self.events.emit("run_start", direction=direction, scripts=tuple(plan), fake=fake,
                          detail=self.settings.state_id)
         started = time.monotonic()

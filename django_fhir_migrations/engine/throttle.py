@@ -15,7 +15,15 @@ Two brakes, both consulted by the journal before every send (a bundle, or a sing
   few sends to show, and judging at once would run the brakes all the way down. Each change
   is an event ("server slow: 2 → 1 worker") the progress output shows.
 
-The throttle is per run: the baseline learnt by the first migration holds for the next ones.
+A migration's own sends are a poor gauge of what *other* users suffer: their latency is what
+the migration itself causes from its first bundle on, so it stays flat while a clinician's
+search gets slower. So the back-off also times a **probe**, the read a clinician makes (the
+state resource, by id), every PROBE_EVERY seconds once the run sends bundles (PROBE_MIN_ENTRIES
+or more entries; a trivial migration costs no probe): the first PROBE_BASELINE probes, in a row
+before the first bundle, are the server's normal, and a probe slower than PROBE_SLOW times that
+counts as a slow server.
+
+The throttle is per run: the baselines learnt by the first migration hold for the next ones.
 """
 
 from __future__ import annotations
@@ -33,13 +41,18 @@ SETTLING_SENDS = 3  # after a change, sends not judged: the change needs time to
 SMOOTHING = 0.3  # weight of the newest latency in the moving average
 FIRST_PAUSE = 0.5
 MAX_PAUSE = 8.0
+PROBE_EVERY = 2.0  # seconds between probes
+PROBE_MIN_ENTRIES = 10  # a send this large starts the probing
+PROBE_BASELINE = 3  # probes whose median is the server's normal
+PROBE_SLOW = 2.0  # a probe (moving average) this many times its baseline is "slow"
+PROBE_WELL = 1.3
 
 Notify = Callable[[str], None]
 
 
 class Throttle:
     def __init__(self, *, max_rate: float | None, adaptive: bool, workers: int,
-                 notify: Notify | None = None):
+                 notify: Notify | None = None, probe: Callable[[], object] | None = None):
         self.max_rate = max_rate
         self.adaptive = adaptive
         self.full_workers = max(1, workers)
@@ -51,6 +64,12 @@ class Throttle:
         self._average: float | None = None
         self._healthy = 0
         self._settling = 0
+        self.probe = probe  # a clinician's read; set once the run knows what to read
+        self._probing = False
+        self._probed_at = 0.0
+        self._probe_first: list[float] = []
+        self.probe_baseline: float | None = None
+        self._probe_average: float | None = None
         self._mutex = threading.Lock()
 
     # --- what senders ask -----------------------------------------------------------------------
@@ -67,6 +86,8 @@ class Throttle:
     def admit(self, entries: int) -> float:
         """Wait until a send of `entries` may start; returns when its MAX_RATE slot ends (0:
         no limit), for `settle`."""
+        if self.adaptive and self.probe is not None and entries >= PROBE_MIN_ENTRIES:
+            self._maybe_probe()
         pause = self.pause
         if pause:
             time.sleep(pause)
@@ -117,6 +138,51 @@ class Throttle:
                     self._faster()
             else:
                 self._healthy = 0
+
+    def _maybe_probe(self) -> None:
+        """Time a clinician's read, at most every PROBE_EVERY s, by one sender at a time."""
+        with self._mutex:
+            now = time.monotonic()
+            if self._probing or now - self._probed_at < PROBE_EVERY:
+                return
+            self._probing, self._probed_at = True, now
+        try:
+            # The first time: PROBE_BASELINE probes in a row, before this first bundle goes out,
+            # are the server as others know it; then one every PROBE_EVERY seconds.
+            for _ in range(PROBE_BASELINE if self.probe_baseline is None else 1):
+                seconds = self._time_probe()
+                if seconds is not None:
+                    self.observe_probe(seconds)
+        finally:
+            self._probing = False
+
+    def _time_probe(self) -> float | None:
+        assert self.probe is not None
+        started = time.monotonic()
+        try:
+            self.probe()
+        except Exception:  # noqa: BLE001 - a failed probe says nothing about latency
+            return None
+        return time.monotonic() - started
+
+    def observe_probe(self, seconds: float) -> None:
+        with self._mutex:
+            if self.probe_baseline is None:
+                self._probe_first.append(seconds)
+                if len(self._probe_first) >= PROBE_BASELINE:
+                    self.probe_baseline = statistics.median(self._probe_first)
+                    self._probe_average = self.probe_baseline
+                return
+            assert self._probe_average is not None
+            self._probe_average = SMOOTHING * seconds + (1 - SMOOTHING) * self._probe_average
+            if self._settling:
+                return
+            if self._probe_average > PROBE_SLOW * self.probe_baseline:
+                self._healthy = 0
+                self._slower("others' reads slow")
+                self._probe_average = self.probe_baseline * PROBE_WELL
+            elif self._probe_average >= PROBE_WELL * self.probe_baseline:
+                self._healthy = 0  # not well enough to speed up again
 
     def busy(self) -> None:
         """The server answered 429 or 503: it asked for less, whatever the latency says."""

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 from .cancel import cancellable
 
 PAGES_AHEAD = 3
+FRESH = {"Cache-Control": "no-cache"}
 THREAD_NAME = "fhir-migrations-page"
 _END = object()  # the producer's last word: no more pages
 
@@ -96,8 +97,10 @@ def search_entries(connection: FhirConnection, path: str, params: Mapping[str, A
     background thread, at most PAGES_AHEAD ahead; an error there is raised where the caller
     would have waited for that page.
     """
-    first = (connection.request("POST", path, data=form) if form is not None
-             else connection.get(path, params))
+    # Fresh results, not a server's cached copy of an identical search (HAPI reuses one for a
+    # minute by default): a migration searches what it, or the run it resumes, just changed.
+    first = (connection.request("POST", path, data=form, headers=FRESH) if form is not None
+             else connection.get(path, params, headers=FRESH))
     links = NextLinks(connection, first.url)
     bundle = _bundle(first)
     following = links.check(next_link(bundle))
