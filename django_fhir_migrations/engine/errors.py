@@ -139,21 +139,33 @@ class MultipleHeadsError(RevisionError):
 
 
 class UnknownTargetError(RevisionError):
-    def __init__(self, target: str):
+    def __init__(self, target: str, suggestions: Sequence[str] = ()):
         self.target = target
+        self.suggestions = list(suggestions)  # the nearest names (difflib), best first
+        guess = ""
+        if self.suggestions:
+            guess = f" Did you mean {' or '.join(self.suggestions)}?"
         super().__init__(
-            f"No migration matches {target!r}. Give a revision id (or a unique prefix of one), "
-            "a migration name, 'head', or for a downgrade 'zero'."
+            f"No migration matches {target!r}.{guess}",
+            "Give a migration as `{showmigrations}` lists it (app/0002_add_mrn, or its name or "
+            "number alone), a revision id (or a unique prefix of one), 'head', or for a "
+            "downgrade 'zero'.",
         )
 
 
 class AmbiguousTargetError(RevisionError):
-    def __init__(self, target: str, candidates: Sequence):
+    def __init__(self, target: str, candidates: Sequence, matched_by: str = "revision prefix"):
         self.target = target
         self.candidates = list(candidates)
+        self.matched_by = matched_by  # "name", "number" or "revision prefix"
+        listed = ", ".join(f"{s.label}/{s.name} ({s.revision})" for s in self.candidates)
+        remedy = ("Give more characters of the revision id." if matched_by == "revision prefix"
+                  else "Name one with its app label, as `{showmigrations}` lists it, or by its "
+                       "revision.")
         super().__init__(
-            f"{target!r} matches more than one migration: {_describe(self.candidates)}. "
-            "Give more characters of the revision id."
+            f"{target!r} is ambiguous: its {matched_by} matches {len(self.candidates)} "
+            f"migrations: {listed}.",
+            remedy,
         )
 
 
