@@ -36,7 +36,7 @@ from .arguments import (
 from .console import CLI, Console, configure_logging, plain_console
 from .engine import FhirMigrationError, Project, Settings
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
-from .engine.interrupts import exit_code_for
+from .engine.interrupts import exit_code_for, interrupt_text
 from .engine.redaction import scrubbed_traceback
 from .standalone import build_settings, require_scripts, scripts_folder
 
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         console.line("error", f"Error: {console.error_text(exc, renames)}", 0)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        stderr.write(f"Interrupted ({exc or 'SIGINT'}).\n")
+        stderr.write(f"Interrupted ({interrupt_text(exc)}).\n")
         return exit_code_for(exc)
     except Exception as exc:  # a bug: its traceback, scrubbed (a script's text may hold a token)
         stderr.write(scrubbed_traceback(exc))

@@ -50,7 +50,7 @@ from ..console import FLASK, Console, configure_logging
 from ..engine import FhirMigrationError, Project, Settings
 from ..engine.config import SCRIPTS_DIR_ENV
 from ..engine.errors import ConfigurationError
-from ..engine.interrupts import exit_code_for
+from ..engine.interrupts import exit_code_for, interrupt_text
 from ..standalone import build_settings, require_scripts, scripts_folder
 
 CONFIG = "FHIR_MIGRATIONS"
@@ -161,7 +161,7 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
         except FhirMigrationError as exc:
             raise CommandFailed(console.error_text(exc, renames), exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            click.echo(f"Interrupted ({exc or 'SIGINT'}).", err=True)
+            click.echo(f"Interrupted ({interrupt_text(exc)}).", err=True)
             click.get_current_context().exit(exit_code_for(exc))
         if exit_code:
             click.get_current_context().exit(exit_code)
