@@ -61,8 +61,8 @@ def format_status(status: ProjectStatus, verbosity: int = 1, *,
         lines.append(("info", "  (no migration scripts found)"))
     known = status.known
     lines.extend(("info", format_row(row, verbosity, known=known)) for row in status.scripts)
-    lines.extend(("error", f" [!] {exc.path.parent.name}/{exc.path.stem}  (cannot be loaded: see "
-                           "Problems)") for exc in status.broken)
+    lines.extend(("error", f" [!] {exc.display_name}  (cannot be loaded: see Problems)")
+                 for exc in status.broken)
     if status.heads:
         merge = vocabulary.command("makemigration") if vocabulary else "makemigration"
         names = ", ".join(f"{s.label}/{s.name} ({s.short})" for s in status.heads)
@@ -77,13 +77,23 @@ def format_status(status: ProjectStatus, verbosity: int = 1, *,
         lines.append(("error", f"Server: {status.server_error}"))
         lines.append(("info", "What is applied is unknown ([?])."))
     elif known:
-        pending = len(status.pending)
-        lines.append(("info", f"{pending} unapplied migration(s)." if pending
-                      else "All migrations are applied."))
+        lines.append(_summary_line(status))
     if status.problems:
         lines.append(("error", "Problems:"))
         lines.extend(("error", f"  - {problem}") for problem in status.problems)
     return lines
+
+
+def _summary_line(status: ProjectStatus) -> Line:
+    """How many are unapplied; never "all applied" while a script cannot be loaded (whether it
+    is applied is then unknown, and every fhir* command refuses until it is fixed)."""
+    pending = len(status.pending)
+    broken = len(status.broken)
+    if not broken:
+        return ("info", f"{pending} unapplied migration(s)." if pending else "All migrations are applied.")
+    loadable = f"{pending} unapplied migration(s)" if pending else "All loadable migrations are applied"
+    return ("error", f"{loadable}; {broken} script(s) cannot be loaded (see Problems), so "
+                     "nothing can be migrated until they are fixed.")
 
 
 def status_exit_code(status: ProjectStatus) -> int:

@@ -62,10 +62,16 @@ class ConfigurationError(FhirMigrationError):
 class ScriptError(FhirMigrationError):
     """A migration file that cannot be used as it is."""
 
-    def __init__(self, path: Path | str, problem: str):
+    def __init__(self, path: Path | str, problem: str, *, label: str = ""):
         self.path = Path(path)
         self.problem = problem
+        self.label = label  # the app label (or 'dir') of its folder, once the loader knows it
         super().__init__(f"Migration script {self.path}: {problem}")
+
+    @property
+    def display_name(self) -> str:
+        """`labs/0006_cleanup`, as showmigrations names a script that loaded."""
+        return f"{self.label or self.path.parent.name}/{self.path.stem}"
 
 
 class RevisionError(FhirMigrationError):
