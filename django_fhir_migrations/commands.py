@@ -61,9 +61,12 @@ def downgrade(project: Project, console: Console, options: Options) -> int:
 def reset(project: Project, console: Console, options: Options) -> int:
     confirm = console.confirm()
     settings = project.settings
+    migrate = console.vocabulary.command("migrate")
     question = (f"This forgets which FHIR migrations are applied on state {settings.state_id!r} at "
-                f"{settings.base_url}. No data is changed, and the next "
-                f"`{console.vocabulary.command('migrate')}` will run every migration again.")
+                f"{settings.base_url}. No resource data is changed, but the next `{migrate}` will "
+                "run every migration again, and ctx.undo() of migrations applied so far will not "
+                "be possible until they are applied again or re-adopted with "
+                f"`{migrate} --fake`.")
     if confirm is not None and not confirm(question):
         console.line("info", "Reset cancelled.")
         return 1

@@ -105,6 +105,8 @@ def test_reset_asks_and_then_forgets_without_running_anything(fhir_settings, fhi
     assert call("fhirmigrate")[0] == 0
     code, out, _ = call("fhirreset", stdin="no\n")
     assert code == 1 and "cancelled" in out
+    assert "ctx.undo() of migrations applied so far will not be possible" in out  # what is lost
+    assert "re-adopted with `fhirmigrate --fake`" in out
     assert len(fhir.applied()) == 2
     code, out, err = call("fhirreset", "--noinput")
     assert code == 0, err

@@ -135,10 +135,15 @@ class Project:
     def next_number(self) -> int:
         """The number the next file gets (Django's convention, so `ls` lists files in the order
         they apply): one more than the highest number in use, and never below the number of
-        scripts, so a project that starts numbering after unnumbered seed files counts them."""
-        scripts = self.loader.loadable
-        numbers = [n for n in (file_number(s.path.name) for s in scripts) if n is not None]
-        return max([*numbers, len(scripts)]) + 1
+        scripts, so a project that starts numbering after unnumbered seed files counts them.
+
+        Scripts count once per number: two branches that each made a `0007_` (the case a merge
+        joins) are one step of the history, so the merge is `0008_`, not `0009_`.
+        """
+        numbers = [file_number(s.path.name) for s in self.loader.loadable]
+        used = {n for n in numbers if n is not None}
+        unnumbered = sum(1 for n in numbers if n is None)
+        return max([*used, len(used) + unnumbered]) + 1
 
     def _refuse_while_unapplied(self, name: str, graph) -> None:
         try:
