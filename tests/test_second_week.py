@@ -21,3 +21,32 @@ def test_a_broken_script_is_listed_under_its_app_label(tmp_path):
     lines = [line for _, line in format_status(Project(settings).status(offline=True))]
     assert " [?] labs/0001_recode" in "\n".join(lines)
     assert " [!] labs/0002_cleanup  (cannot be loaded: see Problems)" in lines
+
+
+def test_an_error_while_importing_a_script_names_its_line(tmp_path):
+    from django_fhir_migrations.engine.errors import ScriptError
+    from django_fhir_migrations.engine.script import load_script
+
+    path = tmp_path / "0001_broken.py"
+    path.write_text("revision = 'a1'\ndown_revision = None\nLIMIT = int('ten')\n"
+                    "def upgrade(ctx): pass\ndef downgrade(ctx): pass\n")
+    try:
+        load_script(path)
+    except ScriptError as error:
+        assert f"(at {path}:3 in <module>(): LIMIT = int('ten'))" in str(error)
+    else:
+        raise AssertionError("a script that raises on import loaded")
+
+
+def test_a_mistyped_name_gets_pythons_did_you_mean():
+    from django_fhir_migrations.engine.frames import suggestion
+
+    def upgrade(ctx):
+        patients = []  # noqa: F841
+        return len(patiens)  # noqa: F821
+
+    try:
+        upgrade(None)
+    except NameError as error:
+        assert suggestion(error) == "Did you mean: 'patients'?"
+    assert suggestion(ValueError("x")) == ""

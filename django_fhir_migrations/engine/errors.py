@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .frames import script_frame, suggestion
 from .redaction import scrub
 
 # The verbs a remedy may name, with the names `str(error)` gives them (no front end's).
@@ -352,9 +353,16 @@ class MigrationFailedError(FhirMigrationError):
             remedy = error.remedy or remedy
         else:
             shown = text if text is not None else f"{type(error).__name__}: {error}"
+        # Where in the script it happened (file:line and the line, as pytest shows it), so a
+        # typo is found without --traceback.
+        self.frame = script_frame(error, script.path)
+        hint = suggestion(error)
+        if hint and hint not in shown:
+            shown = f"{shown.rstrip('.')}. {hint}"
+        where = f" ({self.frame.describe()})" if self.frame else ""
         super().__init__(
             f"Migration {script.name} ({script.revision}, {script.path}) failed during "
-            f"{direction}: {shown.rstrip('.')}. It was not recorded and nothing after it ran.",
+            f"{direction}: {shown.rstrip('.')}{where}. It was not recorded and nothing after it ran.",
             remedy,
         )
 
