@@ -50,3 +50,45 @@ def test_a_mistyped_name_gets_pythons_did_you_mean():
     except NameError as error:
         assert suggestion(error) == "Did you mean: 'patients'?"
     assert suggestion(ValueError("x")) == ""
+
+
+def progress_lines(*events, terminal: bool = False) -> list[str]:
+    import io
+
+    from django_fhir_migrations.console import DJANGO, Console
+    from django_fhir_migrations.engine.events import Event
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return terminal
+
+    lines: list[str] = []
+    console = Console(DJANGO, out=lines.append, err=lines.append, stream=Terminal())
+    for fields in events:
+        console.on_event(Event("progress", **fields))
+    return lines
+
+
+def test_a_bulk_job_without_a_count_says_no_count():
+    lines = progress_lines(dict(detail="bulk patch: job has started", count=0, duration=3.0),
+                           dict(detail="bulk patch: done", count=None, duration=10.1, final=True))
+    assert lines == ["    bulk patch: done in 10.1s"]  # not "done: 0 done in 10.1s"
+
+
+def test_a_short_loop_ends_with_its_count_and_rate_without_the_progress_extra(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tqdm(name, *args, **kwargs):
+        if name == "tqdm":
+            raise ImportError("no tqdm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tqdm)
+    for terminal in (False, True):
+        lines = progress_lines(dict(detail="MRN", count=0, total=2000, duration=0.0),
+                               dict(detail="MRN", count=1200, total=2000, duration=2.0),
+                               dict(detail="MRN", count=2000, total=2000, duration=3.2, final=True),
+                               terminal=terminal)
+        assert lines == ["    MRN: 2,000 done in 3.2s (625/s)"]  # a run under 10 s is not silent

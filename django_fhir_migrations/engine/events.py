@@ -19,7 +19,8 @@ Actions and the fields they fill:
     dry_run_script    direction, script
     dry_run_done      direction, script, count (writes intercepted)
     write_intercepted detail (method, URL and what changes; never a resource body)
-    progress          script, detail (label), count, total, duration (seconds so far), final
+    progress          script, detail (label), count (None: work with no count, e.g. a server's
+                      bulk job), total, duration (seconds so far), final
     checksum_warning  scripts (edited since applied), detail (the full warning)
     out_of_order      script
     lock_wait         detail (holder), duration (seconds it will wait)
@@ -67,7 +68,7 @@ class Event:
     scripts: tuple[MigrationScript, ...] = ()
     fake: bool = False
     duration: float | None = None
-    count: int = 0
+    count: int | None = 0  # None: what was done has no count (a server's bulk job)
     total: int | None = None
     detail: str = ""
     final: bool = False
