@@ -62,6 +62,36 @@ FLASK = Vocabulary(
 PLAIN = Vocabulary(dict(PLAIN_NAMES), example="makemigration add_mrn")
 
 
+@dataclass
+class DryRunSummary:
+    """A dry run's intercepted writes, per method and resource type: how many, and the first
+    few `Type/id` (2,000 creates are one line, not 2,000)."""
+
+    EXAMPLES = 3
+    groups: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # -> [count, ids]
+    bundles: int = 0
+
+    def add(self, event: Event) -> None:
+        group = self.groups.setdefault((event.method, event.resource_type), [0, []])
+        group[0] += event.count or 0
+        if event.resource_id and len(group[1]) < self.EXAMPLES:
+            group[1].append(f"{event.resource_type}/{event.resource_id}")
+
+    @property
+    def total(self) -> int:
+        return sum(count for count, _ in self.groups.values())
+
+    def lines(self) -> list[str]:
+        lines = []
+        for (method, resource_type), (count, examples) in self.groups.items():
+            shown = ""
+            if examples:
+                more = f" and {count - len(examples):,} more" if count > len(examples) else ""
+                shown = f" ({', '.join(examples)}{more})"
+            lines.append(f"[dry-run] {method} {resource_type or '(base URL)'}: {count:,}{shown}")
+        return lines
+
+
 def _label(script: Any) -> str:
     return f"{script.label}/{script.name} ({script.short})"
 
@@ -79,6 +109,7 @@ class Console:
     ask: Callable[[str], str] = input
     stream: IO[str] | None = None  # the terminal, if any, for progress bars
     _bars: dict[str, Any] = field(default_factory=dict)
+    _dry_run: DryRunSummary = field(default_factory=lambda: DryRunSummary())
     _last_line: dict[str, float] = field(default_factory=dict)
 
     # --- writing ---------------------------------------------------------------------------
@@ -217,12 +248,23 @@ class Console:
 
     def _on_dry_run_script(self, event: Event) -> None:
         self.line("info", f"  {event.direction} {_label(event.script)}")
+        self._dry_run = DryRunSummary()
+
+    def _on_bundle_intercepted(self, event: Event) -> None:
+        self._dry_run.bundles += 1
+        self.line("info", f"  [dry-run] {event.detail} bundle of {event.count:,} entries:", 2)
 
     def _on_write_intercepted(self, event: Event) -> None:
-        self.line("info", f"  [dry-run] {event.detail}")
+        self._dry_run.add(event)
+        self.line("info", f"  [dry-run] {event.detail}", 2)
 
     def _on_dry_run_done(self, event: Event) -> None:
-        self.line("info", f"    {event.count} write(s) intercepted")
+        for line in self._dry_run.lines():
+            self.line("info", f"    {line}")
+        summary, self._dry_run = self._dry_run, DryRunSummary()
+        bundles = f" in {summary.bundles:,} bundle(s)" if summary.bundles else ""
+        listed = "" if self.verbosity >= 2 or not summary.total else "; -v 2 lists each one"
+        self.line("info", f"    {summary.total:,} write(s) intercepted{bundles}{listed}")
 
     def _on_checksum_warning(self, event: Event) -> None:
         self.line("warning", f"Warning: {event.detail}")

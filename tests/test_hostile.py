@@ -330,7 +330,7 @@ def test_dry_run_intercepts_writes_made_through_fhirclient_models(fhir_settings,
         f"ctx.server.session.delete(ctx.server.base_uri + 'Patient/does-not-matter')"))
     code, out, err = call("fhirmigrate", "--dry-run")
     assert code == 0, err
-    assert "[dry-run] POST Patient" in out and "[dry-run] DELETE Patient/does-not-matter" in out
+    assert "[dry-run] POST Patient: 1" in out and "[dry-run] DELETE Patient: 1 (Patient/does-not-matter)" in out
     assert fhir.patients() == []
     assert fhir.state() is None
 

@@ -7,7 +7,7 @@ from django_fhir_migrations.engine import Project
 from django_fhir_migrations.engine.config import ScriptLocation, Settings
 from django_fhir_migrations.formatting import format_status
 
-from .support.helpers import ScriptsDir
+from .support.helpers import ScriptsDir, call
 
 # 4. counts and messages ---------------------------------------------------------------------------
 
@@ -92,3 +92,44 @@ def test_a_short_loop_ends_with_its_count_and_rate_without_the_progress_extra(mo
                                dict(detail="MRN", count=2000, total=2000, duration=3.2, final=True),
                                terminal=terminal)
         assert lines == ["    MRN: 2,000 done in 3.2s (625/s)"]  # a run under 10 s is not silent
+
+
+# 5. a dry run at scale ------------------------------------------------------------------------------
+
+
+def seed(fhir, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        body = {"resourceType": "Patient", "identifier": [{"system": fhir.system, "value": f"seed{n}"}]}
+        reply = fhir.http.post(fhir.url("Patient"), json=body, timeout=30,
+                               headers={"Content-Type": "application/fhir+json"})
+        reply.raise_for_status()
+        ids.append(reply.json()["id"])
+    return ids
+
+
+def test_a_dry_run_of_hundreds_of_writes_prints_a_summary_per_type_and_operation(fhir_settings, fhir, scripts):
+    seed(fhir, 4)
+    scripts.add("many", upgrade=(
+        "with ctx.batch() as batch:\n"
+        "    for n in range(250):\n"
+        f"        batch.create({{'resourceType': 'Patient', 'identifier': [{{'system': {fhir.system!r}, "
+        "'value': f'new{n}'}]})\n"
+        f"for patient in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True):\n"
+        "    patient['gender'] = 'other'\n"
+        "    ctx.update(patient)\n"))
+    code, out, err = call("fhirmigrate", "--dry-run")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "    [dry-run] POST Patient: 250" in lines
+    [updates] = [line for line in lines if "[dry-run] PUT Patient: 4 (" in line]
+    assert updates.endswith(" and 1 more)") and updates.count("Patient/") == 3  # the first three
+    assert "    254 write(s) intercepted in 3 bundle(s); -v 2 lists each one" in lines  # no headers
+    assert len(lines) < 10
+    assert len(fhir.patients()) == 4 and fhir.state() is None
+
+    code, out, err = call("fhirmigrate", "--dry-run", verbosity=2)
+    assert code == 0, err
+    assert sum(line.startswith("  [dry-run] POST Patient: Patient with identifier") for line in out.splitlines()) == 250
+    assert out.count("  [dry-run] batch bundle of 100 entries:") == 2
+    assert "    254 write(s) intercepted in 3 bundle(s)\n" in out

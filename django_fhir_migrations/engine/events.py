@@ -18,7 +18,11 @@ Actions and the fields they fill:
     dry_run_start     direction, scripts
     dry_run_script    direction, script
     dry_run_done      direction, script, count (writes intercepted)
-    write_intercepted detail (method, URL and what changes; never a resource body)
+    write_intercepted script, method, resource_type, resource_id ("" for a create), count (how
+                      many resources: 1, or a bulk patch's matches), detail (method, URL and
+                      which fields change; never a resource body)
+    bundle_intercepted script, detail (batch | transaction), count (its entries); its entries
+                      follow as write_intercepted (a bundle is not a write of its own)
     progress          script, detail (label), count (None: work with no count, e.g. a server's
                       bulk job), total, duration (seconds so far), final
     checksum_warning  scripts (edited since applied), detail (the full warning)
@@ -74,6 +78,9 @@ class Event:
     final: bool = False
     script_revision: str = ""
     parents: tuple[str, ...] = field(default=())
+    method: str = ""  # an intercepted write's HTTP method
+    resource_type: str = ""  # and the resource it writes (no id for a create)
+    resource_id: str = ""
 
 
 Listener = Callable[[Event], None]
