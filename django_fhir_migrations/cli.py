@@ -78,7 +78,7 @@ COMMANDS = (
     Command("makemigration", "Create a new migration script whose down_revision is the current "
             "head.", (*MAKEMIGRATION, SCRIPTS_FOLDER)),
     Command("migrate", "Apply every unapplied migration, in order (or up to TARGET).", MIGRATE,
-            aliases=("upgrade",), needs_scripts=lambda options: not options.get("break_lock")),
+            aliases=("upgrade",)),
     Command("downgrade", "Revert migrations: the most recent one by default, --steps N, down to "
             "TARGET (kept applied), or 'zero' for all.", DOWNGRADE),
     Command("reset", "Forget the migration state (head := None). Runs no migration and changes no "

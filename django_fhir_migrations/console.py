@@ -285,6 +285,11 @@ class Console:
     def _on_lock_kept(self, event: Event) -> None:
         self.line("info", "Lock left in place.")
 
+    def _on_lock_taken_over(self, event: Event) -> None:
+        why = (f"its process (pid {event.count}) is no longer running on this host"
+               if event.reason == "holder_gone" else "its lease expired")
+        self.line("warning", f"Took over the migration lock held by {event.detail}: {why}.")
+
     def _on_lock_broken(self, event: Event) -> None:
         self.line("success", f"Broke the migration lock held by {event.detail}.")
 

@@ -102,8 +102,14 @@ def status_exit_code(status: ProjectStatus) -> int:
     return 1 if broken else 0
 
 
-def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1) -> list[Line]:
-    """`fhirhistory`: newest first, one line per AuditEvent of this state."""
+UNFINISHED = ("interrupted", "running")  # an attempt the state records, not an AuditEvent
+
+
+def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1, *,
+                   vocabulary: Vocabulary | None = None) -> list[Line]:
+    """`fhirhistory`: newest first, one line per AuditEvent of this state, and one per
+    migration whose attempt is unfinished (a killed run writes no AuditEvent)."""
+    migrate = vocabulary.command("migrate") if vocabulary else "migrate"
     lines: list[Line] = [("heading", f"History of migration state {state_id!r} (newest first):")]
     if not records:
         lines.append(("info", "  (nothing recorded yet)"))
@@ -113,9 +119,13 @@ def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int
         if record.revision:
             what += f" ({record.revision[:12]})"
         took = f"  {record.duration:.2f}s" if record.duration is not None else ""
-        outcome = "ok" if record.success else "FAILED"
+        unfinished = record.event in UNFINISHED
+        outcome = "ok" if record.success else "unfinished" if unfinished else "FAILED"
         line = f"  {when}  {record.event:<12} {what}  by {record.who or '?'}{took}  {outcome}"
-        lines.append(("info" if record.success else "error", line))
+        lines.append(("info" if record.success else "warning" if unfinished else "error", line))
+        if unfinished:
+            resume = "" if record.event == "running" else f"; `{migrate}` resumes it"
+            lines.append(("warning", f"      {record.detail}{resume}"))
         if not record.success and record.error and verbosity >= 1:
             lines.append(("error", f"      {record.error[:300]}"))
     return lines

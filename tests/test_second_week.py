@@ -3,11 +3,147 @@ the tool now answers it. Against the real HAPI where the server is involved; the
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 from django_fhir_migrations.engine import Project
+from django_fhir_migrations.engine.clock import parse_datetime
 from django_fhir_migrations.engine.config import ScriptLocation, Settings
 from django_fhir_migrations.formatting import format_status
 
-from .support.helpers import ScriptsDir, call
+from .support.helpers import REPO, ScriptsDir, call
+
+# 2. a dead holder's lock, and 4. what fhirhistory shows of the killed run -------------------------
+
+
+def killed_mid_run(fhir, scripts, tmp_path) -> int:
+    """A fhirmigrate (lease TTL 60 s) killed with SIGKILL after its first write, while it waits;
+    returns its pid."""
+    started, slow = tmp_path / "started", tmp_path / "slow"
+    slow.touch()
+    scripts.add("two_steps", upgrade=(
+        f"import os, time\nctx.create({fhir.patient_code('first')})\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        f"while os.path.exists({str(slow)!r}):\n    time.sleep(0.1)\n"
+        f"ctx.create({fhir.patient_code('second')})"), downgrade="ctx.undo()")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.django_settings", PYTHONPATH=str(REPO),
+               FHIR_BASE_URL=fhir.base_url, FHIR_MIGRATIONS_STATE_ID=fhir.state_id,
+               MIGRATION_SCRIPTS_DIR=str(scripts.path), FHIR_MIGRATIONS_LOCK_TTL="60")
+    process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    slow.unlink()
+    return process.pid
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once_and_history_shows_the_killed_run(
+        fhir_settings, fhir, scripts, tmp_path):
+    pid = killed_mid_run(fhir, scripts, tmp_path)
+    lease = next(e for e in fhir.state()["extension"] if e["url"].endswith("/migration-lock"))
+    parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in lease["extension"]}
+    with open("/proc/sys/kernel/random/boot_id") as boot:
+        assert parts["bootId"] == boot.read().strip() and parts["pid"] == pid
+
+    attempt = next(e for e in fhir.state()["extension"] if e["url"].endswith("/migration-attempt"))
+    first_start = next(p["valueDateTime"] for p in attempt["extension"] if p["url"] == "startedAt")
+    code, out, err = call("fhirhistory")
+    assert code == 0, err
+    [killed] = [line for line in out.splitlines() if " interrupted " in line]
+    assert "dir/two_steps.py" in killed and f"(pid {pid}" in killed and killed.endswith("unfinished")
+    assert "applying: 1 attempt(s), 0 resource(s) written when it last reported; `fhirmigrate` resumes it" in out
+
+    time.sleep(2)  # the deploy system restarts it
+    waited = time.monotonic()
+    code, out, err = call("fhirmigrate", "--lock-timeout", "300")
+    assert code == 0, err
+    assert time.monotonic() - waited < 15  # not the 60 s the lease still had, nor 300
+    assert "Took over the migration lock held by " in out
+    assert f"(pid {pid}, " in out and f"its process (pid {pid}) is no longer running on this host." in out
+    assert "Waiting up to" not in out
+    assert sorted(p["identifier"][0]["value"] for p in fhir.patients()) == ["first", "second"]
+    codes = [e["subtype"][0]["code"] for e in fhir.audit_events()]
+    assert codes[:2] == ["applied", "lock-taken-over"]
+
+    # The applied record's duration covers both attempts: from the killed run's start.
+    applied = next(e for e in fhir.state()["extension"] if e["url"].endswith("/applied-migration"))
+    values = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in applied["extension"]}
+    span = (parse_datetime(values["appliedAt"]) - parse_datetime(first_start)).total_seconds()
+    assert span > 2 and abs(values["durationMs"] / 1000 - span) < 0.5  # not only the resumed part
+    code, out, _ = call("fhirhistory")
+    assert " interrupted " not in out and " applied " in out
+
+
+def test_break_lock_tells_the_truth_then_migrates_and_downgrade_has_it_too(fhir_settings, fhir, scripts,
+                                                                          tmp_path, monkeypatch):
+    from django_fhir_migrations.engine import lock as lock_module
+
+    killed_mid_run(fhir, scripts, tmp_path)
+    # Seen from another host, the dead holder cannot be told from a live one: it must be broken.
+    monkeypatch.setattr(lock_module, "boot_id", lambda: "another-boot")
+    code, out, err = call("fhirmigrate", "--break-lock", stdin="no\n")
+    assert code == 1
+    assert "its lease was renewed" in out and "still being renewed" not in out
+    assert fhir.patients() and len(fhir.patients()) == 1
+    code, out, err = call("fhirmigrate", "--break-lock", "--noinput")
+    assert code == 0, err
+    assert "Broke the migration lock" in out and "Applied 1 migration" in out  # one run
+    assert len(fhir.patients()) == 2
+
+    # fhirdowngrade --break-lock: a lease left by a holder that stopped renewing.
+    from django_fhir_migrations.conf import get_settings
+    from django_fhir_migrations.engine import Project
+    from django_fhir_migrations.engine.lock import MigrationLock
+    from django_fhir_migrations.engine.recorder import StateRecorder
+
+    project = Project(get_settings())
+    recorder = StateRecorder(project.connection, fhir.state_id)
+    dead = MigrationLock(recorder, ttl=300, command="crashed deploy", user="bob")
+    dead.acquire(recorder.read(), timeout=5)
+    dead._stop.set()
+    code, out, err = call("fhirdowngrade", "--break-lock", "--noinput", "--lock-timeout", "1")
+    project.close()
+    assert code == 0, err
+    assert "Broke the migration lock held by bob@" in out and "Reverted 1 migration" in out
+    assert fhir.patients() == []
+
+
+def test_lease_condition_says_what_is_true():
+    import socket
+    from datetime import timedelta
+
+    from django_fhir_migrations.engine.clock import isoformat, utcnow
+    from django_fhir_migrations.engine.lock import boot_id, holder_is_gone, lease_condition, pid_namespace
+    from django_fhir_migrations.engine.state import LockInfo, MigrationState
+
+    now = utcnow()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that is gone
+    here = dict(host=socket.gethostname(), boot_id=boot_id(), pid_namespace=pid_namespace())
+
+    def state(silent: float, **lock) -> MigrationState:
+        info = LockInfo(**{**dict(token="t", host="web-9", pid=child.pid, user="bob",
+                                  started_at=isoformat(now), ttl=60, renewed_at=isoformat(now)), **lock})
+        return MigrationState("s", lock=info, last_updated=now - timedelta(seconds=silent), server_time=now)
+
+    assert holder_is_gone(state(1, **here).lock)
+    assert lease_condition(state(1, **here)) == f"its process (pid {child.pid}) is no longer running on this host"
+    assert not holder_is_gone(state(1, **{**here, "boot_id": "an-earlier-boot"}).lock)
+    assert not holder_is_gone(state(1, **{**here, "pid_namespace": "pid:[1]"}).lock)
+    assert not holder_is_gone(state(1, **{**here, "pid": os.getpid()}).lock)  # alive
+    assert not holder_is_gone(state(1, **{**here, "boot_id": ""}).lock)  # a lease of an older version
+    assert not holder_is_gone(state(1).lock)  # another host
+    assert lease_condition(state(3)) == "its lease was renewed 3s ago, so its holder is probably still running"
+    assert lease_condition(state(55)) == ("its lease has not been renewed for 55s (it is renewed every 20s "
+                                          "and expires after 60s), so its holder has probably stopped")
+    assert lease_condition(state(75)) == "its lease expired: not renewed for 75s (it lasts 60s)"
+
 
 # 4. counts and messages ---------------------------------------------------------------------------
 

@@ -175,7 +175,7 @@ def commands() -> list[click.Command]:
         _command("migrate", "Create a new migration script NNNN_NAME.py whose down_revision is the "
                  "current head.", (*MAKEMIGRATION, SCRIPTS_FOLDER), _makemigration),
         _command("upgrade", "Apply every unapplied FHIR migration, in order (or up to TARGET).",
-                 MIGRATE, verbs.migrate, needs_scripts=lambda options: not options.get("break_lock")),
+                 MIGRATE, verbs.migrate),
         _command("downgrade", "Revert the most recent FHIR migration (or --steps N, down to "
                  "TARGET, or 'zero' for all).", DOWNGRADE, verbs.downgrade),
         _command("reset", "Forget the FHIR migration state (head := None). Runs no migration and "

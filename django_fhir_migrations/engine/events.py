@@ -30,6 +30,8 @@ Actions and the fields they fill:
     lock_wait         detail (holder), duration (seconds it will wait)
     lock_free         -                 lock_kept   detail (holder)
     lock_broken       detail (holder)   reset       -
+    lock_taken_over   detail (holder), count (its pid), reason ("holder_gone": its process is no
+                      longer running on this host; "expired": its lease was not renewed in time)
     script_created    detail (path), script_revision, parents
     resumed           script, count (resources the interrupted attempts wrote, as resume
                       found them), detail (records it would not trust, if any)
@@ -81,6 +83,7 @@ class Event:
     method: str = ""  # an intercepted write's HTTP method
     resource_type: str = ""  # and the resource it writes (no id for a create)
     resource_id: str = ""
+    reason: str = ""  # why, as a code (lock_taken_over)
 
 
 Listener = Callable[[Event], None]
