@@ -22,7 +22,9 @@ setup(
     packages=find_namespace_packages(include=["django_fhir_migrations", "django_fhir_migrations.*"],
                                      exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*"]},
+    # testserver/hapi: the pom and Java sources `fhir-migrations testserver` builds with Maven.
+    package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*",
+                                             "testserver/hapi/**/*"]},
     zip_safe=False,
     python_requires=">=3.10",
     install_requires=[

@@ -16,6 +16,79 @@ from django_fhir_migrations.formatting import format_status
 
 from .support.helpers import REPO, ScriptsDir, call
 
+# 1. MigrationTester runs against a test server, never the development one -----------------------
+
+
+def test_the_tester_refuses_the_development_server_unless_told(settings, clean_env, dead_url):
+    from django_fhir_migrations.testing import MigrationTester, TestServerRequiredError
+
+    settings.FHIR_MIGRATIONS = {"BASE_URL": dead_url, "STATE_ID": "clinic"}
+    try:
+        MigrationTester()
+    except TestServerRequiredError as error:
+        assert error.base_url == dead_url and error.setting == "FHIR_MIGRATIONS['TEST']['BASE_URL']"
+        assert "allow_dev_server=True" in str(error) and "fhir-migrations testserver start" in str(error)
+    else:
+        raise AssertionError("the tester ran against BASE_URL")
+    tester = MigrationTester(allow_dev_server=True)  # told explicitly (no request is made yet)
+    assert tester.settings.base_url == dead_url and tester.state_id.startswith("test-")
+    tester.project.close()
+
+
+def test_the_test_settings_are_checked_and_never_the_projects_own_state(settings, clean_env, dead_url):
+    from django.core import checks as django_checks
+
+    from django_fhir_migrations.engine.errors import ConfigurationError
+    from django_fhir_migrations.testing import MigrationTester
+
+    def refused(test: dict) -> ConfigurationError:
+        settings.FHIR_MIGRATIONS = {"BASE_URL": dead_url, "STATE_ID": "clinic", "TEST": test}
+        try:
+            MigrationTester()
+        except ConfigurationError as error:
+            return error
+        raise AssertionError(f"TEST={test!r} was accepted")
+
+    assert refused({"BASE_URL": "ftp://x"}).setting == "FHIR_MIGRATIONS['TEST']['BASE_URL']"
+    assert refused({"NAME": "x"}).setting == "FHIR_MIGRATIONS['TEST']['NAME']"
+    same = refused({"BASE_URL": dead_url, "STATE_ID": "clinic"})
+    assert "the project's own migration state" in str(same)
+    clean_env.setenv("FHIR_MIGRATIONS_TEST_BASE_URL", "not a url")
+    assert refused({}).setting == "environment variable FHIR_MIGRATIONS_TEST_BASE_URL"
+    clean_env.delenv("FHIR_MIGRATIONS_TEST_BASE_URL")
+    settings.FHIR_MIGRATIONS = {"BASE_URL": dead_url, "TEST": {"BASE_URL": "ftp://x"}}
+    found = django_checks.run_checks(tags=["fhir_migrations"])
+    assert [m.id for m in found] == ["fhir_migrations.E001"] and "['TEST']['BASE_URL']" in found[0].msg
+
+
+def test_the_tester_migrates_on_the_test_server_and_leaves_the_development_one_alone(
+        settings, fhir, scripts, clean_env, dead_url):
+    from django_fhir_migrations.testing import MigrationTester
+
+    scripts.add("create_one", upgrade=f"ctx.create({fhir.patient_code('one')})", downgrade="ctx.undo()")
+    settings.FHIR_MIGRATIONS = {"BASE_URL": dead_url, "STATE_ID": fhir.state_id,  # "development": down
+                                "SCRIPTS_DIRS": [str(scripts.path)], "RETRIES": 0,
+                                "TEST": {"BASE_URL": fhir.base_url}}
+    with MigrationTester() as tester:
+        assert tester.settings.base_url == fhir.base_url and tester.state_id != fhir.state_id
+        assert tester.migrate() == ["create_one"]
+        assert [p["identifier"][0]["value"] for p in fhir.patients()] == ["one"]
+    assert fhir.patients() == []  # reverted on exit
+
+    # A named test state left applied by a run that crashed is reset when the next tester starts.
+    settings.FHIR_MIGRATIONS["TEST"]["STATE_ID"] = f"{fhir.state_id}-tests"
+    crashed = MigrationTester(cleanup=False)
+    crashed.migrate()
+    crashed.close()
+    assert len(fhir.patients()) == 1
+    with MigrationTester() as tester:
+        assert tester.state_id == f"{fhir.state_id}-tests"
+        assert tester.applied() == [] and fhir.patients() == []
+        tester.migrate()
+        assert len(fhir.patients()) == 1
+    assert fhir.patients() == []
+
+
 # 2. a dead holder's lock, and 4. what fhirhistory shows of the killed run -------------------------
 
 
