@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from django_fhir_migrations.engine import Project
 from django_fhir_migrations.engine.clock import parse_datetime
 from django_fhir_migrations.engine.config import ScriptLocation, Settings
@@ -342,3 +344,67 @@ def test_a_dry_run_of_hundreds_of_writes_prints_a_summary_per_type_and_operation
     assert sum(line.startswith("  [dry-run] POST Patient: Patient with identifier") for line in out.splitlines()) == 250
     assert out.count("  [dry-run] batch bundle of 100 entries:") == 2
     assert "    254 write(s) intercepted in 3 bundle(s)\n" in out
+
+
+# 7. the bulk_patch operations format, as the README documents it ------------------------------------
+
+
+def readme_bulk_examples(fhir, scripts) -> tuple[str, list[str]]:
+    """The README's two bulk_patch examples as two migrations in this test's namespace, with
+    three Patients and two Observations they match; (the unique code token, Observation ids)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**The operations `ctx.bulk_patch` takes**"):]
+    token = fhir.state_id[-12:]
+    down = None
+    for number in (1, 2):
+        start = section.index("```python\n") + len("```python\n")
+        end = section.index("\n```", start)
+        example, section = section[start:end], section[end + 4:]
+        example = (example.replace("urn:example:cohort", fhir.system)
+                   .replace("2345-7", f"old-{token}").replace("2339-0", f"new-{token}"))
+        scripts.write(f"000{number}_readme_bulk", f"revision = 'readme{number}{token}'\ndown_revision = {down!r}\n\n\n"
+                                                  f"{example}\n\n\ndef downgrade(ctx):\n    ctx.undo()\n")
+        down = f"readme{number}{token}"
+    seed(fhir, 3)
+    observations = []
+    for _ in range(2):
+        body = {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": f"old-{token}"}]}}
+        reply = fhir.http.post(fhir.url("Observation"), json=body, timeout=30,
+                               headers={"Content-Type": "application/fhir+json"})
+        observations.append(reply.json()["id"])
+    return token, observations
+
+
+def codes_of(fhir, observations: list[str]) -> list[str]:
+    return [fhir.get(f"Observation/{i}")["code"]["coding"][0]["code"] for i in observations]
+
+
+def test_the_readmes_bulk_patch_examples_add_an_identifier_and_replace_a_code(fhir_settings, fhir, scripts):
+    token, observations = readme_bulk_examples(fhir, scripts)
+    try:
+        code, out, err = call("fhirmigrate")
+        assert code == 0, err
+        assert all({"system": "http://hospital.example.org/study", "value": "cohort-2026"} in p["identifier"]
+                   for p in fhir.patients())
+        assert codes_of(fhir, observations) == [f"new-{token}"] * 2
+        assert call("fhirdowngrade", "zero")[0] == 0
+        assert all(len(p["identifier"]) == 1 for p in fhir.patients())  # the identifier's undo
+    finally:
+        for observation in observations:
+            fhir.http.delete(fhir.url(f"Observation/{observation}"), timeout=30)
+
+
+@pytest.mark.xfail(strict=True, reason="bulk.py records the job's changes by running the search again "
+                   "after the job: a patch that takes resources out of its own search (a recode searched "
+                   "by its old code) leaves them without Provenance, so ctx.undo() misses them (lead's "
+                   "bulk.py; reported in week2's report)")
+def test_the_readmes_recode_is_undone_too(fhir_settings, fhir, scripts):
+    token, observations = readme_bulk_examples(fhir, scripts)
+    try:
+        assert call("fhirmigrate")[0] == 0
+        assert call("fhirdowngrade", "zero")[0] == 0
+        assert codes_of(fhir, observations) == [f"old-{token}"] * 2
+    finally:
+        for observation in observations:
+            fhir.http.delete(fhir.url(f"Observation/{observation}"), timeout=30)
