@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .engine.audit import AuditRecord
+from .engine.lock import lease_condition
 from .engine.status import ProjectStatus, ScriptStatus
 
 if TYPE_CHECKING:
@@ -68,9 +69,8 @@ def format_status(status: ProjectStatus, verbosity: int = 1, *,
         names = ", ".join(f"{s.label}/{s.name} ({s.short})" for s in status.heads)
         lines.append(("warning", f"Branches: {len(status.heads)} heads ({names}); join them with "
                                  f"`{merge} --merge`."))
-    if status.lock is not None:
-        expired = " (lease expired)" if status.lock_expired else ""
-        lines.append(("warning", f"Lock: held by {status.lock.describe()}{expired}"))
+    if status.lock is not None and status.state is not None:
+        lines.append(("warning", f"Lock: held by {status.lock.describe()}: {lease_condition(status.state)}"))
     if status.offline:
         lines.append(("info", "Offline: the server was not asked, so what is applied is unknown ([?])."))
     elif status.server_error:

@@ -128,6 +128,8 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once_and_history_shows_the_
 
     attempt = next(e for e in fhir.state()["extension"] if e["url"].endswith("/migration-attempt"))
     first_start = next(p["valueDateTime"] for p in attempt["extension"] if p["url"] == "startedAt")
+    code, out, err = call("fhirshowmigrations")
+    assert "Lock: held by " in out and f"its process (pid {pid}) is no longer running on this host" in out
     code, out, err = call("fhirhistory")
     assert code == 0, err
     [killed] = [line for line in out.splitlines() if " interrupted " in line]
