@@ -8,7 +8,7 @@ EXTRAS ?= test,browser
 STAMP := $(VENV)/.installed-$(EXTRAS)-$(shell cat setup.py | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test test-fast lint demo bench clean
+.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test test-fast test-deprecations lint demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: venv hapi-build
 # Everything that needs no FHIR server and no Java (pure logic, the fake connection): seconds.
 test-fast: venv
 	$(PY) -m pytest -m "not server and not slow" $(PYTEST_ARGS)
+
+# The fast suite on Django 5.2 with RemovedInDjango60Warning and RemovedInDjango61Warning as
+# errors (tox.ini: py311-django52-deprecations), in a tox env of its own.
+test-deprecations: venv
+	$(PY) -m tox -e py311-django52-deprecations $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 demo: venv hapi-build
 	$(PY) example_project/demo.py

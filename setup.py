@@ -22,11 +22,15 @@ setup(
     packages=find_namespace_packages(include=["django_fhir_migrations", "django_fhir_migrations.*"],
                                      exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*"]},
+    # testserver/hapi: the pom and Java sources `fhir-migrations testserver` builds with Maven.
+    package_data={"django_fhir_migrations": ["py.typed", "templates/**/*", "static/**/*",
+                                             "testserver/hapi/**/*"]},
     zip_safe=False,
     python_requires=">=3.10",
     install_requires=[
-        "django>=4.2,<6.0",
+        # No upper bound: a new Django is tried by `make test-deprecations` (its deprecation
+        # warnings are errors there) before it breaks anyone; tox.ini names what is tested.
+        "django>=4.2",
         "requests>=2.28,<3",
         "fhirclient>=4.1,<5",
     ],

@@ -47,6 +47,8 @@ class Arg:
 PLAN = Arg(("--plan",), "Print the plan; change nothing.", action="store_true")
 LOCK_TIMEOUT = Arg(("--lock-timeout",), "How long to wait for another process's migration lock "
                    "(default: LOCK_TIMEOUT setting).", type=float, metavar="SECONDS")
+BREAK_LOCK = Arg(("--break-lock",), "Remove another process's migration lock first (asks; "
+                 "--noinput answers yes), then run.", action="store_true")
 NOINPUT = Arg(("--noinput", "--no-input", "--yes"), "Do not ask for confirmation; answer yes.",
               action="store_false", dest="interactive", default=True)
 
@@ -62,8 +64,7 @@ MIGRATE: tuple[Arg, ...] = (
         action="store_true"),
     Arg(("--accept-checksums",), "Record the current checksum of applied scripts edited since they "
         "ran (audited); runs nothing.", action="store_true"),
-    Arg(("--break-lock",), "Remove another process's migration lock (asks first), then stop.",
-        action="store_true"),
+    BREAK_LOCK,
     Arg(("--pause",), "Ask the migration running on this state (on any host) to stop at its next "
         "bundle; a plain run continues it.", action="store_true"),
     Arg(("--cancel",), "Stop the running (or paused, or interrupted) migration and revert what it "
@@ -83,6 +84,7 @@ DOWNGRADE: tuple[Arg, ...] = (
     PLAN,
     Arg(("--fake",), "Record the migrations as reverted without running them.", action="store_true"),
     Arg(("--dry-run",), "Run the downgrades with writes printed instead of sent.", action="store_true"),
+    BREAK_LOCK,
     LOCK_TIMEOUT,
     NOINPUT,
 )

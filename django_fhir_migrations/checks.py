@@ -38,7 +38,7 @@ from django.apps import AppConfig
 from django.conf import settings as django_settings
 from django.core import checks
 
-from .conf import APP_SCRIPTS_FOLDER, get_settings
+from .conf import APP_SCRIPTS_FOLDER, get_settings, get_test_config
 from .engine import Project
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV, Settings
 from .engine.errors import (
@@ -123,6 +123,10 @@ def check_settings_and_scripts(app_configs: Sequence[AppConfig] | None = None, *
                 id=_id("E001"),
             ))
         return messages
+    try:
+        get_test_config()  # MigrationTester's TEST key: checked here, used by the project's tests
+    except ConfigurationError as exc:
+        messages.append(checks.Error(str(exc), hint=f"Correct {exc.setting}.", id=_id("E001")))
     if not settings.base_url:
         messages.append(checks.Warning(
             "No FHIR server is configured: the fhir* commands and the admin page cannot work.",

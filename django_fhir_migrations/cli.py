@@ -3,6 +3,7 @@
     fhir-migrations makemigration NAME    fhir-migrations migrate [TARGET]
     fhir-migrations downgrade [TARGET]    fhir-migrations reset
     fhir-migrations showmigrations        fhir-migrations history
+    fhir-migrations testserver start|stop|status|build   (a throw-away HAPI for tests)
 
 Same arguments, flags and exit codes as the Django commands (fhirmakemigration, fhirmigrate,
 ...; the flags come from arguments.py for both). Configuration comes from the environment, as
@@ -36,7 +37,7 @@ from .arguments import (
 from .console import CLI, Console, configure_logging, plain_console
 from .engine import FhirMigrationError, Project, Settings
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
-from .engine.interrupts import exit_code_for
+from .engine.interrupts import exit_code_for, interrupt_text
 from .engine.redaction import scrubbed_traceback
 from .standalone import build_settings, require_scripts, scripts_folder
 
@@ -78,7 +79,7 @@ COMMANDS = (
     Command("makemigration", "Create a new migration script whose down_revision is the current "
             "head.", (*MAKEMIGRATION, SCRIPTS_FOLDER)),
     Command("migrate", "Apply every unapplied migration, in order (or up to TARGET).", MIGRATE,
-            aliases=("upgrade",), needs_scripts=lambda options: not options.get("break_lock")),
+            aliases=("upgrade",)),
     Command("downgrade", "Revert migrations: the most recent one by default, --steps N, down to "
             "TARGET (kept applied), or 'zero' for all.", DOWNGRADE),
     Command("reset", "Forget the migration state (head := None). Runs no migration and changes no "
@@ -126,7 +127,39 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         sub = commands.add_parser(command.name, aliases=command.aliases, parents=[common],
                                   help=command.help, description=command.help)
         add_arguments(sub, command.args)
+    add_testserver_parser(commands)
     return parser
+
+
+TESTSERVER_HELP = ("A throw-away HAPI FHIR server for your migration tests (needs Java 17 and "
+                   "Maven): built from Maven Central into a cache folder, started in the "
+                   "background on 127.0.0.1, data in memory.")
+
+
+def add_testserver_parser(commands: Any) -> None:
+    from .testserver import ACTIONS, DEFAULT_PORT, START_TIMEOUT
+
+    sub = commands.add_parser("testserver", help=TESTSERVER_HELP, description=TESTSERVER_HELP)
+    sub.add_argument("action", nargs="?", choices=ACTIONS, default="status",
+                     help="start (builds first if needed), stop, status (default), build.")
+    sub.add_argument("--port", type=int, default=DEFAULT_PORT,
+                     help=f"Port on 127.0.0.1 (default {DEFAULT_PORT}).")
+    sub.add_argument("--cache-dir", metavar="FOLDER", default=None,
+                     help="Where it is built and its log kept (default: FHIR_MIGRATIONS_TESTSERVER_HOME, "
+                          "else ~/.cache/django-fhir-migrations/testserver).")
+    sub.add_argument("--timeout", type=float, default=START_TIMEOUT, metavar="SECONDS",
+                     help=f"How long start waits for the server to answer (default {START_TIMEOUT:.0f}).")
+
+
+def run_testserver(options: Mapping[str, Any], console: Console) -> int:
+    """`testserver`: no settings, no scripts, no Project: it only runs a server for tests."""
+    from pathlib import Path
+
+    from .testserver import run
+
+    home = Path(options["cache_dir"]) if options.get("cache_dir") else None
+    return run(options["action"], port=options["port"], home=home, timeout=options["timeout"],
+               say=lambda text: console.line("info", text, 0))
 
 
 def settings_from(options: Mapping[str, Any], environ: Mapping[str, str]
@@ -201,15 +234,18 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     stdout, stderr = sys.stdout, sys.stderr
     verbosity = options.setdefault("verbosity", 1)
-    name = next(c.name for c in COMMANDS if options["command"] in (c.name, *c.aliases))
-    command = next(c for c in COMMANDS if c.name == name)
+    name = next((c.name for c in COMMANDS if options["command"] in (c.name, *c.aliases)), options["command"])
+    command = next((c for c in COMMANDS if c.name == name), None)
     styler = ansi_styler(stdout, options.get("no_color", False))
     configure_logging(verbosity)
     console = plain_console(CLI, stdout=stdout, stderr=stderr, verbosity=verbosity, styler=styler,
                             interactive=options.get("interactive", True))
     renames: dict[str, str] = {}
     try:
+        if options["command"] == "testserver":
+            return run_testserver(options, console)
         settings, renames = settings_from(options, os.environ)
+        assert command is not None
         if command.needs_scripts(options):
             require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})")
         warn_inside_django(name, settings, options, stderr)
@@ -225,7 +261,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         console.line("error", f"Error: {console.error_text(exc, renames)}", 0)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        stderr.write(f"Interrupted ({exc or 'SIGINT'}).\n")
+        stderr.write(f"Interrupted ({interrupt_text(exc)}).\n")
         return exit_code_for(exc)
     except Exception as exc:  # a bug: its traceback, scrubbed (a script's text may hold a token)
         stderr.write(scrubbed_traceback(exc))

@@ -26,9 +26,24 @@ class UsageError(FhirMigrationError):
     """The command was called in a way that cannot work (as Django's CommandError)."""
 
 
+def _break_lock_first(project: Project, console: Console, options: Options) -> int:
+    """--break-lock: break the lock (asking first), so that the run that follows takes it at
+    once; 0 to go on, else the exit status (the user said no). Runs that take no lock (--plan,
+    --check, --dry-run) have nothing to break it for."""
+    if not options.get("break_lock"):
+        return 0
+    lockless = [flag for key, flag in (("plan", "--plan"), ("check", "--check"), ("dry_run", "--dry-run"))
+                if options.get(key)]
+    if lockless:
+        raise UsageError(f"--break-lock breaks the migration lock before a run that takes it; "
+                         f"{lockless[0]} takes no lock. Run them separately.")
+    return project.break_lock(console.confirm()).exit_code
+
+
 def migrate(project: Project, console: Console, options: Options) -> int:
-    if options.get("break_lock"):
-        return project.break_lock(console.confirm()).exit_code
+    refused = _break_lock_first(project, console, options)
+    if refused:
+        return refused
     if options.get("accept_checksums"):
         return project.accept_checksums().exit_code
     if options.get("pause"):
@@ -50,6 +65,9 @@ def migrate(project: Project, console: Console, options: Options) -> int:
 
 
 def downgrade(project: Project, console: Console, options: Options) -> int:
+    refused = _break_lock_first(project, console, options)
+    if refused:
+        return refused
     outcome = project.downgrade(
         options.get("target"), steps=options.get("steps"), plan_only=options.get("plan", False),
         fake=options.get("fake", False), dry_run=options.get("dry_run", False),
@@ -61,9 +79,12 @@ def downgrade(project: Project, console: Console, options: Options) -> int:
 def reset(project: Project, console: Console, options: Options) -> int:
     confirm = console.confirm()
     settings = project.settings
+    migrate = console.vocabulary.command("migrate")
     question = (f"This forgets which FHIR migrations are applied on state {settings.state_id!r} at "
-                f"{settings.base_url}. No data is changed, and the next "
-                f"`{console.vocabulary.command('migrate')}` will run every migration again.")
+                f"{settings.base_url}. No resource data is changed, but the next `{migrate}` will "
+                "run every migration again, and ctx.undo() of migrations applied so far will not "
+                "be possible until they are applied again or re-adopted with "
+                f"`{migrate} --fake`.")
     if confirm is not None and not confirm(question):
         console.line("info", "Reset cancelled.")
         return 1
@@ -95,7 +116,8 @@ def showmigrations(project: Project, console: Console, options: Options) -> int:
 
 def history(project: Project, console: Console, options: Options) -> int:
     records = project.history(limit=options.get("limit") or 50)
-    for kind, line in format_history(records, project.settings.state_id, console.verbosity):
+    for kind, line in format_history(records, project.settings.state_id, console.verbosity,
+                                     vocabulary=console.vocabulary):
         console.line(kind, line, to_stdout=True)
     return 0
 

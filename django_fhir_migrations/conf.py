@@ -1,7 +1,9 @@
 """Django settings -> engine Settings: `FHIR_MIGRATIONS` plus env overrides, validated.
 
 Script folders are every installed app's `fhir_migrations/`, then SCRIPTS_DIRS, then
-MIGRATION_SCRIPTS_DIR (the engine adds those two).
+MIGRATION_SCRIPTS_DIR (the engine adds those two). `FHIR_MIGRATIONS["TEST"]` names the server
+and state a project's migration tests use (testing.py), as `DATABASES[...]["TEST"]` does for
+Django's test runner; it is not an engine setting.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import site
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 from django.apps import apps
 from django.conf import settings as django_settings
 
 from .engine.config import ScriptLocation, Settings
+from .testing import validate_test_config
 
 APP_SCRIPTS_FOLDER = "fhir_migrations"
 
@@ -63,6 +67,7 @@ def get_settings() -> Settings:
     signing key defaults to the project's SECRET_KEY (and its fallbacks), as Django's own
     signing does."""
     values = dict(getattr(django_settings, "FHIR_MIGRATIONS", None) or {})
+    values.pop("TEST", None)  # MigrationTester's (get_test_config), not an engine setting
     if not values.get("SIGNING_KEY") and getattr(django_settings, "SECRET_KEY", None):
         values["SIGNING_KEY"] = django_settings.SECRET_KEY
         values.setdefault("SIGNING_KEY_FALLBACKS",
@@ -72,3 +77,10 @@ def get_settings() -> Settings:
         app_locations=app_locations(),
         source="FHIR_MIGRATIONS",
     )
+
+
+def get_test_config() -> dict[str, Any]:
+    """FHIR_MIGRATIONS["TEST"], validated: the server and state MigrationTester uses, as
+    DATABASES[...]["TEST"] names the test database Django's test runner makes."""
+    test = (getattr(django_settings, "FHIR_MIGRATIONS", None) or {}).get("TEST")
+    return validate_test_config(test, "FHIR_MIGRATIONS['TEST']")

@@ -62,6 +62,36 @@ FLASK = Vocabulary(
 PLAIN = Vocabulary(dict(PLAIN_NAMES), example="makemigration add_mrn")
 
 
+@dataclass
+class DryRunSummary:
+    """A dry run's intercepted writes, per method and resource type: how many, and the first
+    few `Type/id` (2,000 creates are one line, not 2,000)."""
+
+    EXAMPLES = 3
+    groups: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # -> [count, ids]
+    bundles: int = 0
+
+    def add(self, event: Event) -> None:
+        group = self.groups.setdefault((event.method, event.resource_type), [0, []])
+        group[0] += event.count or 0
+        if event.resource_id and len(group[1]) < self.EXAMPLES:
+            group[1].append(f"{event.resource_type}/{event.resource_id}")
+
+    @property
+    def total(self) -> int:
+        return sum(count for count, _ in self.groups.values())
+
+    def lines(self) -> list[str]:
+        lines = []
+        for (method, resource_type), (count, examples) in self.groups.items():
+            shown = ""
+            if examples:
+                more = f" and {count - len(examples):,} more" if count > len(examples) else ""
+                shown = f" ({', '.join(examples)}{more})"
+            lines.append(f"[dry-run] {method} {resource_type or '(base URL)'}: {count:,}{shown}")
+        return lines
+
+
 def _label(script: Any) -> str:
     return f"{script.label}/{script.name} ({script.short})"
 
@@ -79,6 +109,7 @@ class Console:
     ask: Callable[[str], str] = input
     stream: IO[str] | None = None  # the terminal, if any, for progress bars
     _bars: dict[str, Any] = field(default_factory=dict)
+    _dry_run: DryRunSummary = field(default_factory=lambda: DryRunSummary())
     _last_line: dict[str, float] = field(default_factory=dict)
 
     # --- writing ---------------------------------------------------------------------------
@@ -186,7 +217,7 @@ class Console:
                              f"`{self.vocabulary.command('migrate')}` continues it.")
 
     def _on_cancelled(self, event: Event) -> None:
-        if event.count < 0:
+        if (event.count or 0) < 0:
             self.line("success", "Cancelled: the running migration reverted what it had written.")
             return
         what = _label(event.script) if event.script is not None else "the migration"
@@ -217,12 +248,23 @@ class Console:
 
     def _on_dry_run_script(self, event: Event) -> None:
         self.line("info", f"  {event.direction} {_label(event.script)}")
+        self._dry_run = DryRunSummary()
+
+    def _on_bundle_intercepted(self, event: Event) -> None:
+        self._dry_run.bundles += 1
+        self.line("info", f"  [dry-run] {event.detail} bundle of {event.count:,} entries:", 2)
 
     def _on_write_intercepted(self, event: Event) -> None:
-        self.line("info", f"  [dry-run] {event.detail}")
+        self._dry_run.add(event)
+        self.line("info", f"  [dry-run] {event.detail}", 2)
 
     def _on_dry_run_done(self, event: Event) -> None:
-        self.line("info", f"    {event.count} write(s) intercepted")
+        for line in self._dry_run.lines():
+            self.line("info", f"    {line}")
+        summary, self._dry_run = self._dry_run, DryRunSummary()
+        bundles = f" in {summary.bundles:,} bundle(s)" if summary.bundles else ""
+        listed = "" if self.verbosity >= 2 or not summary.total else "; -v 2 lists each one"
+        self.line("info", f"    {summary.total:,} write(s) intercepted{bundles}{listed}")
 
     def _on_checksum_warning(self, event: Event) -> None:
         self.line("warning", f"Warning: {event.detail}")
@@ -242,6 +284,11 @@ class Console:
 
     def _on_lock_kept(self, event: Event) -> None:
         self.line("info", "Lock left in place.")
+
+    def _on_lock_taken_over(self, event: Event) -> None:
+        why = (f"its process (pid {event.count}) is no longer running on this host"
+               if event.reason == "holder_gone" else "its lease expired")
+        self.line("warning", f"Took over the migration lock held by {event.detail}: {why}.")
 
     def _on_lock_broken(self, event: Event) -> None:
         self.line("success", f"Broke the migration lock held by {event.detail}.")
@@ -294,42 +341,67 @@ class Console:
         self.line("warning", f"    Warning: {event.detail}.")
 
     def _on_progress(self, event: Event) -> None:
+        """A bar on a terminal when tqdm (the [progress] extra) is installed; otherwise a line
+        every PROGRESS_LINE_EVERY seconds. Either way the end is one line with the count and
+        the rate (the bar's own final state, or a line), however short the run was."""
         key = event.detail
-        if self._terminal():
-            self._bar(event, key)
+        if event.final:
+            self._last_line.pop(key, None)
+            if not self._close_bar(key, event.count):
+                self.line("info", f"    {progress_summary(event)}")
+            return
+        counted = event.count is not None and (event.count > 0 or event.total is not None)
+        if counted and self._terminal() and self._bar(event, key):
             return
         now = time.monotonic()
         last = self._last_line.setdefault(key, now)
-        if event.final:
-            self._last_line.pop(key, None)
-            if (event.duration or 0) >= PROGRESS_LINE_EVERY:
-                self.line("info", f"    {key}: {event.count:,} done in {event.duration or 0:.1f}s")
-        elif now - last >= PROGRESS_LINE_EVERY:
+        if now - last >= PROGRESS_LINE_EVERY:
             self._last_line[key] = now
-            of = f"/{event.total:,}" if event.total else ""
-            rate = event.count / event.duration if event.duration else 0.0
-            left = ""
-            if event.total and rate > 0 and event.total > event.count:
-                left = f", about {format_seconds((event.total - event.count) / rate)} left"
-            self.line("info", f"    {key}: {event.count:,}{of} done ({rate:,.0f}/s{left})")
+            self.line("info", f"    {progress_summary(event)}")
 
     def _terminal(self) -> bool:
         isatty = getattr(self.stream, "isatty", None)
         return bool(self.verbosity >= 1 and isatty and isatty())
 
-    def _bar(self, event: Event, key: str) -> None:
+    def _bar(self, event: Event, key: str) -> bool:
+        """Draw (or advance) the bar; False when tqdm is not installed."""
         try:
             from tqdm import tqdm
         except ImportError:  # the [progress] extra is not installed: lines instead
             self.stream = None
-            return
+            return False
         bar = self._bars.get(key)
         if bar is None:
             bar = self._bars[key] = tqdm(total=event.total, desc=key, file=self.stream, leave=True)
-        bar.update(event.count - bar.n)
-        if event.final:
-            bar.close()  # prints the final state once
-            del self._bars[key]
+        bar.update((event.count or 0) - bar.n)
+        return True
+
+    def _close_bar(self, key: str, count: int | None) -> bool:
+        """Close the bar of `key` at its final count (that state, with the rate, stays on
+        screen); False when there was none."""
+        bar = self._bars.pop(key, None)
+        if bar is None:
+            return False
+        bar.update((count or 0) - bar.n)
+        bar.close()
+        return True
+
+
+def progress_summary(event: Event) -> str:
+    """`MRN: 1,200/2,000 done (310/s, about 3 s left)` while running, `MRN: 2,000 done in 6.4s
+    (312/s)` at the end;
+    a progress without a count (a server's bulk job) says only what it is and how long."""
+    elapsed = event.duration or 0.0
+    if event.count is None or (not event.final and not event.count and event.total is None):
+        return f"{event.detail} in {elapsed:.1f}s" if event.final else f"{event.detail} ({elapsed:.0f}s)"
+    of = f"/{event.total:,}" if event.total and not event.final else ""
+    per_second = event.count / elapsed if elapsed > 0 else 0.0
+    left = ""
+    if not event.final and event.total and per_second > 0 and event.total > event.count:
+        left = f", about {format_seconds((event.total - event.count) / per_second)} left"
+    rate = f" ({per_second:,.0f}/s{left})" if per_second > 0 else ""
+    took = f" in {elapsed:.1f}s" if event.final else ""
+    return f"{event.detail}: {event.count:,}{of} done{took}{rate}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .engine.audit import AuditRecord
+from .engine.lock import lease_condition
 from .engine.status import ProjectStatus, ScriptStatus
 
 if TYPE_CHECKING:
@@ -61,29 +62,38 @@ def format_status(status: ProjectStatus, verbosity: int = 1, *,
         lines.append(("info", "  (no migration scripts found)"))
     known = status.known
     lines.extend(("info", format_row(row, verbosity, known=known)) for row in status.scripts)
-    lines.extend(("error", f" [!] {exc.path.parent.name}/{exc.path.stem}  (cannot be loaded: see "
-                           "Problems)") for exc in status.broken)
+    lines.extend(("error", f" [!] {exc.display_name}  (cannot be loaded: see Problems)")
+                 for exc in status.broken)
     if status.heads:
         merge = vocabulary.command("makemigration") if vocabulary else "makemigration"
         names = ", ".join(f"{s.label}/{s.name} ({s.short})" for s in status.heads)
         lines.append(("warning", f"Branches: {len(status.heads)} heads ({names}); join them with "
                                  f"`{merge} --merge`."))
-    if status.lock is not None:
-        expired = " (lease expired)" if status.lock_expired else ""
-        lines.append(("warning", f"Lock: held by {status.lock.describe()}{expired}"))
+    if status.lock is not None and status.state is not None:
+        lines.append(("warning", f"Lock: held by {status.lock.describe()}: {lease_condition(status.state)}"))
     if status.offline:
         lines.append(("info", "Offline: the server was not asked, so what is applied is unknown ([?])."))
     elif status.server_error:
         lines.append(("error", f"Server: {status.server_error}"))
         lines.append(("info", "What is applied is unknown ([?])."))
     elif known:
-        pending = len(status.pending)
-        lines.append(("info", f"{pending} unapplied migration(s)." if pending
-                      else "All migrations are applied."))
+        lines.append(_summary_line(status))
     if status.problems:
         lines.append(("error", "Problems:"))
         lines.extend(("error", f"  - {problem}") for problem in status.problems)
     return lines
+
+
+def _summary_line(status: ProjectStatus) -> Line:
+    """How many are unapplied; never "all applied" while a script cannot be loaded (whether it
+    is applied is then unknown, and every fhir* command refuses until it is fixed)."""
+    pending = len(status.pending)
+    broken = len(status.broken)
+    if not broken:
+        return ("info", f"{pending} unapplied migration(s)." if pending else "All migrations are applied.")
+    loadable = f"{pending} unapplied migration(s)" if pending else "All loadable migrations are applied"
+    return ("error", f"{loadable}; {broken} script(s) cannot be loaded (see Problems), so "
+                     "nothing can be migrated until they are fixed.")
 
 
 def status_exit_code(status: ProjectStatus) -> int:
@@ -92,8 +102,14 @@ def status_exit_code(status: ProjectStatus) -> int:
     return 1 if broken else 0
 
 
-def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1) -> list[Line]:
-    """`fhirhistory`: newest first, one line per AuditEvent of this state."""
+UNFINISHED = ("interrupted", "running")  # an attempt the state records, not an AuditEvent
+
+
+def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1, *,
+                   vocabulary: Vocabulary | None = None) -> list[Line]:
+    """`fhirhistory`: newest first, one line per AuditEvent of this state, and one per
+    migration whose attempt is unfinished (a killed run writes no AuditEvent)."""
+    migrate = vocabulary.command("migrate") if vocabulary else "migrate"
     lines: list[Line] = [("heading", f"History of migration state {state_id!r} (newest first):")]
     if not records:
         lines.append(("info", "  (nothing recorded yet)"))
@@ -103,9 +119,13 @@ def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int
         if record.revision:
             what += f" ({record.revision[:12]})"
         took = f"  {record.duration:.2f}s" if record.duration is not None else ""
-        outcome = "ok" if record.success else "FAILED"
+        unfinished = record.event in UNFINISHED
+        outcome = "ok" if record.success else "unfinished" if unfinished else "FAILED"
         line = f"  {when}  {record.event:<12} {what}  by {record.who or '?'}{took}  {outcome}"
-        lines.append(("info" if record.success else "error", line))
+        lines.append(("info" if record.success else "warning" if unfinished else "error", line))
+        if unfinished:
+            resume = "" if record.event == "running" else f"; `{migrate}` resumes it"
+            lines.append(("warning", f"      {record.detail}{resume}"))
         if not record.success and record.error and verbosity >= 1:
             lines.append(("error", f"      {record.error[:300]}"))
     return lines

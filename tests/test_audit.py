@@ -157,7 +157,8 @@ def test_lock_broken_event_names_the_holder(auditor, fhir, scripts):
         assert code == 0, err
     finally:
         project.close()
-    [broken] = our_events(fhir)
+    broken, applied = our_events(fhir)[::-1]  # broken, then migrated in the same run
+    assert applied["subtype"][0]["code"] == "applied"
     assert_event(fhir, broken, "lock-broken", user=auditor, action="U")
     detail = {d["type"]: d["valueString"] for d in broken["entity"][0]["detail"]}["detail"]
     assert "mallory@" in detail and "crashed deploy" in detail

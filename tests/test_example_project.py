@@ -40,9 +40,22 @@ def test_example_migrations_apply_and_revert(fhir):
     assert fhir.search("Patient", identifier=f"{COHORT}|") == []
 
 
-def test_the_example_projects_own_tests_use_the_testing_helper(fhir):
-    env = {"FHIR_BASE_URL": fhir.base_url}
+def test_the_example_projects_own_tests_use_the_testing_helper_on_the_test_server(fhir, dead_url):
+    # BASE_URL (the "development" server) is down; the tests run on the TEST server only.
+    env = {"FHIR_BASE_URL": dead_url, "FHIR_MIGRATIONS_TEST_BASE_URL": fhir.base_url}
     result = run([sys.executable, "manage.py", "test", "patients"], cwd=REPO / "example_project", env=env)
     assert result.returncode == 0, result.stderr
     assert "Ran 1 test" in result.stderr and "OK" in result.stderr
     assert fhir.search("Patient", identifier=DEMO) == []  # the tester reverted what it applied
+
+
+def test_the_example_projects_tests_refuse_the_development_server(fhir, tmp_path):
+    (tmp_path / "no_test_server.py").write_text(
+        "from example_project.settings import *  # noqa\n"
+        "FHIR_MIGRATIONS = {k: v for k, v in FHIR_MIGRATIONS.items() if k != 'TEST'}\n")
+    env = {"FHIR_BASE_URL": fhir.base_url, "DJANGO_SETTINGS_MODULE": "no_test_server",
+           "PYTHONPATH": str(tmp_path)}
+    result = run([sys.executable, "manage.py", "test", "patients"], cwd=REPO / "example_project", env=env)
+    assert result.returncode != 0
+    assert "TestServerRequiredError" in result.stderr and "allow_dev_server=True" in result.stderr
+    assert fhir.search("Patient", identifier=DEMO) == []  # nothing ran on it

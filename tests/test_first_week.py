@@ -131,7 +131,9 @@ def test_a_broken_script_warns_in_checks_fails_fhir_commands_and_hides_nothing(f
     assert call("fhirmigrate")[0] == 1
     code, out, err = call("fhirshowmigrations")
     assert code == 1
-    assert " [X] dir/good" in out and "[!] fhir_scripts/0002_broken" in out
+    assert " [X] dir/good" in out and "[!] dir/0002_broken" in out  # its folder's label
+    assert "All migrations are applied." not in out
+    assert "All loadable migrations are applied; 1 script(s) cannot be loaded" in out
     assert "(no migration scripts found)" not in out
 
 

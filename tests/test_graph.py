@@ -123,6 +123,66 @@ def test_targets_resolve_by_revision_prefix_and_name(scripts):
         graph.resolve("nothing")
 
 
+def two_apps(tmp_path):
+    """records/0001_create, records/0002_add_mrn, labs/0002_recode, labs/0003_cleanup: one chain,
+    with number 0002 in both apps."""
+    from .support.helpers import ScriptsDir
+
+    records, labs = (ScriptsDir(tmp_path / label) for label in ("records", "labs"))
+    for folder in (records, labs):
+        folder.path.mkdir()
+    records.add("0001_create")
+    records.add("0002_add_mrn")
+    labs.revisions = list(records.revisions)
+    labs.add("0002_recode")
+    labs.add("0003_cleanup")
+    loader = MigrationLoader([ScriptLocation(records.path, "records"), ScriptLocation(labs.path, "labs")])
+    return loader.graph.validate(), records.revisions + labs.revisions[2:]
+
+
+def test_targets_resolve_as_showmigrations_prints_them(tmp_path):
+    graph, (create, add_mrn, recode, cleanup) = two_apps(tmp_path)
+    assert graph.resolve("records/0002_add_mrn").revision == add_mrn
+    assert graph.resolve("records/add_mrn").revision == add_mrn
+    assert graph.resolve("records/0002").revision == add_mrn
+    assert graph.resolve("labs/0002").revision == recode
+    assert graph.resolve("0003").revision == cleanup
+    assert graph.resolve("3").revision == cleanup
+    assert graph.resolve("0001_create").revision == create
+    assert graph.resolve(f"labs/{recode[:6]}").revision == recode
+
+
+def test_a_number_two_apps_share_is_ambiguous_and_lists_both(tmp_path):
+    graph, (_, add_mrn, recode, _) = two_apps(tmp_path)
+    with pytest.raises(AmbiguousTargetError) as info:
+        graph.resolve("0002")
+    assert info.value.matched_by == "number"
+    assert [s.revision for s in info.value.candidates] == [recode, add_mrn]  # by label
+    assert "labs/0002_recode" in str(info.value) and "records/0002_add_mrn" in str(info.value)
+    assert "app label" in str(info.value)
+    from django_fhir_migrations.console import DJANGO, plain_console
+
+    assert "as `fhirshowmigrations` lists it" in plain_console(DJANGO).error_text(info.value)
+
+
+def test_a_typo_is_unknown_with_the_nearest_names(tmp_path):
+    graph, _ = two_apps(tmp_path)
+    with pytest.raises(UnknownTargetError) as info:
+        graph.resolve("add_mrm")
+    assert info.value.suggestions[0] == "add_mrn"
+    assert "Did you mean add_mrn" in str(info.value)
+    with pytest.raises(UnknownTargetError) as info:
+        graph.resolve("records/0002_add_mrm")
+    assert info.value.suggestions[0] == "records/0002_add_mrn"
+    with pytest.raises(UnknownTargetError) as info:
+        graph.resolve("labs/add_mrn")  # the right name under the wrong app
+    assert "records/add_mrn" in info.value.suggestions
+    with pytest.raises(UnknownTargetError) as info:
+        graph.resolve("zzzzzz")
+    assert info.value.suggestions == []
+    assert "Did you mean" not in str(info.value)
+
+
 def test_out_of_order_detects_script_inserted_below_applied(scripts):
     a = scripts.add("a")
     b = scripts.add("b")

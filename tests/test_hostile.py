@@ -330,7 +330,7 @@ def test_dry_run_intercepts_writes_made_through_fhirclient_models(fhir_settings,
         f"ctx.server.session.delete(ctx.server.base_uri + 'Patient/does-not-matter')"))
     code, out, err = call("fhirmigrate", "--dry-run")
     assert code == 0, err
-    assert "[dry-run] POST Patient" in out and "[dry-run] DELETE Patient/does-not-matter" in out
+    assert "[dry-run] POST Patient: 1" in out and "[dry-run] DELETE Patient: 1 (Patient/does-not-matter)" in out
     assert fhir.patients() == []
     assert fhir.state() is None
 
@@ -353,8 +353,8 @@ def test_a_path_traversing_id_is_refused_and_nothing_else_is_touched(fhir_settin
 # --- the low ones ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_release_the_lease_and_audit_the_failure(signum, fhir, scripts, clean_env, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_sigterm_sighup_and_ctrl_c_release_the_lease_and_audit_the_failure(signum, fhir, scripts, clean_env, tmp_path):
     marker = tmp_path / "started"
     scripts.add("slow", upgrade=f"open({str(marker)!r}, 'w').close()\nimport time\ntime.sleep(60)")
     env = dict(os.environ, **env_for(fhir.base_url, fhir, scripts, FHIR_MIGRATIONS_LOCK_TTL="60"),
@@ -367,11 +367,14 @@ def test_sigterm_and_sighup_release_the_lease_and_audit_the_failure(signum, fhir
     process.send_signal(signum)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signum, err
+    said = "SIGINT" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    assert f"Interrupted ({said}); the lock was released" in err  # never "Interrupted ()"
     state = fhir.state()
     assert not any(e["url"].endswith("migration-lock") for e in state.get("extension", []))
     assert fhir.applied() == []
     failed = fhir.audit_events()[0]
-    assert failed["outcome"] == "8" and signal.Signals(signum).name in failed["outcomeDesc"]
+    assert failed["outcome"] == "8"
+    assert ("KeyboardInterrupt" if signum == signal.SIGINT else signal.Signals(signum).name) in failed["outcomeDesc"]
 
 
 def put_state(fhir, extensions: list) -> str:

@@ -315,6 +315,7 @@ def test_bulk_patch_runs_as_the_servers_job_with_provenance_and_undo(fhir_settin
     scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"), downgrade="ctx.undo()")
     code, out, err = call("fhirmigrate")
     assert code == 0, err
+    assert "    bulk patch: 12 done in " in out and ": 0 done" not in out  # what the job changed
     patients = fhir.patients()
     assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
     assert all(provenance_for(fhir, f"Patient/{p['id']}") for p in patients)

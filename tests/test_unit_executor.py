@@ -181,6 +181,22 @@ def test_a_failing_migration_stops_the_run_and_is_not_recorded(world):
     assert (head_of(release), applied_in(release)) == (a, [a])  # the lease goes, the head stays
 
 
+def test_a_runtime_error_names_the_scripts_own_file_line_and_text(world):
+    world.add("typo", upgrade="for patient in ctx.serch('Patient'):\n    pass")
+    world.state_reads(state(None))
+    world.writes_succeed()
+
+    with pytest.raises(MigrationFailedError) as caught:
+        world.executor.migrate()
+    error = caught.value
+    path = world.scripts.path / "typo.py"
+    line = path.read_text().splitlines().index("    for patient in ctx.serch('Patient'):") + 1
+    assert (error.frame.path, error.frame.line, error.frame.function) == (str(path), line, "upgrade")
+    assert f"(at {path}:{line} in upgrade(): for patient in ctx.serch('Patient'):)" in str(error)
+    assert "no attribute 'serch'. Did you mean: 'search'?" in str(error)
+    assert "\n" not in str(error)  # one paragraph
+
+
 def test_sys_exit_in_a_script_is_a_failed_migration_not_an_exit(world):
     world.add("first", upgrade="import sys\nsys.exit(3)")
     world.state_reads(state(None))

@@ -50,6 +50,25 @@ def test_merge_joins_all_heads(scripts, clean_env):
     assert project_for(scripts, clean_env).loader.valid_graph().head.revision == merge.revision
 
 
+def test_a_merge_of_two_scripts_with_the_same_number_takes_the_next_number(scripts, clean_env):
+    for number in range(1, 7):
+        scripts.add(f"{number:04d}_step")
+    base = scripts.revisions[-1]
+    scripts.add("0007_left", down=base)
+    scripts.add("0007_right", down=base)
+    merge = project_for(scripts, clean_env).make_migration("joined", merge=True, check=False)
+    assert merge.path.name == "0008_joined.py"  # not 0009: two 0007s are one step
+
+
+def test_numbering_after_unnumbered_seed_files_counts_them(scripts, clean_env):
+    for name in ("seed_one", "seed_two", "seed_three"):
+        scripts.add(name)
+    fourth = project_for(scripts, clean_env).make_migration("fourth", check=False)
+    assert fourth.path.name == "0004_fourth.py"
+    fifth = project_for(scripts, clean_env).make_migration("fifth", check=False)
+    assert fifth.path.name == "0005_fifth.py"
+
+
 def test_merge_without_two_heads_is_refused(scripts, clean_env):
     scripts.add("root")
     with pytest.raises(WriterError, match="nothing to merge"):

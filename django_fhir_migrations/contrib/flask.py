@@ -50,7 +50,7 @@ from ..console import FLASK, Console, configure_logging
 from ..engine import FhirMigrationError, Project, Settings
 from ..engine.config import SCRIPTS_DIR_ENV
 from ..engine.errors import ConfigurationError
-from ..engine.interrupts import exit_code_for
+from ..engine.interrupts import exit_code_for, interrupt_text
 from ..standalone import build_settings, require_scripts, scripts_folder
 
 CONFIG = "FHIR_MIGRATIONS"
@@ -161,7 +161,7 @@ def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
         except FhirMigrationError as exc:
             raise CommandFailed(console.error_text(exc, renames), exc.exit_code) from None
         except KeyboardInterrupt as exc:
-            click.echo(f"Interrupted ({exc or 'SIGINT'}).", err=True)
+            click.echo(f"Interrupted ({interrupt_text(exc)}).", err=True)
             click.get_current_context().exit(exit_code_for(exc))
         if exit_code:
             click.get_current_context().exit(exit_code)
@@ -175,7 +175,7 @@ def commands() -> list[click.Command]:
         _command("migrate", "Create a new migration script NNNN_NAME.py whose down_revision is the "
                  "current head.", (*MAKEMIGRATION, SCRIPTS_FOLDER), _makemigration),
         _command("upgrade", "Apply every unapplied FHIR migration, in order (or up to TARGET).",
-                 MIGRATE, verbs.migrate, needs_scripts=lambda options: not options.get("break_lock")),
+                 MIGRATE, verbs.migrate),
         _command("downgrade", "Revert the most recent FHIR migration (or --steps N, down to "
                  "TARGET, or 'zero' for all).", DOWNGRADE, verbs.downgrade),
         _command("reset", "Forget the FHIR migration state (head := None). Runs no migration and "

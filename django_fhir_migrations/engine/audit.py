@@ -27,7 +27,7 @@ from .errors import FhirMigrationError
 from .fhir.client import FhirConnection
 from .redaction import printable, scrub
 from .script import MigrationScript
-from .state import MigrationState
+from .state import AttemptRecord, MigrationState
 from .version import __version__
 
 logger = logging.getLogger("django_fhir_migrations")
@@ -47,6 +47,7 @@ EVENTS = {
     "failed": ("Migration failed", "E"),
     "reset": ("Migration state reset", "U"),
     "lock-broken": ("Migration lock broken", "U"),
+    "lock-taken-over": ("Migration lock taken over from a holder that stopped", "U"),
     "checksums-accepted": ("Checksums of edited migrations accepted", "U"),
     "bulk-job-forgotten": ("Bulk job of an interrupted migration forgotten", "U"),
     "paused": ("Migration paused on request", "E"),
@@ -240,6 +241,26 @@ class AuditRecord:
             detail=details.get("detail", ""),
             duration=(end - start).total_seconds() if start and end else None,
         )
+
+
+def attempt_record(attempt: AttemptRecord, script: MigrationScript | None, *, running: bool,
+                   who: str = "") -> AuditRecord:
+    """An unfinished attempt of the state (`migration-attempt`), as a line of the history: a
+    run killed outright (kill -9, a lost host) wrote no AuditEvent, but its attempt says what it
+    did; "running" while a live lease still holds the state."""
+    started = parse_datetime(attempt.started_at)
+    seen = parse_datetime(attempt.updated_at) if attempt.updated_at else None
+    verb = "applying" if attempt.direction == "upgrade" else "reverting"
+    return AuditRecord(
+        id="", event="running" if running else "interrupted",
+        label=f"Migration {'running' if running else 'interrupted'}",
+        recorded=seen or started, success=False, error=attempt.error, who=who,
+        revision=attempt.revision,
+        script=f"{script.label}/{script.path.name}" if script is not None else "",
+        detail=(f"{verb}: {len(attempt.attempts)} attempt(s), {attempt.written:,} resource(s) written "
+                "when it last reported"),
+        duration=(seen - started).total_seconds() if started and seen else None,
+    )
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

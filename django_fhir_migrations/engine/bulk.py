@@ -140,7 +140,7 @@ def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: 
     query = dict(search)
     if ctx.dry_run:
         count = ctx.count(resource_type, **query)
-        ctx.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch)
+        ctx.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch, count=count)
         return count
     attempt = ctx.attempt
     if attempt is not None and ctx.journal.writer is not None and (attempt.job or offers_bulk_patch(ctx.connection)):

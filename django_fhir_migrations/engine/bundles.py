@@ -135,7 +135,7 @@ class BundleWriter:
             return
         writes, self.entries = self.entries, []
         if self.ctx.dry_run:
-            self.ctx.show_write("POST", f"({self.kind} of {len(writes)} entries)", None)
+            self.ctx.show_bundle(self.kind, len(writes))  # a header, not a write
             for write in writes:
                 request = write.request()
                 self.ctx.show_write(request["method"], request["url"], write.body)

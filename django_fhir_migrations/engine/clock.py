@@ -40,3 +40,12 @@ def http_date(value: str | None) -> datetime | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def seconds_since(moment: str | None, at_least: float) -> float:
+    """Seconds from `moment` (a FHIR dateTime) until now, never below `at_least` (what this
+    process measured itself: another host's clock may be behind)."""
+    start = parse_datetime(moment)
+    if start is None or start.tzinfo is None:
+        return at_least
+    return max(at_least, (utcnow() - start).total_seconds())

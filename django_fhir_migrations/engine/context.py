@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 import uuid
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from .attempt import Attempt
 
 T = TypeVar("T")
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 PROGRESS_INTERVAL = 0.25  # seconds between progress events (a bar redraws no faster)
 
 script_logger = logging.getLogger("django_fhir_migrations.scripts")
@@ -422,12 +424,21 @@ class MigrationContext:
         if event.action == "write_intercepted":
             self.stdout.write(f"  [dry-run] {event.detail}\n")
 
-    def show_write(self, method: str, path: str, body: Any) -> None:
-        """Report one intercepted write: method, URL and which fields it changes (names only)."""
+    def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None:
+        """Report one intercepted write as facts (method, type, id; `count` resources for a
+        bulk patch) and a detail line (URL and which fields change: names, never data); the
+        front end prints the detail at -v 2 and sums the facts up at `dry_run_done`."""
         summary = self._summarize(method, path, body)
         path = printable(path, 300)
+        resource_type, resource_id = resource_of(path)
         self.dry_run_writes.append((method, path))
-        self.events.emit("write_intercepted", script=self.script, detail=f"{method} {path}{summary}")
+        self.events.emit("write_intercepted", script=self.script, detail=f"{method} {path}{summary}",
+                         method=method, resource_type=resource_type, resource_id=resource_id,
+                         count=count)
+
+    def show_bundle(self, kind: str, entries: int) -> None:
+        """A bundle that would have been sent: its entries are reported as writes, one by one."""
+        self.events.emit("bundle_intercepted", script=self.script, detail=kind, count=entries)
 
     def _summarize(self, method: str, path: str, body: Any) -> str:
         if not isinstance(body, Mapping):
@@ -510,3 +521,13 @@ class MigrationContext:
         self._seen.move_to_end(key)
         while len(self._seen) > 1000:
             self._seen.popitem(last=False)
+
+
+def resource_of(path: str) -> tuple[str, str]:
+    """('Patient', '123') for 'Patient/123' (or '/Patient/123/_history/2', 'Patient/123?x'),
+    ('Patient', '') for 'Patient' or 'Patient?identifier=...', ('', '') for the base URL."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if not _RESOURCE_TYPE.fullmatch(parts[0]):
+        return "", ""
+    resource_id = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else ""
+    return parts[0], resource_id

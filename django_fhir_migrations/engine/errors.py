@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .frames import script_frame, suggestion
 from .redaction import scrub
 
 # The verbs a remedy may name, with the names `str(error)` gives them (no front end's).
@@ -62,10 +63,16 @@ class ConfigurationError(FhirMigrationError):
 class ScriptError(FhirMigrationError):
     """A migration file that cannot be used as it is."""
 
-    def __init__(self, path: Path | str, problem: str):
+    def __init__(self, path: Path | str, problem: str, *, label: str = ""):
         self.path = Path(path)
         self.problem = problem
+        self.label = label  # the app label (or 'dir') of its folder, once the loader knows it
         super().__init__(f"Migration script {self.path}: {problem}")
+
+    @property
+    def display_name(self) -> str:
+        """`labs/0006_cleanup`, as showmigrations names a script that loaded."""
+        return f"{self.label or self.path.parent.name}/{self.path.stem}"
 
 
 class RevisionError(FhirMigrationError):
@@ -139,21 +146,33 @@ class MultipleHeadsError(RevisionError):
 
 
 class UnknownTargetError(RevisionError):
-    def __init__(self, target: str):
+    def __init__(self, target: str, suggestions: Sequence[str] = ()):
         self.target = target
+        self.suggestions = list(suggestions)  # the nearest names (difflib), best first
+        guess = ""
+        if self.suggestions:
+            guess = f" Did you mean {' or '.join(self.suggestions)}?"
         super().__init__(
-            f"No migration matches {target!r}. Give a revision id (or a unique prefix of one), "
-            "a migration name, 'head', or for a downgrade 'zero'."
+            f"No migration matches {target!r}.{guess}",
+            "Give a migration as `{showmigrations}` lists it (app/0002_add_mrn, or its name or "
+            "number alone), a revision id (or a unique prefix of one), 'head', or for a "
+            "downgrade 'zero'.",
         )
 
 
 class AmbiguousTargetError(RevisionError):
-    def __init__(self, target: str, candidates: Sequence):
+    def __init__(self, target: str, candidates: Sequence, matched_by: str = "revision prefix"):
         self.target = target
         self.candidates = list(candidates)
+        self.matched_by = matched_by  # "name", "number" or "revision prefix"
+        listed = ", ".join(f"{s.label}/{s.name} ({s.revision})" for s in self.candidates)
+        remedy = ("Give more characters of the revision id." if matched_by == "revision prefix"
+                  else "Name one with its app label, as `{showmigrations}` lists it, or by its "
+                       "revision.")
         super().__init__(
-            f"{target!r} matches more than one migration: {_describe(self.candidates)}. "
-            "Give more characters of the revision id."
+            f"{target!r} is ambiguous: its {matched_by} matches {len(self.candidates)} "
+            f"migrations: {listed}.",
+            remedy,
         )
 
 
@@ -334,9 +353,16 @@ class MigrationFailedError(FhirMigrationError):
             remedy = error.remedy or remedy
         else:
             shown = text if text is not None else f"{type(error).__name__}: {error}"
+        # Where in the script it happened (file:line and the line, as pytest shows it), so a
+        # typo is found without --traceback.
+        self.frame = script_frame(error, script.path)
+        hint = suggestion(error)
+        if hint and hint not in shown:
+            shown = f"{shown.rstrip('.')}. {hint}"
+        where = f" ({self.frame.describe()})" if self.frame else ""
         super().__init__(
             f"Migration {script.name} ({script.revision}, {script.path}) failed during "
-            f"{direction}: {shown.rstrip('.')}. It was not recorded and nothing after it ran.",
+            f"{direction}: {shown.rstrip('.')}{where}. It was not recorded and nothing after it ran.",
             remedy,
         )
 

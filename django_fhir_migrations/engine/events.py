@@ -18,13 +18,20 @@ Actions and the fields they fill:
     dry_run_start     direction, scripts
     dry_run_script    direction, script
     dry_run_done      direction, script, count (writes intercepted)
-    write_intercepted detail (method, URL and what changes; never a resource body)
-    progress          script, detail (label), count, total, duration (seconds so far), final
+    write_intercepted script, method, resource_type, resource_id ("" for a create), count (how
+                      many resources: 1, or a bulk patch's matches), detail (method, URL and
+                      which fields change; never a resource body)
+    bundle_intercepted script, detail (batch | transaction), count (its entries); its entries
+                      follow as write_intercepted (a bundle is not a write of its own)
+    progress          script, detail (label), count (None: work with no count, e.g. a server's
+                      bulk job), total, duration (seconds so far), final
     checksum_warning  scripts (edited since applied), detail (the full warning)
     out_of_order      script
     lock_wait         detail (holder), duration (seconds it will wait)
     lock_free         -                 lock_kept   detail (holder)
     lock_broken       detail (holder)   reset       -
+    lock_taken_over   detail (holder), count (its pid), reason ("holder_gone": its process is no
+                      longer running on this host; "expired": its lease was not renewed in time)
     script_created    detail (path), script_revision, parents
     resumed           script, count (resources the interrupted attempts wrote, as resume
                       found them), detail (records it would not trust, if any)
@@ -67,12 +74,16 @@ class Event:
     scripts: tuple[MigrationScript, ...] = ()
     fake: bool = False
     duration: float | None = None
-    count: int = 0
+    count: int | None = 0  # None: what was done has no count (a server's bulk job)
     total: int | None = None
     detail: str = ""
     final: bool = False
     script_revision: str = ""
     parents: tuple[str, ...] = field(default=())
+    method: str = ""  # an intercepted write's HTTP method
+    resource_type: str = ""  # and the resource it writes (no id for a create)
+    resource_id: str = ""
+    reason: str = ""  # why, as a code (lock_taken_over)
 
 
 Listener = Callable[[Event], None]

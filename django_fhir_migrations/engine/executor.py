@@ -24,7 +24,7 @@ from . import failures as failures_record
 from .adoption import latest_application
 from .attempt import Attempt
 from .audit import Actor, AuditTrail, error_text
-from .clock import isoformat, utcnow
+from .clock import isoformat, seconds_since, utcnow
 from .config import Settings
 from .context import MigrationContext
 from .control import StopRequested, request_stop, wait_for_stop
@@ -46,7 +46,7 @@ from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
 from .journal import Failure
 from .loader import MigrationLoader
-from .lock import MigrationLock
+from .lock import MigrationLock, lease_condition
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
@@ -229,10 +229,9 @@ class MigrationExecutor:
             self.events.emit("lock_free", detail=self.settings.state_id)
             return Outcome()
         held: LockInfo = state.lock
-        expired = " (its lease has expired)" if state.lock_expired() else " (its lease is still being renewed)"
         question = (f"The migration lock on state {self.settings.state_id!r} is held by "
-                    f"{held.describe()}{expired}. Break it? If that process is still running, "
-                    "it will stop before recording anything more.")
+                    f"{held.describe()}: {lease_condition(state)}. Break it? If that process is "
+                    "still running, it will stop before recording anything more.")
         if confirm is not None and not confirm(question):
             self.events.emit("lock_kept", detail=held.describe())
             return Outcome(exit_code=1)
@@ -323,12 +322,19 @@ class MigrationExecutor:
             user=self.actor.user,
             on_wait=lambda held: self.events.emit("lock_wait", detail=held.describe(),
                                                   duration=timeout),
+            on_takeover=self._took_over,
         )
 
     def _require_signing_key(self) -> None:
         """Before the lock is taken: a run that would write Provenance needs its key."""
         if self.settings.provenance:
             self.settings.signer  # noqa: B018 - raises ConfigurationError naming SIGNING_KEY
+
+    def _took_over(self, held: LockInfo, reason: str, state: MigrationState) -> None:
+        """The lease was taken from a holder that died (its pid is gone from this host) or whose
+        lease expired: said and audited."""
+        self.audit.record("lock-taken-over", state=state, detail=f"lock of {held.describe()} ({reason})")
+        self.events.emit("lock_taken_over", detail=held.describe(), reason=reason, count=held.pid)
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
                  direction: Direction, fake: bool) -> Outcome:
@@ -357,6 +363,7 @@ class MigrationExecutor:
         started = time.monotonic()
         attempts: tuple[str, ...] = ()
         recorded = False
+        resumed_from: str | None = None
         if not fake:
             assert lock.state is not None
             attempt = Attempt(lock, script, direction, settings=self.settings,
@@ -405,11 +412,14 @@ class MigrationExecutor:
             lock.renewal = None
             attempts, recorded = attempt.ids, attempt.journal.writer is not None
             failed = attempt.journal.failures
+            resumed_from = attempt.started_at if attempt.previous else None
         elif direction == "upgrade":
             attempts = self._adopt(script)
             recorded, failed = bool(attempts), []
         duration = time.monotonic() - started
         detail = ""
+        if resumed_from:  # the applied record covers every attempt, not only this one's part
+            duration = seconds_since(resumed_from, duration)
         if direction == "upgrade":
             before = lock.held.applied_record(script.revision) if retry is not None else None
             if failed or before is not None:  # the details first: the state never counts failures it lacks

@@ -9,8 +9,9 @@ revision, so every process computes the same order from the same files.
 
 from __future__ import annotations
 
+import difflib
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,7 +25,7 @@ from .errors import (
     RevisionError,
     UnknownTargetError,
 )
-from .script import MigrationScript, bare_name
+from .script import MigrationScript, bare_name, file_number
 
 
 @dataclass(eq=False)
@@ -194,22 +195,41 @@ class RevisionGraph:
     # --- targets and plans ----------------------------------------------------------------
 
     def resolve(self, target: str) -> MigrationScript:
-        """A revision id, a unique revision prefix, or a migration (file) name."""
+        """The script `target` names, as a person would copy it from showmigrations.
+
+        Accepted, each optionally after the app label showmigrations prints
+        (`records/0002_add_mrn`, `records/add_mrn`, `records/0002`): a revision id, the file
+        name with or without its number, the number alone, a unique revision prefix (at least
+        4 characters). The first of these readings that matches decides; two scripts matching
+        it is an AmbiguousTargetError listing them, none an UnknownTargetError with the
+        closest names (difflib).
+        """
         if target in self.nodes:
             return self.nodes[target].script
-        by_name = [n.script for n in self.nodes.values() if n.script.name == target]
-        if not by_name:  # 'add_mrn' names '0003_add_mrn.py' too
-            by_name = [n.script for n in self.nodes.values() if bare_name(n.script.name) == target]
-        if len(by_name) == 1:
-            return by_name[0]
-        if len(by_name) > 1:
-            raise AmbiguousTargetError(target, by_name)
-        matches = [n.script for rev, n in self.nodes.items() if rev.startswith(target)]
-        if len(matches) == 1 and len(target) >= 4:
-            return matches[0]
-        if len(matches) > 1:
-            raise AmbiguousTargetError(target, sorted(matches, key=lambda s: s.revision))
-        raise UnknownTargetError(target)
+        label, _, rest = target.rpartition("/")
+        scripts = sorted((n.script for n in self.nodes.values()), key=lambda s: (s.label, s.name))
+        if label:
+            scripts = [s for s in scripts if s.label == label]
+        for matched_by, matches in _TARGET_READINGS:
+            found = [s for s in scripts if matches(s, rest)]
+            if matched_by == "revision prefix" and len(found) == 1 and len(rest) < 4:
+                break  # too short to be taken as meant
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise AmbiguousTargetError(target, found, matched_by=matched_by)
+        raise UnknownTargetError(target, suggestions=self.close_names(target))
+
+    def close_names(self, target: str, limit: int = 3) -> list[str]:
+        """The migration names nearest to a mistyped `target`, in the form it was given in
+        (`add_mrn`, `0002_add_mrn` or `records/0002_add_mrn`)."""
+        names: dict[str, None] = {}
+        for node in sorted(self.nodes.values(), key=_key):
+            script = node.script
+            for name in (script.name, bare_name(script.name), f"{script.label}/{script.name}",
+                         f"{script.label}/{bare_name(script.name)}"):
+                names.setdefault(name, None)
+        return difflib.get_close_matches(target, list(names), n=limit, cutoff=0.6)
 
     def forwards_plan(self, applied: set[str], target: str | None = None) -> list[MigrationScript]:
         """Unapplied scripts needed to reach `target` (default: the head), parents first."""
@@ -245,3 +265,16 @@ class RevisionGraph:
 
 def _key(node: Node) -> tuple[str, str]:
     return (node.script.name, node.script.revision)
+
+
+def _number_is(script: MigrationScript, text: str) -> bool:
+    return text.isdigit() and file_number(script.path.name) == int(text)
+
+
+# How a target may name a script, in the order they are tried (see RevisionGraph.resolve).
+_TARGET_READINGS: tuple[tuple[str, Callable[[MigrationScript, str], bool]], ...] = (
+    ("name", lambda script, text: script.name == text),
+    ("name", lambda script, text: bare_name(script.name) == text),
+    ("number", _number_is),
+    ("revision prefix", lambda script, text: bool(text) and script.revision.startswith(text)),
+)

@@ -40,6 +40,12 @@ def exit_code_for(interrupt: KeyboardInterrupt) -> int:
     return interrupt.exit_code if isinstance(interrupt, Interrupted) else SIGINT_EXIT
 
 
+def interrupt_text(interrupt: KeyboardInterrupt) -> str:
+    """'stopped by SIGTERM', or 'SIGINT' for Ctrl-C (a bare KeyboardInterrupt has no text, and
+    an exception is always truthy, so `exc or 'SIGINT'` printed empty parentheses)."""
+    return str(interrupt) or "SIGINT"
+
+
 @contextmanager
 def signals_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM/SIGHUP raise Interrupted in the main thread (elsewhere: no-op,

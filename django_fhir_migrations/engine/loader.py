@@ -72,6 +72,7 @@ class MigrationLoader:
                 try:
                     found.append(read_script(path, location.label))
                 except ScriptError as exc:
+                    exc.label = location.label
                     found.append(exc)
         return found
 
@@ -99,6 +100,7 @@ class MigrationLoader:
                 try:
                     entry.ensure_loaded()
                 except ScriptError as exc:
+                    exc.label = entry.label
                     errors.append(exc)
             else:
                 errors.append(entry)

@@ -16,6 +16,12 @@ servers (or gateways in front of them) ignore If-Match; so before it first relie
 lock proves it: one update of the state with a stale If-Match must be refused (409/412).
 Otherwise it refuses to migrate (`VersionCheckNotEnforcedError`).
 
+A holder that died (kill -9, a crashed host) stops renewing, and its lease expires after the
+TTL. On the holder's own host that wait is needless: the lease records the host name, the boot
+id and the pid namespace, and a process that shares all three and finds the holder's pid gone
+takes the lease over at once (and says so: `on_takeover`). A pid that was reused by another
+process looks alive, which only means waiting for the expiry, as before.
+
 A migration may be given a run deadline (MAX_RUN_TIME): past it, the lease is no longer
 renewed (another process may take it over once it expires), nothing more is recorded, and
 `on_overrun` is called so the executor can stop the script.
@@ -59,6 +65,69 @@ def current_user() -> str:
         return f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
+# --- a dead holder on this host -------------------------------------------------------------
+
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+PID_NAMESPACE_LINK = "/proc/self/ns/pid"
+
+
+def boot_id() -> str:
+    """This boot of this machine (Linux); "" where it cannot be read."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def pid_namespace() -> str:
+    """Which pids this process sees ("pid:[4026531836]"): two containers with the same host name
+    do not see each other's processes; "" where it cannot be read."""
+    try:
+        return os.readlink(PID_NAMESPACE_LINK)
+    except OSError:
+        return ""
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as running)."""
+    if pid <= 0:
+        return True  # no pid recorded: nothing can be concluded
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def holder_is_gone(lock: LockInfo) -> bool:
+    """The lease was taken on this host, in this boot and pid namespace, and its process no
+    longer exists: nobody can renew it any more."""
+    here = (socket.gethostname(), boot_id(), pid_namespace())
+    if not all(here) or (lock.host, lock.boot_id, lock.pid_namespace) != here:
+        return False
+    return lock.pid != os.getpid() and not pid_running(lock.pid)
+
+
+def lease_condition(state: MigrationState) -> str:
+    """The truth about a lease someone else holds, for a prompt or a message: its holder's
+    process is gone from this host, it expired, or when it was last renewed."""
+    lock = state.lock
+    if lock is None:
+        return "nobody holds it"
+    if holder_is_gone(lock):
+        return f"its process (pid {lock.pid}) is no longer running on this host"
+    silent, ttl = state.lease_silence(), lock.ttl
+    if state.lock_expired():
+        return f"its lease expired: not renewed for {silent:.0f}s (it lasts {ttl:.0f}s)"
+    if silent > ttl / 3 + 5:
+        return (f"its lease has not been renewed for {silent:.0f}s (it is renewed every "
+                f"{ttl / 3:.0f}s and expires after {ttl:.0f}s), so its holder has probably stopped")
+    return f"its lease was renewed {silent:.0f}s ago, so its holder is probably still running"
+
+
 class MigrationLock:
     """The lease on one state resource, held by this process for one command run.
 
@@ -70,13 +139,16 @@ class MigrationLock:
     poll_interval = 1.0
 
     def __init__(self, recorder: StateRecorder, *, ttl: float, command: str = "",
-                 user: str | None = None, on_wait: Callable[[LockInfo], None] | None = None):
+                 user: str | None = None, on_wait: Callable[[LockInfo], None] | None = None,
+                 on_takeover: Callable[[LockInfo, str, MigrationState], None] | None = None):
         self.recorder = recorder
         self.ttl = ttl
         self.token = uuid.uuid4().hex
         self.command = command
         self.user = user or current_user()
         self.on_wait = on_wait
+        self.on_takeover = on_takeover  # (holder, "holder_gone" | "expired", state), once taken
+        self._taking_over: tuple[LockInfo, str] | None = None
         self.state: MigrationState | None = None
         self.lost: str | None = None  # why, once the lease is lost
         self._mutex = threading.RLock()
@@ -99,7 +171,7 @@ class MigrationLock:
         return LockInfo(
             token=self.token, host=socket.gethostname(), pid=os.getpid(), user=self.user,
             started_at=self.started_at, ttl=self.ttl, renewed_at=isoformat(utcnow()),
-            command=self.command,
+            command=self.command, boot_id=boot_id(), pid_namespace=pid_namespace(),
         )
 
     # --- taking the lease ----------------------------------------------------------------
@@ -131,8 +203,8 @@ class MigrationLock:
                 self.state = state
                 self._prove_version_check(state)
                 return self._hold(state)
-            if state.lock is None or state.lock_expired():
-                if state.lock is not None:
+            if self._free_or_abandoned(state) or state.lock is None:
+                if state.lock is not None and state.lock_expired():
                     logger.warning("Taking over the expired migration lock of %s on state %r",
                                    state.lock.describe(), state.state_id)
                 self._prove_version_check(state)
@@ -153,6 +225,22 @@ class MigrationLock:
                     self.on_wait(state.lock)
             self._pause(deadline, state)
             state = self.recorder.reread(state)
+
+    def _free_or_abandoned(self, state: MigrationState) -> bool:
+        """Nobody holds the lease, it expired, or its holder's process is gone from this host;
+        remembers a takeover to announce once the lease is ours."""
+        lock = state.lock
+        self._taking_over = None
+        if lock is None:
+            return True
+        if state.lock_expired():
+            self._taking_over = (lock, "expired")
+        elif holder_is_gone(lock):
+            logger.warning("The migration lock on state %r is held by %s, whose process is no "
+                           "longer running on this host: taking it over", state.state_id,
+                           lock.describe())
+            self._taking_over = (lock, "holder_gone")
+        return self._taking_over is not None
 
     def _prove_version_check(self, state: MigrationState) -> None:
         """Once per lock: the server must refuse a state update with a stale If-Match."""
@@ -179,6 +267,9 @@ class MigrationLock:
     def _hold(self, state: MigrationState) -> MigrationState:
         self.state = state
         logger.debug("Took the migration lock on state %r as %s", state.state_id, self.holder)
+        taken, self._taking_over = self._taking_over, None
+        if taken is not None and self.on_takeover is not None:
+            self.on_takeover(taken[0], taken[1], state)
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew_loop, name="fhir-migrations-lease",
                                          daemon=True)

@@ -10,10 +10,11 @@ server.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import IO
 
-from .audit import Actor, AuditRecord, recent_events
+from .audit import Actor, AuditRecord, attempt_record, recent_events
 from .config import ScriptLocation, Settings
 from .errors import ConfigurationError, FhirServerError, WriterError
 from .events import EventStream, Listener
@@ -21,7 +22,7 @@ from .executor import Confirm, MigrationExecutor, Outcome
 from .fhir.client import FhirConnection
 from .history import History
 from .loader import MigrationLoader
-from .lock import current_user
+from .lock import current_user, holder_is_gone
 from .recorder import StateRecorder
 from .script import file_number
 from .status import ProjectStatus, build_status
@@ -96,9 +97,17 @@ class Project:
         return self.executor.accept_checksums(lock_timeout=lock_timeout)
 
     def history(self, *, limit: int = 50) -> list[AuditRecord]:
-        """What happened to this state, newest first, from the server's AuditEvents."""
+        """What happened to this state, newest first: the server's AuditEvents, and each
+        migration whose attempt is unfinished (interrupted, or running under a live lease)."""
         state = StateRecorder(self.connection, self.settings.state_id).read()
-        return recent_events(self.connection, state, limit)
+        records = recent_events(self.connection, state, limit)
+        live = state.lock is not None and not state.lock_expired() and not holder_is_gone(state.lock)
+        who = state.lock.describe() if state.lock is not None else ""
+        graph = self.loader.graph
+        records += [attempt_record(a, graph.script(a.revision) if a.revision in graph else None,
+                                   running=live, who=who) for a in state.attempts]
+        oldest = datetime.min.replace(tzinfo=timezone.utc)
+        return sorted(records, key=lambda r: r.recorded or oldest, reverse=True)[:limit]
 
     def status(self, *, offline: bool = False, audit_events: int = 0, validate: bool | None = None
                ) -> ProjectStatus:
@@ -135,10 +144,15 @@ class Project:
     def next_number(self) -> int:
         """The number the next file gets (Django's convention, so `ls` lists files in the order
         they apply): one more than the highest number in use, and never below the number of
-        scripts, so a project that starts numbering after unnumbered seed files counts them."""
-        scripts = self.loader.loadable
-        numbers = [n for n in (file_number(s.path.name) for s in scripts) if n is not None]
-        return max([*numbers, len(scripts)]) + 1
+        scripts, so a project that starts numbering after unnumbered seed files counts them.
+
+        Scripts count once per number: two branches that each made a `0007_` (the case a merge
+        joins) are one step of the history, so the merge is `0008_`, not `0009_`.
+        """
+        numbers = [file_number(s.path.name) for s in self.loader.loadable]
+        used = {n for n in numbers if n is not None}
+        unnumbered = sum(1 for n in numbers if n is None)
+        return max([*used, len(used) + unnumbered]) + 1
 
     def _refuse_while_unapplied(self, name: str, graph) -> None:
         try:

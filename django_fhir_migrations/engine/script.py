@@ -58,6 +58,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import ScriptError
+from .frames import script_frame
 
 SEED_NONE = "None"  # the seed tool wrote the string 'None' for "no parent"
 _NUMBERED = re.compile(r"^(\d+)_(.+)$")
@@ -259,8 +260,10 @@ def _import(path: Path, source: bytes) -> ModuleType:
             exec(code, module.__dict__)
         except Exception as exc:
             sys.modules.pop(module_name, None)
+            frame = script_frame(exc, path)
+            where = f" ({frame.describe()})" if frame else ""
             raise ScriptError(
-                path, f"raised {type(exc).__name__} while being imported: {exc}"
+                path, f"raised {type(exc).__name__} while being imported: {exc}{where}"
             ) from exc
     return module
 

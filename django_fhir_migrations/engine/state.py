@@ -139,6 +139,10 @@ class LockInfo:
     ttl: float
     renewed_at: str
     command: str = ""
+    # Where the holder runs, beyond its host name: a process on the same host (same boot, same
+    # pid namespace) can tell that the holder's pid is gone and take over at once (lock.py).
+    boot_id: str = ""
+    pid_namespace: str = ""
 
     def describe(self) -> str:
         return (f"{self.user}@{self.host} (pid {self.pid}, {self.command or 'fhir migrations'}, "
@@ -147,20 +151,22 @@ class LockInfo:
     def to_extension(self) -> dict[str, Any]:
         renewed = parse_datetime(self.renewed_at) or utcnow()
         expires = isoformat(datetime.fromtimestamp(renewed.timestamp() + self.ttl, timezone.utc))
-        return {
-            "url": LOCK_EXTENSION,
-            "extension": [
-                {"url": "token", "valueString": self.token},
-                {"url": "host", "valueString": self.host},
-                {"url": "pid", "valueInteger": self.pid},
-                {"url": "user", "valueString": self.user},
-                {"url": "command", "valueString": self.command or "fhir migrations"},
-                {"url": "startedAt", "valueDateTime": self.started_at},
-                {"url": "renewedAt", "valueDateTime": self.renewed_at},
-                {"url": "ttlSeconds", "valueInteger": int(round(self.ttl))},
-                {"url": "expiresAt", "valueDateTime": expires},
-            ],
-        }
+        parts: list[dict[str, Any]] = [
+            {"url": "token", "valueString": self.token},
+            {"url": "host", "valueString": self.host},
+            {"url": "pid", "valueInteger": self.pid},
+            {"url": "user", "valueString": self.user},
+            {"url": "command", "valueString": self.command or "fhir migrations"},
+            {"url": "startedAt", "valueDateTime": self.started_at},
+            {"url": "renewedAt", "valueDateTime": self.renewed_at},
+            {"url": "ttlSeconds", "valueInteger": int(round(self.ttl))},
+            {"url": "expiresAt", "valueDateTime": expires},
+        ]
+        if self.boot_id:
+            parts.append({"url": "bootId", "valueString": self.boot_id})
+        if self.pid_namespace:
+            parts.append({"url": "pidNamespace", "valueString": self.pid_namespace})
+        return {"url": LOCK_EXTENSION, "extension": parts}
 
     @classmethod
     def from_extension(cls, ext: dict[str, Any]) -> LockInfo:
@@ -175,6 +181,8 @@ class LockInfo:
             ttl=60.0 if ttl is None else ttl,
             renewed_at=values.moment("renewedAt") or values.moment("startedAt") or "",
             command=values.text("command") or "",
+            boot_id=values.text("bootId") or "",
+            pid_namespace=values.text("pidNamespace") or "",
         )
 
 
@@ -425,6 +433,13 @@ class MigrationState:
     def attempt_for(self, revision: str, direction: str | None = None) -> AttemptRecord | None:
         return next((a for a in self.attempts if a.revision == revision
                      and (direction is None or a.direction == direction)), None)
+
+    def lease_silence(self) -> float:
+        """Seconds since the lease was last written, on the server's clock."""
+        now = self.server_time or utcnow()
+        renewed = parse_datetime(self.lock.renewed_at) if self.lock is not None else None
+        last = self.last_updated or renewed or now
+        return max(0.0, (now - last).total_seconds())
 
     def lock_expired(self) -> bool:
         """Judged on the server's clock alone (last write vs. Date header): no host skew."""

@@ -20,7 +20,7 @@ from ..conf import get_settings
 from ..console import DJANGO, Console, configure_logging
 from ..engine import FhirMigrationError, Project
 from ..engine.config import ScriptLocation, Settings
-from ..engine.interrupts import exit_code_for
+from ..engine.interrupts import exit_code_for, interrupt_text
 from ..engine.redaction import scrub, scrubbed_traceback
 
 
@@ -68,7 +68,7 @@ class FhirCommand(BaseCommand):
         except FhirMigrationError as exc:
             raise CommandError(console.error_text(exc), returncode=exc.exit_code) from exc
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the run already cleaned up
-            self.stderr.write(f"Interrupted ({exc or 'SIGINT'}); the lock was released and "
+            self.stderr.write(f"Interrupted ({interrupt_text(exc)}); the lock was released and "
                               "nothing more was recorded.")
             sys.exit(exit_code_for(exc))
         if exit_code:

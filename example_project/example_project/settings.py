@@ -1,6 +1,7 @@
 """Settings of the example project: a plain Django project with django_fhir_migrations installed.
 
-The FHIR server comes from FHIR_BASE_URL (default: the local HAPI that `make demo` starts).
+The FHIR server comes from FHIR_BASE_URL (default: the local HAPI that `make demo` starts); the
+project's own tests (`manage.py test`) use FHIR_MIGRATIONS["TEST"]'s server instead.
 """
 
 import os
@@ -67,4 +68,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 FHIR_MIGRATIONS = {
     "BASE_URL": "http://127.0.0.1:8080/fhir",  # FHIR_BASE_URL overrides it
     "STATE_ID": "example-project",
+    # `manage.py test` runs the migrations on a throw-away server, never on BASE_URL's (as it
+    # makes a test database): `fhir-migrations testserver start` runs one on this port.
+    # FHIR_MIGRATIONS_TEST_BASE_URL overrides it (CI).
+    "TEST": {"BASE_URL": "http://127.0.0.1:8090/fhir"},
 }

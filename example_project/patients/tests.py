@@ -1,8 +1,13 @@
 """The project's own tests of its FHIR migrations: `python manage.py test patients`.
 
 They use django_fhir_migrations.testing: each test applies the migrations step by step on a
-throw-away state against the FHIR server in FHIR_BASE_URL (the local test HAPI), asserts on
-what the server holds, and reverts everything when it ends.
+throw-away state against the test server FHIR_MIGRATIONS["TEST"] names (never BASE_URL's, as
+`manage.py test` never touches the real database), asserts on what the server holds, and
+reverts everything when it ends. A test server:
+
+    fhir-migrations testserver start      # http://127.0.0.1:8090/fhir, data in memory
+    python manage.py test patients
+    fhir-migrations testserver stop
 """
 
 from django.test import SimpleTestCase

@@ -1,6 +1,11 @@
 """Build (only when needed), start, wait for, and stop the local HAPI FHIR JPA server.
 
-    python -m tests.hapi start     # build if the jar is missing or older than pom.xml/src
+The server's sources (pom.xml and a few Java classes) are the package's own
+(django_fhir_migrations/testserver/hapi/, what `fhir-migrations testserver` ships to users);
+this launcher builds them into tests/hapi/target/ and adds what the test suite and the benchmark
+need on top: a PostgreSQL cluster, the full JIT, the run files under .hapi/.
+
+    python -m tests.hapi start     # build if the jar is missing or built from other sources
     python -m tests.hapi status
     python -m tests.hapi stop      # stops the server this launcher started (by its pid)
 
@@ -14,21 +19,20 @@ PostgreSQL cluster started and stopped with the server, see postgres.py; `make b
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import requests
+from django_fhir_migrations import testserver
 
 from .postgres import USER as POSTGRES_USER
 from .postgres import Cluster, PostgresError, file_tail, port_from_env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-JAR = HERE / "target" / "hapi-test-server.jar"
+TARGET = HERE / "target"
+JAR = TARGET / testserver.JAR_NAME
 RUN_DIR = REPO / ".hapi"
 
 
@@ -68,48 +72,22 @@ def base_url() -> str:
 
 
 def is_up(timeout: float = 2.0) -> bool:
-    try:
-        reply = requests.get(f"{base_url()}/metadata", timeout=timeout,
-                             headers={"Accept": "application/fhir+json"})
-    except requests.RequestException:
-        return False
-    return reply.status_code == 200 and '"CapabilityStatement"' in reply.text
+    return testserver.is_up(base_url(), timeout)
 
 
 def needs_build() -> bool:
-    if not JAR.exists() or not (JAR.parent / "lib").is_dir():
-        return True
-    built = JAR.stat().st_mtime
-    sources = [HERE / "pom.xml", *(p for p in (HERE / "src").rglob("*") if p.is_file())]
-    return any(p.stat().st_mtime > built for p in sources)
+    return testserver.needs_build(TARGET)
 
 
 def build() -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise LauncherError("Maven (mvn) is not on PATH; it is needed to build the HAPI server.")
-    print(f"Building the HAPI FHIR server ({HERE / 'pom.xml'}) ...", flush=True)
-    started = time.monotonic()
-    result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(HERE / "pom.xml"), "-DskipTests", "package"],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
-        raise LauncherError(f"Building the HAPI server failed (mvn exit {result.returncode}):\n{tail}")
-    print(f"Built in {time.monotonic() - started:.0f}s.", flush=True)
+    try:
+        testserver.build(TARGET, say=lambda text: print(text, flush=True))
+    except testserver.TestServerError as exc:
+        raise LauncherError(str(exc)) from None
 
 
 def _pid() -> int | None:
-    try:
-        pid = int(pid_file().read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+    return testserver.running_pid(pid_file())
 
 
 def start(timeout: float | None = None) -> bool:
@@ -125,17 +103,12 @@ def start(timeout: float | None = None) -> bool:
         build()
     RUN_DIR.mkdir(exist_ok=True)
     timeout = timeout or float(os.environ.get("HAPI_START_TIMEOUT", "240"))
-    java = shutil.which("java")
-    if java is None:
-        raise LauncherError("Java (java) is not on PATH; Java 17 is needed to run the HAPI server.")
-    # C1 only (TieredStopAtLevel=1) halves the CPU HAPI needs to start and is faster on short
-    # test workloads; long runs (the benchmark) want the full JIT: HAPI_JIT=full. The serial GC
-    # keeps the footprint near 600 MB. See tests/hapi/README.md.
-    jit = [] if os.environ.get("HAPI_JIT") == "full" else ["-XX:TieredStopAtLevel=1"]
-    command = [
-        java, f"-Xmx{os.environ.get('HAPI_XMX', '1g')}", "-XX:+UseSerialGC", *jit,
-        "-Djava.awt.headless=true", f"-Dhapi.port={port()}", "-jar", str(JAR),
-    ]
+    # Long runs (the benchmark) want the full JIT: HAPI_JIT=full. See tests/hapi/README.md.
+    try:
+        command = testserver.java_command(JAR, port(), heap=os.environ.get("HAPI_XMX", "1g"),
+                                          full_jit=os.environ.get("HAPI_JIT") == "full")
+    except testserver.TestServerError as exc:
+        raise LauncherError(str(exc)) from None
     env = dict(os.environ)
     if use_postgres:
         cluster = Cluster(RUN_DIR, port_from_env())
@@ -185,21 +158,7 @@ def _stop_cluster() -> None:
 
 
 def _stop_server() -> None:
-    pid = _pid()
-    if pid is None:
-        pid_file().unlink(missing_ok=True)
-        return
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(40):
-        time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    pid_file().unlink(missing_ok=True)
-    print(f"Stopped HAPI FHIR (pid {pid}).", flush=True)
+    testserver.stop_process(pid_file(), lambda text: print(text, flush=True))
 
 
 def ensure_running() -> bool:
