@@ -130,3 +130,13 @@ def fhir_settings(settings, fhir, scripts, clean_env):
         "TIMEOUT": 30,
     }
     return settings.FHIR_MIGRATIONS
+
+
+@pytest.fixture
+def catcher():
+    """Another origin on loopback that records every request reaching it (tests/support/hostile.py)."""
+    from .support.hostile import Catcher
+
+    server = Catcher().start()
+    yield server
+    server.stop()

@@ -22,7 +22,6 @@ from django_fhir_migrations.engine.fhir import FhirConnection
 from .support.auth_proxy import Client, KeyPair, proxy_starter
 from .support.helpers import REPO, call
 from .support.hostile import (
-    Catcher,
     HostileProxy,
     Rule,
     drop_header,
@@ -44,13 +43,6 @@ def hostile(fhir_base_url):
     proxy = HostileProxy(fhir_base_url).start()
     yield proxy
     proxy.stop()
-
-
-@pytest.fixture
-def catcher():
-    server = Catcher().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

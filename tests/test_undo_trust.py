@@ -323,15 +323,6 @@ def test_a_job_status_url_on_another_origin_is_recorded_and_not_followed(fhir_se
         proxy.stop()
 
 
-@pytest.fixture
-def catcher():
-    from .support.hostile import Catcher
-
-    server = Catcher().start()
-    yield server
-    server.stop()
-
-
 def test_a_reattached_bulk_job_is_undone_like_any_other(fhir, scripts, clean_env):
     from .support.hostile import HostileProxy
 
