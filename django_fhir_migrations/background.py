@@ -18,6 +18,7 @@ clicking user's session.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -39,6 +40,7 @@ from .engine import FhirMigrationError, Project
 from .engine.redaction import scrub
 from .signals import SignalSender
 
+logger = logging.getLogger("django_fhir_migrations")
 ACTIONS = {"migrate": (), "cancel": ("--cancel",)}  # what the page can start, as fhirmigrate flags
 LOG_TAIL_BYTES = 4096
 EXIT_LINE = "(fhirmigrate exited with status "
@@ -113,7 +115,9 @@ def task_backend() -> Any | None:
             return None
     try:
         backend = task_backends["default"]
-    except Exception:  # noqa: BLE001 - not configured, or misconfigured: the process way works
+    except Exception as exc:  # noqa: BLE001 - misconfigured: the process way still works
+        logger.warning("The default task backend cannot be used (%s); the admin page runs migrations "
+                       "as a detached process instead.", exc)
         return None
     return None if type(backend).__name__ in NOT_IN_BACKGROUND else backend
 

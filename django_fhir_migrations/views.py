@@ -197,11 +197,10 @@ def status_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
         phase, detail = launch.check()
         context.update(launch=launch, launch_phase=phase, launch_detail=detail,
                        launch_started=datetime.fromtimestamp(launch.started_at).astimezone())
-    # Reload while a run holds the lease, or one started from here has not taken it yet.
-    context["refresh"] = REFRESH_SECONDS if (context.get("running") or context.get("stop_requested")
-                                             or (status is not None and status.lock is not None
-                                                 and not status.lock_expired)
-                                             or context.get("launch_phase") in ("queued", "running")) else 0
+    # Reload while a run holds the lease, or while the one started from here has not taken it yet.
+    leased = status is not None and status.lock is not None and not status.lock_expired
+    waiting = context.get("launch_phase") in ("queued", "running")
+    context["refresh"] = REFRESH_SECONDS if leased or waiting else 0
     return TemplateResponse(request, "admin/django_fhir_migrations/status.html", context)
 
 
