@@ -6,6 +6,7 @@ server, and the README's chat webhook example hears about it through the signals
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def chat():
 def site(tmp_path, fhir, scripts, clean_env, chat):
     """(base URL of the running web server, the worker process) for a project with a task backend."""
     url, _ = chat
-    env = {**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "tests.django_settings_tasks",
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.django_settings_tasks",
            "FHIR_MIGRATIONS_TEST_DB": str(tmp_path / "db.sqlite3"), "CHAT_WEBHOOK_URL": url,
            "FHIR_BASE_URL": fhir.base_url, "FHIR_MIGRATIONS_STATE_ID": fhir.state_id,
            "MIGRATION_SCRIPTS_DIR": str(scripts.path), "FHIR_MIGRATIONS_LOCK_TTL": "10",
