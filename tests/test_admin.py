@@ -44,7 +44,7 @@ def page(client) -> str:
     return client.get(STATUS_URL).content.decode()
 
 
-def poll(client, until, what: str, timeout: float = 90, every: float = 0.3) -> str:
+def poll(client, until, what: str, timeout: float = 180, every: float = 0.3) -> str:
     """The status page once `until(html)` holds."""
     deadline = time.monotonic() + timeout
     while True:

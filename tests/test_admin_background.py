@@ -82,7 +82,7 @@ def test_pause_from_the_page_then_continue_changes_each_resource_once(
     assert "Asked the running migration" in asked and "to pause" in asked
 
     paused = poll(admin_client, lambda h: states(h) == ["paused"] and launch_phase(h) == "finished", "paused",
-                  timeout=30)
+                  timeout=60)
     assert re.search(r"Paused by admin \(Django admin\)@\S+ \(pid \d+\) at \d{4}-", paused)
     assert 'id="continue-action"' in paused and 'id="cancel-action"' in paused
     assert 'id="pause-action"' not in paused and 'id="migrate-action"' not in paused
@@ -115,7 +115,7 @@ def test_cancel_from_the_page_reverts_everything_and_records_nothing(
     assert [launch.action for launch in launches] == ["migrate", "cancel"]
 
     done = poll(admin_client, lambda h: states(h) == ["pending"] and launch_phase(h) == "finished"
-                and 'id="progress"' not in h, "cancelled", timeout=120)
+                and 'id="progress"' not in h, "cancelled", timeout=240)
     assert 'id="cancel-action"' not in done and re.search(r'id="lock">\s*free', done)
     assert fhir.applied() == []
     state = fhir.state()

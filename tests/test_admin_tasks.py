@@ -126,7 +126,7 @@ def test_apply_goes_to_the_task_worker_and_the_page_follows_it(site, chat, fhir,
     assert re.search(r"Applying 1 migration\(s\) in the background \(as task [0-9a-f-]+\)", html), html
 
     seen = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while not (states(html) == ["applied"] and launch_phase(html) == "finished"):
         assert time.monotonic() < deadline and worker.poll() is None, (
             seen, (folder / "worker.log").read_text()[-3000:])
