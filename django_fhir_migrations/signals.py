@@ -69,6 +69,7 @@ class SignalSender:
 
     def __call__(self, event: Event) -> None:
         action = event.action
+        count = event.count or 0  # an event may carry no count (None); a signal says 0
         if action == "stop_requested":
             # From here on this process reports what the *running* one did (and signalled, if
             # it is a Django process): sending the same signal twice would post twice.
@@ -78,14 +79,14 @@ class SignalSender:
         elif action == "apply_success":
             signal = migration_applied if event.direction == "upgrade" else migration_reverted
             self.send(signal, event, duration=event.duration,
-                      count=event.count if event.direction == "upgrade" else 0)
+                      count=count if event.direction == "upgrade" else 0)
         elif action == "apply_failed":
             self.send(migration_failed, event, error=event.detail)
         elif action == "paused" and not self.asked_another:
-            self.send(migration_paused, event, count=event.count, by=event.detail)
-        elif action == "cancelled" and event.count >= 0 and event.script is not None:
+            self.send(migration_paused, event, count=count, by=event.detail)
+        elif action == "cancelled" and count >= 0 and event.script is not None:
             # count -1: the running process reverted it (and sent the signal there).
-            self.send(migration_cancelled, event, count=event.count, by=event.detail)
+            self.send(migration_cancelled, event, count=count, by=event.detail)
 
     def send(self, signal: Signal, event: Event, **extra: Any) -> None:
         script = event.script
