@@ -38,6 +38,8 @@ setup(
         "flask": ["flask>=2.2,<4"],
         "smart": ["pyjwt>=2.6,<3", "cryptography>=41"],
         "progress": ["tqdm>=4.60,<5"],
+        # The admin page's Apply as a task of Django's tasks framework (built into Django 6).
+        "tasks": ["django-tasks>=0.10"],
         "test": [
             "pytest>=7.4,<10",
             "pytest-django>=4.5,<5",
@@ -51,6 +53,9 @@ setup(
             "carebundle>=0.5,<1",  # tests/test_bench_smoke.py runs the benchmark on a tiny N
             "build>=1.0",  # tests/test_packaging.py builds the sdist and wheel
             "tox>=4",  # tox.ini: the suite against each supported Django
+            # tests/test_admin_tasks.py runs its database backend and db_worker; from 0.12 they
+            # are a separate package that needs Django 5.2, and tox also tests Django 4.2.
+            "django-tasks>=0.10,<0.12",
         ],
         "browser": ["playwright>=1.40,<2"],
         "bench": ["carebundle>=0.5,<1", "tqdm>=4.60,<5"],

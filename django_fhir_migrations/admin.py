@@ -3,7 +3,8 @@ table-less MigrationStatus model with the status page (views.py).
 
 Who sees what: the page needs staff status plus the `view_fhir_migrations` permission
 (superusers have it); anonymous users and non-staff get the admin login, staff without the
-permission get 403. The actions (apply pending migrations, break the lock) are superuser-only.
+permission get 403. The actions (apply pending migrations, pause, continue or cancel a running
+one, break the lock) are superuser-only.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class MigrationStatusAdmin(admin.ModelAdmin):
             path("", wrap(self.changelist_view), name=f"{prefix}_changelist"),
             path("migrate/", wrap(self.migrate_view), name=f"{prefix}_migrate"),
             path("break-lock/", wrap(self.break_lock_view), name=f"{prefix}_break_lock"),
+            path("pause/", wrap(self.pause_view), name=f"{prefix}_pause"),
+            path("cancel/", wrap(self.cancel_view), name=f"{prefix}_cancel"),
         ]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
@@ -52,3 +55,9 @@ class MigrationStatusAdmin(admin.ModelAdmin):
 
     def break_lock_view(self, request: HttpRequest) -> HttpResponse:
         return views.break_lock_view(self, request)
+
+    def pause_view(self, request: HttpRequest) -> HttpResponse:
+        return views.pause_view(self, request)
+
+    def cancel_view(self, request: HttpRequest) -> HttpResponse:
+        return views.cancel_view(self, request)

@@ -1,41 +1,55 @@
-"""The admin's "FHIR migrations" pages: the status, and two confirmed superuser actions.
+"""The admin's "FHIR migrations" pages: the status, and the superuser actions.
 
 Everything shown comes from `Project.status()`, the same data `fhirshowmigrations` prints, so
 the page and the command never disagree. The page must stay usable when the FHIR server is
 down or the settings are wrong (that is when people open it): such problems become banners,
-never a 500. The actions (apply pending migrations, break the lock) run the same engine calls
-as `fhirmigrate` and `fhirmigrate --break-lock`; they are POST-only, CSRF-protected (the admin
-wraps every view in csrf_protect), superuser-only, and need an explicit confirmation.
+never a 500. While a migration runs the page refreshes itself every few seconds and shows its
+progress, rate and ETA from the attempt the run records in the state, whoever started it.
+
+The actions change state only on POST (CSRF-protected: the admin wraps every view in
+csrf_protect), are superuser-only, and are the command's own verbs. Apply, Continue and
+Cancel run `fhirmigrate --noinput [--cancel]` in the background (background.py: a task, or a
+detached process), never inside the web request, and return at once; Pause and Break the lock
+are a single write to the state and run here. Apply, Cancel and Break the lock ask for a
+confirmation first; Pause and Continue are undone by each other and do not.
 """
 
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from django.conf import settings as django_settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from . import background
+from .background import Launch, source_name
 from .conf import get_settings
+from .console import format_seconds
 from .engine import FhirMigrationError, Project
 from .engine.clock import parse_datetime
+from .engine.events import Event
 from .engine.redaction import scrub
+from .engine.state import AttemptRecord
 from .engine.status import ProjectStatus, ScriptStatus
 from .models import VIEW_PERMISSION
+from .signals import SignalSender
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin
 
 AUDIT_EVENTS_SHOWN = 20
-# A web request should not queue behind a long migration run: wait briefly, then say who holds it.
-ACTION_LOCK_TIMEOUT = 5.0
 ADMIN_COMMAND = "Django admin"
+REFRESH_SECONDS = 3  # while something runs, the status page reloads itself this often
+LAUNCH_KEY = "fhir_migrations_launch"  # the session's last background run started from the page
+LAUNCH_SHOWN_FOR = 24 * 3600
 
 
 @dataclass
@@ -57,12 +71,36 @@ class ScriptRow:
     out_of_order: bool = False
     progress: str = ""  # an interrupted (or running) attempt: "partially applied: ..."
     running: bool = False  # the lease holder is applying it right now
+    paused: str = ""  # stopped on request: "by alice (Django admin) at ..."
+    cancelling: bool = False  # its unfinished application is being reverted
+    written: int = 0
+    total: int | None = None
+    rate: str = ""  # "85/s"
+    eta: str = ""  # "about 3 min left"
+    percent: int | None = None
+    counted: str = ""  # "1,200 of 3,000"
 
     @property
     def state(self) -> str:
         if self.running:
-            return "running"
+            return "cancelling" if self.cancelling else "running"
+        if self.paused:
+            return "paused"
         return {True: "applied", False: "pending", None: "unknown"}[self.applied]
+
+    def with_attempt(self, attempt: AttemptRecord | None) -> ScriptRow:
+        """Its unfinished attempt's figures, as the run last recorded them (at most every 5 s)."""
+        if attempt is None:
+            return self
+        self.paused, self.cancelling = attempt.paused, bool(attempt.reverts)
+        self.written, self.total = attempt.written, attempt.total
+        self.counted = f"{self.written:,}" + (f" of {self.total:,}" if self.total else "")
+        rate, eta = attempt.rate(), attempt.eta_seconds()
+        self.rate = f"{rate:,.0f}/s" if rate else ""
+        self.eta = f"about {format_seconds(eta)} left" if eta is not None else ""
+        if self.total:
+            self.percent = min(100, int(100 * self.written / self.total))
+        return self
 
     @classmethod
     def build(cls, row: ScriptStatus, known: bool, running: bool = False) -> ScriptRow:
@@ -79,11 +117,6 @@ class ScriptRow:
             is_head=row.is_head, drifted=row.drifted,
             out_of_order=row.out_of_order, progress=row.progress, running=running,
         )
-
-
-def source_name() -> str:
-    """The application named in AuditEvents: the project package, as the commands name it."""
-    return getattr(django_settings, "ROOT_URLCONF", "").split(".")[0] or "django project"
 
 
 def load_status() -> tuple[ProjectStatus | None, str | None]:
@@ -105,8 +138,13 @@ def status_context(status: ProjectStatus | None) -> dict[str, Any]:
         return {"status": None, "rows": [], "known": False}
     known = status.state is not None and not status.server_error
     lock = status.lock if not status.lock_expired else None
-    rows = [ScriptRow.build(row, known, running=lock is not None and bool(row.progress))
-            for row in status.scripts]
+    rows = []
+    for row in status.scripts:
+        attempt = status.state.attempt_for(row.script.revision) if known and status.state else None
+        running = lock is not None and attempt is not None and not attempt.paused
+        rows.append(ScriptRow.build(row, known, running=running).with_attempt(attempt))
+    control = status.state.control if known and status.state and lock is not None else None
+    unfinished = [r for r in rows if r.progress]
     # What would stop "Apply" from working: say so instead of offering it.
     blocked = ""
     if lock is not None:
@@ -121,10 +159,17 @@ def status_context(status: ProjectStatus | None) -> dict[str, Any]:
         "known": known,
         "rows": rows,
         "running": [r for r in rows if r.running],
+        "paused": [r for r in rows if r.paused and not r.running],
         "pending_count": len(status.pending) if known else None,
         "applied_count": len(status.applied) if known else None,
         "head_script": status.head_script,
         "apply_blocked": blocked,
+        # Pause: a run holds the lease and was not asked to stop yet. Cancel: something is
+        # unfinished (running, paused or interrupted) and no cancel was asked for.
+        "stop_requested": control,
+        "can_pause": lock is not None and control is None and any(r.running and not r.cancelling for r in rows),
+        "can_cancel": bool(unfinished) and (control is None or control.action != "cancel")
+        and not any(r.cancelling and r.running for r in rows),
     }
 
 
@@ -135,7 +180,7 @@ def status_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
     if not model_admin.has_view_permission(request):
         raise PermissionDenied
     status, settings_error = load_status()
-    context = {
+    context: dict[str, Any] = {
         **model_admin.admin_site.each_context(request),
         **status_context(status),
         "title": "FHIR migrations",
@@ -144,12 +189,24 @@ def status_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
         "can_act": request.user.is_superuser,
         "migrate_url": _url(model_admin, "migrate"),
         "break_lock_url": _url(model_admin, "break_lock"),
+        "pause_url": _url(model_admin, "pause"),
+        "cancel_url": _url(model_admin, "cancel"),
     }
+    launch = _last_launch(request)
+    if launch is not None:
+        phase, detail = launch.check()
+        context.update(launch=launch, launch_phase=phase, launch_detail=detail,
+                       launch_started=datetime.fromtimestamp(launch.started_at).astimezone())
+    # Reload while a run holds the lease, or while the one started from here has not taken it yet.
+    leased = status is not None and status.lock is not None and not status.lock_expired
+    waiting = context.get("launch_phase") in ("queued", "running")
+    context["refresh"] = REFRESH_SECONDS if leased or waiting else 0
     return TemplateResponse(request, "admin/django_fhir_migrations/status.html", context)
 
 
 def migrate_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
-    """GET: what would be applied, and a confirmation form. POST with confirm: apply it."""
+    """GET: what would be applied, and a confirmation form. POST with confirm: start applying it
+    in the background (also the paused migration's Continue), and return at once."""
     status = _action_preamble(model_admin, request)
     if not isinstance(status, ProjectStatus):
         return status
@@ -165,14 +222,10 @@ def migrate_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
         messages.info(request, "No migrations to apply.")
         return _back(model_admin)
     if request.method == "POST" and request.POST.get("confirm") == "yes":
-        def run(project: Project) -> str:
-            outcome = project.migrate(lock_timeout=ACTION_LOCK_TIMEOUT)
-            if not outcome.done:
-                return "No migrations to apply (another process applied them)."
-            names = ", ".join(f"{s.label}/{s.name}" for s in outcome.done)
-            return f"Applied {len(outcome.done)} migration(s): {names}."
-
-        return _run_action(model_admin, request, run)
+        paused = status_context(status)["paused"]
+        what = (f"Continuing {paused[0].label}/{paused[0].name}" if paused
+                else f"Applying {len(status.pending)} migration(s)")
+        return _start(model_admin, request, "migrate", what)
     return _confirm(model_admin, request, status, action="migrate",
                     question=f"Apply {len(status.pending)} pending migration(s) to "
                              f"{status.base_url}?",
@@ -190,7 +243,7 @@ def break_lock_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpRespon
         return _back(model_admin)
     holder = status.lock.describe()
     if request.method == "POST" and request.POST.get("confirm") == "yes":
-        def run(project: Project) -> str:
+        def run(project: Project, events: list[Event]) -> str:
             outcome = project.break_lock(confirm=None)
             return "" if outcome.exit_code else f"Broke the migration lock held by {holder}."
 
@@ -200,7 +253,75 @@ def break_lock_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpRespon
                     button="Yes, break the lock")
 
 
+def pause_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
+    """POST: ask the running migration to pause (`fhirmigrate --pause`, without waiting): it
+    stops at its next bundle boundary, within seconds, and Continue resumes it."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    status = _action_preamble(model_admin, request)
+    if not isinstance(status, ProjectStatus):
+        return status
+
+    def run(project: Project, events: list[Event]) -> str:
+        project.request_pause(wait=0)
+        asked = next((e for e in events if e.action == "stop_requested"), None)
+        if asked is None:
+            return "No migration is running: there is nothing to pause."
+        holder = asked.detail.partition("|")[2]
+        return (f"Asked the running migration ({holder}) to pause: it stops at its next bundle, "
+                "within a few seconds, and Continue resumes it.")
+
+    return _run_action(model_admin, request, run)
+
+
+def cancel_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
+    """GET: what would be cancelled, and a confirmation form. POST with confirm: run
+    `fhirmigrate --cancel --noinput` in the background (it stops the running migration, waits
+    for it, and reverts what its unfinished application wrote; that can take long)."""
+    status = _action_preamble(model_admin, request)
+    if not isinstance(status, ProjectStatus):
+        return status
+    context = status_context(status)
+    if not context["can_cancel"]:
+        messages.info(request, "No migration is running, paused or unfinished: there is nothing to cancel."
+                      if not status.server_error else f"Cannot read the state: {status.server_error}")
+        return _back(model_admin)
+    names = ", ".join(f"{r.label}/{r.name}" for r in context["rows"] if r.progress)
+    if request.method == "POST" and request.POST.get("confirm") == "yes":
+        return _start(model_admin, request, "cancel", f"Cancelling {names}")
+    return _confirm(model_admin, request, status, action="cancel",
+                    question=f"Cancel {names} and revert what it wrote on {status.base_url}?",
+                    button="Yes, cancel it")
+
+
 # --- pieces --------------------------------------------------------------------------------
+
+
+def _start(model_admin: ModelAdmin, request: HttpRequest, action: str, what: str) -> HttpResponse:
+    """Start `fhirmigrate --noinput` (`action`) in the background as this user; back at once."""
+    previous = _last_launch(request)
+    if previous is not None and previous.action == action and previous.active:
+        # A second click while the first run has not taken the lease yet would only queue behind it.
+        messages.error(request, "The run started from this page has not finished yet; this page follows it.")
+        return _back(model_admin)
+    try:
+        launch = background.start(action, applied_by=f"{request.user.get_username()} (Django admin)")
+    except Exception as exc:  # noqa: BLE001 - a task backend or the OS refused: say so, no 500
+        messages.error(request, scrub(f"Could not start the run in the background: {type(exc).__name__}: {exc}"))
+        return _back(model_admin)
+    request.session[LAUNCH_KEY] = launch.to_dict()
+    where = (f"as task {launch.ref}" if launch.how == "task"
+             else f"as process {launch.ref}, output in {launch.log}")
+    messages.success(request, f"{what} in the background ({where}); this page follows its progress.")
+    return _back(model_admin)
+
+
+def _last_launch(request: HttpRequest) -> Launch | None:
+    launch = Launch.from_dict(request.session.get(LAUNCH_KEY))
+    if launch is None or time.time() - launch.started_at > LAUNCH_SHOWN_FOR:
+        return None
+    return launch
+
 
 
 def _action_preamble(model_admin: ModelAdmin, request: HttpRequest) -> ProjectStatus | HttpResponse:
@@ -215,16 +336,21 @@ def _action_preamble(model_admin: ModelAdmin, request: HttpRequest) -> ProjectSt
     return status
 
 
-def _run_action(model_admin: ModelAdmin, request: HttpRequest, run) -> HttpResponse:
+def _run_action(model_admin: ModelAdmin, request: HttpRequest,
+                run: Callable[[Project, list[Event]], str]) -> HttpResponse:
+    """An action that is one quick engine call, here in the request: `run` gets the project and
+    the events it emitted so far, and returns the success message."""
     user = request.user.get_username()
+    events: list[Event] = []
     try:
         settings = get_settings().with_overrides(applied_by=f"{user} (Django admin)")
-        project = Project(settings, command=ADMIN_COMMAND, source=source_name(), stdout=io.StringIO())
+        project = Project(settings, listeners=[events.append, SignalSender(settings)],
+                          command=ADMIN_COMMAND, source=source_name(), stdout=io.StringIO())
     except FhirMigrationError as exc:
         messages.error(request, str(exc))
         return _back(model_admin)
     try:
-        done = run(project)
+        done = run(project, events)
     except FhirMigrationError as exc:
         # A script's exception text is shown to the admin user: scrub credentials first.
         messages.error(request, scrub(str(exc)))
@@ -262,4 +388,5 @@ def _back(model_admin: ModelAdmin) -> HttpResponse:
     return HttpResponseRedirect(_url(model_admin, "changelist"))
 
 
-__all__ = ["VIEW_PERMISSION", "break_lock_view", "load_status", "migrate_view", "status_view"]
+__all__ = ["VIEW_PERMISSION", "break_lock_view", "cancel_view", "load_status", "migrate_view", "pause_view",
+           "status_view"]

@@ -4,6 +4,7 @@ one isolated namespace per test, a scripts folder, and Django settings pointing 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import uuid
 
@@ -140,3 +141,39 @@ def catcher():
     server = Catcher().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def background_settings(fhir_settings, fhir, scripts, clean_env):
+    """fhir_settings, also for the processes the admin page starts in the background: they read
+    the settings module and the environment, not this test's overrides."""
+    clean_env.setenv("DJANGO_SETTINGS_MODULE", "tests.django_settings")
+    clean_env.setenv("FHIR_BASE_URL", fhir.base_url)
+    clean_env.setenv("FHIR_MIGRATIONS_STATE_ID", fhir.state_id)
+    clean_env.setenv("MIGRATION_SCRIPTS_DIR", str(scripts.path))
+    for key in ("LOCK_TIMEOUT", "LOCK_TTL", "RETRIES", "TIMEOUT"):
+        clean_env.setenv(f"FHIR_MIGRATIONS_{key}", str(fhir_settings[key]))
+    return fhir_settings
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every background run a test starts; any still running at the end is stopped."""
+    from django_fhir_migrations import background
+
+    started: list[background.Launch] = []
+    start = background.start
+
+    def recording(*args, **kwargs):
+        launch = start(*args, **kwargs)
+        started.append(launch)
+        return launch
+
+    monkeypatch.setattr(background, "start", recording)
+    yield started
+    for launch in started:
+        if launch.how == "process":
+            try:
+                os.killpg(int(launch.ref), signal.SIGKILL)  # its own session: the pid is the group
+            except OSError:
+                pass

@@ -3,7 +3,9 @@ against the real server: who may see it, what it shows, and that it survives a d
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -21,6 +23,8 @@ from .support.helpers import call
 STATUS_URL = "/admin/django_fhir_migrations/migrationstatus/"
 MIGRATE_URL = STATUS_URL + "migrate/"
 BREAK_LOCK_URL = STATUS_URL + "break-lock/"
+PAUSE_URL = STATUS_URL + "pause/"
+CANCEL_URL = STATUS_URL + "cancel/"
 
 
 def create_patient(fhir, value: str) -> str:
@@ -34,6 +38,33 @@ def rows(html: str) -> list[tuple[str, str]]:
 
 def audit_rows(html: str) -> list[str]:
     return re.findall(r'<tr data-event="([\w-]+)"', html)
+
+
+def page(client) -> str:
+    return client.get(STATUS_URL).content.decode()
+
+
+def poll(client, until, what: str, timeout: float = 180, every: float = 0.3) -> str:
+    """The status page once `until(html)` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        html = page(client)
+        if until(html):
+            return html
+        if time.monotonic() > deadline:
+            launch = re.search(r'<p class="help" id="launch".*?</p>', html, re.S)
+            raise AssertionError(f"the page never showed {what}: rows {rows(html)}, "
+                                 f"{launch.group(0) if launch else 'no launch'}")
+        time.sleep(every)
+
+
+def states(html: str) -> list[str]:
+    return [state for _, state in rows(html)]
+
+
+def launch_phase(html: str) -> str:
+    found = re.search(r'id="launch" data-phase="(\w+)"', html)
+    return found.group(1) if found else ""
 
 
 @pytest.fixture
@@ -193,16 +224,20 @@ def test_unusable_settings_show_a_banner_not_a_500(admin_client, settings, clean
 # --- actions -------------------------------------------------------------------------------
 
 
-def test_actions_are_superuser_only(client, viewer, fhir_settings, fhir, scripts):
+def test_actions_are_superuser_only(client, viewer, fhir_settings, fhir, scripts, launches):
     scripts.add("one", upgrade=create_patient(fhir, "one"))
     client.force_login(viewer)
     assert client.get(MIGRATE_URL).status_code == 403
     assert client.post(MIGRATE_URL, {"confirm": "yes"}).status_code == 403
     assert client.post(BREAK_LOCK_URL, {"confirm": "yes"}).status_code == 403
-    assert fhir.patients() == [] and fhir.applied() == []
+    assert client.post(PAUSE_URL).status_code == 403
+    assert client.get(CANCEL_URL).status_code == 403
+    assert client.post(CANCEL_URL, {"confirm": "yes"}).status_code == 403
+    assert launches == [] and fhir.patients() == [] and fhir.applied() == []
 
 
-def test_migrate_action_confirms_then_applies_as_the_admin_user(admin_client, fhir_settings, fhir, scripts):
+def test_migrate_action_confirms_then_applies_in_the_background_as_the_admin_user(
+        admin_client, background_settings, fhir, scripts, launches):
     one = scripts.add("one", upgrade=create_patient(fhir, "one"))
     two = scripts.add("two", upgrade=create_patient(fhir, "two"))
     status = admin_client.get(STATUS_URL).content.decode()
@@ -210,45 +245,49 @@ def test_migrate_action_confirms_then_applies_as_the_admin_user(admin_client, fh
 
     confirm = admin_client.get(MIGRATE_URL)
     assert confirm.status_code == 200
-    page = confirm.content.decode()
-    assert "dir/one" in page and "dir/two" in page and 'name="confirm" value="yes"' in page
+    page_ = confirm.content.decode()
+    assert "dir/one" in page_ and "dir/two" in page_ and 'name="confirm" value="yes"' in page_
+    assert "run in the background" in page_
     assert fhir.applied() == []  # GET only asks
 
     unconfirmed = admin_client.post(MIGRATE_URL)
     assert unconfirmed.status_code == 200 and 'id="confirm-button"' in unconfirmed.content.decode()
-    assert fhir.applied() == []
+    assert fhir.applied() == [] and launches == []
 
-    done = admin_client.post(MIGRATE_URL, {"confirm": "yes"}, follow=True)
-    assert done.redirect_chain[-1][0] == STATUS_URL
-    html = done.content.decode()
-    assert "Applied 2 migration(s): dir/one, dir/two." in html
+    started = admin_client.post(MIGRATE_URL, {"confirm": "yes"}, follow=True)
+    assert started.redirect_chain[-1][0] == STATUS_URL
+    assert "Applying 2 migration(s) in the background (as process" in started.content.decode()
+    html = poll(admin_client, lambda h: launch_phase(h) == "finished", "the run finished")
+    assert "Applied 2 migrations" in html  # the run's last line
     assert fhir.applied() == [one, two] and len(fhir.patients()) == 2
     assert rows(html) == [(one, "applied"), (two, "applied")]
     applied = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied"]
-    assert applied and all(e["agent"][0]["who"]["display"] == "admin (Django admin)" for e in applied)
-    assert all("Django admin" in e["agent"][1]["who"]["display"] for e in applied)
+    assert len(applied) == 2 and all(e["agent"][0]["who"]["display"] == "admin (Django admin)" for e in applied)
 
 
-def test_migrate_action_reports_a_failing_migration(admin_client, fhir_settings, fhir, scripts):
+def test_migrate_action_reports_a_failing_migration(admin_client, background_settings, fhir, scripts, launches):
     scripts.add("bad", upgrade="raise ValueError('no such code')")
-    reply = admin_client.post(MIGRATE_URL, {"confirm": "yes"}, follow=True)
-    assert reply.status_code == 200
-    html = reply.content.decode()
-    assert "ValueError: no such code" in html and 'class="error"' in html
+    admin_client.post(MIGRATE_URL, {"confirm": "yes"})
+    html = poll(admin_client, lambda h: launch_phase(h) == "failed", "the run failed")
+    launch = re.search(r'<p class="help" id="launch".*?</p>', html, re.S).group(0)
+    assert "CommandError: Migration bad" in launch and "ValueError: no such code" in launch
     assert fhir.applied() == []
     assert audit_rows(html) == ["failed"]
 
 
-def test_actions_need_a_csrf_token(django_user_model, fhir_settings, fhir, scripts):
+def test_actions_need_a_csrf_token(django_user_model, background_settings, fhir, scripts, launches):
     scripts.add("one", upgrade=create_patient(fhir, "one"))
     admin = django_user_model.objects.create_superuser("root", password="pw-root")
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(admin)
     assert strict.post(MIGRATE_URL, {"confirm": "yes"}).status_code == 403
-    assert fhir.applied() == [] and fhir.patients() == []
-    page = strict.get(MIGRATE_URL).content.decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    assert strict.post(STATUS_URL + "pause/").status_code == 403
+    assert strict.post(STATUS_URL + "cancel/", {"confirm": "yes"}).status_code == 403
+    assert launches == [] and fhir.applied() == [] and fhir.patients() == []
+    page_ = strict.get(MIGRATE_URL).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page_).group(1)
     assert strict.post(MIGRATE_URL, {"confirm": "yes", "csrfmiddlewaretoken": token}).status_code == 302
+    poll(strict, lambda h: launch_phase(h) == "finished", "the run finished")
     assert len(fhir.applied()) == 1
 
 
@@ -258,7 +297,8 @@ def test_actions_refuse_other_methods(admin_client, fhir_settings, scripts):
     assert admin_client.delete(BREAK_LOCK_URL).status_code == 405
 
 
-def test_break_lock_action_confirms_then_removes_the_lease(admin_client, fhir_settings, fhir, scripts):
+def test_break_lock_action_confirms_then_removes_the_lease(admin_client, background_settings, fhir, scripts,
+                                                          launches):
     scripts.add("one", upgrade=create_patient(fhir, "one"))
     project, _ = hold_lock(fhir, "mallory")
     try:
@@ -275,6 +315,7 @@ def test_break_lock_action_confirms_then_removes_the_lease(admin_client, fhir_se
         project.close()
     # With the lock gone, migrating from the admin works again.
     admin_client.post(MIGRATE_URL, {"confirm": "yes"})
+    poll(admin_client, lambda h: launch_phase(h) == "finished", "the run finished")
     assert len(fhir.applied()) == 1
 
 
@@ -284,10 +325,14 @@ def test_break_lock_without_a_lock_says_so(admin_client, fhir_settings, scripts)
     assert "No process holds the migration lock." in reply.content.decode()
 
 
-def test_a_failing_migrations_message_shows_no_secret(admin_client, fhir_settings, fhir, scripts):
+def test_a_failing_migrations_message_shows_no_secret(admin_client, background_settings, fhir, scripts,
+                                                     clean_env, launches):
     token = "s3cr3t-admin-T0KEN-77"
-    fhir_settings["AUTH"] = {"type": "bearer", "token": token}
+    background_settings["AUTH"] = {"type": "bearer", "token": token}
+    clean_env.setenv("FHIR_MIGRATIONS_AUTH", json.dumps(background_settings["AUTH"]))  # the run's
     scripts.add("leaky", upgrade=f"raise RuntimeError('rejected {token}')")
-    html = admin_client.post(MIGRATE_URL, {"confirm": "yes"}, follow=True).content.decode()
+    admin_client.post(MIGRATE_URL, {"confirm": "yes"})
+    html = poll(admin_client, lambda h: launch_phase(h) == "failed", "the run failed")
     assert "RuntimeError: rejected ***" in html
     assert token not in html
+    assert token not in open(launches[0].log).read()

@@ -1,7 +1,8 @@
 """End to end in a real browser: headless Chromium (Debian's `chromium`, driven by Playwright)
 logs in to the admin of a live Django server, reads the FHIR migrations page, checks it against
 what the FHIR server holds, saves the screenshot the README shows, then applies the pending
-migration through the confirmation page.
+migration through the confirmation page: it runs in the background, and the page, refreshing
+itself, shows it applied without anyone reloading it.
 
 Without Chromium or Playwright this test fails under CI (env CI set) and skips locally.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -61,8 +63,8 @@ def create_patient(fhir, value: str) -> str:
     return f"ctx.create({fhir.patient_code(value)})"
 
 
-def test_admin_status_page_in_a_browser(live_server, django_user_model, fhir_settings, fhir, scripts,
-                                        clean_env, tmp_path):
+def test_admin_status_page_in_a_browser(live_server, django_user_model, background_settings, fhir, scripts,
+                                        clean_env, tmp_path, launches):
     sync_playwright, chromium = require_browser()
     clean_env.setenv("FHIR_MIGRATIONS_USER", "deployer")
     # A history with something to see: two applied, one pending after a failed first attempt.
@@ -118,10 +120,19 @@ def test_admin_status_page_in_a_browser(live_server, django_user_model, fhir_set
             assert "dir/recode_gender" in page.inner_text("#plan")
             page.click("#confirm-button")
             page.wait_for_selector("#fhir-scripts")
-            assert "Applied 1 migration(s): dir/recode_gender." in page.inner_text(".messagelist")
-            states = page.eval_on_selector_all(
-                "#fhir-scripts tr[data-revision]", "rows => rows.map(r => r.dataset.state)")
-            assert states == ["applied", "applied", "applied"]
+            assert "Applying 1 migration(s) in the background" in page.inner_text(".messagelist")
+            # No reload from here on: the page refreshes itself while the run is followed.
+            deadline = time.monotonic() + 60
+            states = []
+            while states != ["applied", "applied", "applied"]:
+                assert time.monotonic() < deadline, f"the page never showed it applied: {states}"
+                time.sleep(0.5)
+                try:
+                    states = page.eval_on_selector_all(
+                        "#fhir-scripts tr[data-revision]", "rows => rows.map(r => r.dataset.state)")
+                except Exception:  # noqa: BLE001 - the page is being reloaded right now
+                    continue
+            assert "finished" in page.inner_text("#launch") and "Applied 1 migration" in page.inner_text("#launch")
         finally:
             browser.close()
     assert fhir.applied() == [first, second, third]

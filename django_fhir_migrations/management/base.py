@@ -1,10 +1,10 @@
 """What every fhir* management command shares: settings, the console, errors, exit codes.
 
 Commands are shells (as Django's own `migrate`): each names its verb and its arguments, and
-`FhirCommand` builds the engine's Project and a Console speaking Django's command names, calls
-the verb's body in commands.py, and turns an engine error into a CommandError: Django prints
-its one-paragraph message and exits non-zero, and shows the traceback only with --traceback
-(scrubbed of credentials, as every other text).
+`FhirCommand` builds the engine's Project, listened to by a Console speaking Django's command
+names and by the signals (signals.py), calls the verb's body in commands.py, and turns an
+engine error into a CommandError: Django prints its one-paragraph message and exits non-zero,
+and shows the traceback only with --traceback (scrubbed of credentials, as every other text).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..engine import FhirMigrationError, Project
 from ..engine.config import ScriptLocation, Settings
 from ..engine.interrupts import exit_code_for, interrupt_text
 from ..engine.redaction import scrub, scrubbed_traceback
+from ..signals import SignalSender
 
 
 class FhirCommand(BaseCommand):
@@ -58,7 +59,8 @@ class FhirCommand(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         console = self.console(options)
         try:
-            project = Project(self.settings(options), listeners=[console.on_event],
+            settings = self.settings(options)
+            project = Project(settings, listeners=[console.on_event, SignalSender(settings)],
                               command=f"manage.py {self.command_name}", source=self.source(),
                               stdout=self.stdout._out)
             try:
