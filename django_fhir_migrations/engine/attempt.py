@@ -53,7 +53,8 @@ class Attempt:
         self._checked = time.monotonic()
         self._check_mutex = threading.Lock()
         self.previous: tuple[str, ...] = earlier.attempts if earlier else ()
-        self.started_at = earlier.started_at if earlier else isoformat(utcnow())
+        self.own_start = isoformat(utcnow())
+        self.started_at = earlier.started_at if earlier else self.own_start
         self.written_before = earlier.written if earlier else 0
         self.job, self.job_started = (earlier.job, earlier.job_started) if earlier else ("", "")
         # upgrade() finished earlier with this very script and only verify() failed: run that alone.
@@ -87,6 +88,7 @@ class Attempt:
         return AttemptRecord(
             revision=self.script.revision, direction=self.direction,
             attempts=self.previous + (self.id,), started_at=self.started_at,
+            current_started=self.own_start, current_base=self.written_before,
             written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
             error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded,
             paused=self.paused, reverts=self.reverts, total=self.total)

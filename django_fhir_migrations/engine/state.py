@@ -229,6 +229,8 @@ class AttemptRecord:
     upgraded: str = ""  # upgrade() completed with the script of this checksum; verify() did not pass
     paused: str = ""  # stopped on request (fhirmigrate --pause): by whom, when
     total: int | None = None  # how many resources the script said it would go through (progress)
+    current_started: str = ""  # when the latest attempt began, and how many were written before it:
+    current_base: int = 0  # its own rate excludes the time the application was paused or dead
     reverts: tuple[str, ...] = ()  # a cancel: the upgrade attempts whose writes this one reverts
 
     @property
@@ -236,11 +238,14 @@ class AttemptRecord:
         return self.attempts[-1]
 
     def rate(self) -> float | None:
-        """Resources per second since the application started (its first attempt)."""
-        start, end = parse_datetime(self.started_at), parse_datetime(self.updated_at)
-        if start is None or end is None or end <= start or not self.written:
+        """Resources per second of the latest attempt (a pause or a crash before it is not
+        counted as slowness), else since the application started."""
+        start = parse_datetime(self.current_started or self.started_at)
+        end = parse_datetime(self.updated_at)
+        done = self.written - (self.current_base if self.current_started else 0)
+        if start is None or end is None or end <= start or done <= 0:
             return None
-        return self.written / (end - start).total_seconds()
+        return done / (end - start).total_seconds()
 
     def eta_seconds(self) -> float | None:
         """Seconds left at the rate so far, when the script said how many there are."""
@@ -289,6 +294,9 @@ class AttemptRecord:
             parts.append({"url": "paused", "valueString": self.paused})
         if self.total is not None:
             parts.append({"url": "total", "valueInteger": int(self.total)})
+        if self.current_started:
+            parts.append({"url": "currentStarted", "valueDateTime": self.current_started})
+            parts.append({"url": "currentBase", "valueInteger": int(self.current_base)})
         parts += [{"url": "reverts", "valueString": a} for a in self.reverts]
         return {"url": ATTEMPT_EXTENSION, "extension": parts}
 
@@ -314,6 +322,8 @@ class AttemptRecord:
             upgraded=values.text("upgraded") or "",
             paused=values.text("paused") or "",
             total=values.integer("total", minimum=0),
+            current_started=values.moment("currentStarted") or "",
+            current_base=values.integer("currentBase", minimum=0) or 0,
             reverts=values.texts("reverts"),
         )
 
