@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 from .cancel import cancellable
 
 PAGES_AHEAD = 3
-FRESH = {"Cache-Control": "no-cache"}
+# Fresh results (not a cached copy of an identical search), and an error for a parameter the
+# server does not know: a misspelt one must stop a migration, not match every resource (FHIR's
+# lenient default, Helios' among them, drops it).
+FRESH = {"Cache-Control": "no-cache", "Prefer": "handling=strict"}
 THREAD_NAME = "fhir-migrations-page"
 _END = object()  # the producer's last word: no more pages
 
@@ -97,8 +100,8 @@ def search_entries(connection: FhirConnection, path: str, params: Mapping[str, A
     background thread, at most PAGES_AHEAD ahead; an error there is raised where the caller
     would have waited for that page.
     """
-    # Fresh results, not a server's cached copy of an identical search (HAPI reuses one for a
-    # minute by default): a migration searches what it, or the run it resumes, just changed.
+    # A migration searches what it, or the run it resumes, just changed (HAPI reuses an identical
+    # search's results for a minute by default), and a misspelt parameter must not match all.
     first = (connection.request("POST", path, data=form, headers=FRESH) if form is not None
              else connection.get(path, params, headers=FRESH))
     links = NextLinks(connection, first.url)
