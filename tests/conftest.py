@@ -43,12 +43,19 @@ def unit_isolation(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def fhir_base_url():
-    """Any FHIR server given by FHIR_BASE_URL; otherwise the local HAPI, started here."""
+    """Any FHIR server given by FHIR_BASE_URL; otherwise the local test server, started here:
+    HAPI, or Helios with FHIR_TEST_SERVER=hfs (`make test-hfs`)."""
     given = os.environ.get("FHIR_BASE_URL")
     if given:
         yield given.rstrip("/")
         return
-    from .hapi import launcher
+    server = os.environ.get("FHIR_TEST_SERVER", "hapi").strip().lower() or "hapi"
+    if server == "hfs":
+        from .hfs import launcher
+    elif server == "hapi":
+        from .hapi import launcher  # type: ignore[no-redef]
+    else:
+        raise pytest.UsageError(f"FHIR_TEST_SERVER={server!r}: use `hapi` (default) or `hfs`.")
 
     started = launcher.ensure_running()
     try:
