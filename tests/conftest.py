@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from .support.helpers import FhirNamespace, ScriptsDir
+from .support.hostile import HostileProxy, refuse_audit_events
 
 # The CLI, Flask and the facade have no SECRET_KEY to fall back on: every process the tests
 # start signs (and verifies) Provenance with this key, as Django's test settings do with theirs.
@@ -147,3 +148,17 @@ def catcher():
     server = Catcher().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def no_audit_server(fhir_settings, fhir):
+    """A server that keeps no AuditEvents from clients: the server itself where it refuses them
+    (Helios: 405, no `create` in its CapabilityStatement), else the real server behind a proxy
+    that does the same. Always behind the proxy, which counts the requests; fhir_settings'
+    BASE_URL is the proxy's."""
+    proxy = HostileProxy(fhir.base_url).start()
+    if fhir.keeps_audit_events:
+        refuse_audit_events(proxy)
+    fhir_settings["BASE_URL"] = proxy.base_url
+    yield proxy
+    proxy.stop()

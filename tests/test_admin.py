@@ -132,6 +132,21 @@ def test_page_lists_every_script_in_order_with_what_the_server_holds(admin_clien
     assert "Migration applied" in html
 
 
+def test_page_on_a_server_that_keeps_no_audit_events_shows_what_the_state_records(
+        admin_client, no_audit_server, fhir, scripts, clean_env):
+    clean_env.setenv("FHIR_MIGRATIONS_USER", "deployer")
+    scripts.add("one", upgrade=create_patient(fhir, "one"))
+    scripts.add("two", upgrade=create_patient(fhir, "two") + "\nraise RuntimeError('row 7')")
+    assert call("fhirmigrate")[0] == 1
+    html = admin_client.get(STATUS_URL).content.decode()
+    note = re.search(r'<p class="help audit-note" id="fhir-audit-note">(.*?)</p>', html, re.S).group(1)
+    assert "keeps no AuditEvents from clients" in note and "what the migration state itself records" in note
+    assert "History from the migration state" in html and "No AuditEvents recorded" not in html
+    assert audit_rows(html) == ["interrupted", "applied"]  # newest first
+    assert "partially applied: 1 resource(s) written" in html and "RuntimeError: row 7" in html
+    assert "deployer@" in html and "unfinished" in html
+
+
 def test_page_shows_drift_and_out_of_order_problems(admin_client, fhir_settings, fhir, scripts):
     one = scripts.add("one")
     assert call("fhirmigrate")[0] == 0

@@ -127,6 +127,20 @@ def test_reset_asks_and_then_forgets_without_running_anything(flask, fhir, scrip
     assert any(e["subtype"][0]["code"] == "reset" for e in fhir.audit_events())
 
 
+def test_history_on_a_server_that_keeps_no_audit_events_says_so_and_shows_the_state(
+        no_audit_server, fhir, scripts, clean_env):
+    flask = Flask_CLI(make_app(fhir, scripts, FHIR_BASE_URL=no_audit_server.base_url))
+    add_patients(scripts, fhir, "one", "two")
+    assert flask("upgrade").exit_code == 0
+    result = flask("history")
+    assert result.exit_code == 0, result.stderr
+    assert "keeps no AuditEvents from clients" in result.stdout
+    assert "(nothing recorded yet)" not in result.stdout
+    applied = [line for line in result.stdout.splitlines() if line.startswith("  2")]
+    assert [line.split()[2] for line in applied] == ["applied", "applied"]
+    assert all(" by " in line and line.endswith("ok") for line in applied)
+
+
 def test_migrate_name_creates_a_script_after_the_head(flask, fhir, scripts):
     first = scripts.add("first")
     refused = flask("migrate", "second")

@@ -355,3 +355,25 @@ def trickle(seconds_per_byte: float) -> Callable[[Exchange], None]:
         exchange.trickle = seconds_per_byte
 
     return after
+
+
+def refuse_audit_events(proxy: HostileProxy) -> HostileProxy:
+    """Make the server behind `proxy` keep no AuditEvents from clients, as Helios does: its
+    CapabilityStatement offers no `create` for AuditEvent, and a POST of one is answered 405."""
+
+    def without_audit_create(exchange: Exchange) -> None:
+        statement = exchange.response_json()
+        for rest in statement.get("rest", []):
+            for resource in rest.get("resource", []):
+                if resource.get("type") == "AuditEvent":
+                    resource["interaction"] = [i for i in resource.get("interaction", [])
+                                               if i.get("code") not in ("create", "update", "delete", "patch")]
+        exchange.set_response_json(statement)
+
+    def method_not_allowed(exchange: Exchange) -> None:
+        exchange.answer(405, {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "not-supported",
+            "diagnostics": "Method POST not allowed for AuditEvent"}]})
+
+    return proxy.add(Rule("GET", r"^/metadata", after=without_audit_create),
+                     Rule("POST", r"^/AuditEvent/?$", before=method_not_allowed))
