@@ -140,6 +140,18 @@ def fhir_settings(settings, fhir, scripts, clean_env):
     return settings.FHIR_MIGRATIONS
 
 
+NO_AUDIT_EVENTS = ("the server keeps no AuditEvents from clients (its CapabilityStatement offers no "
+                   "create for AuditEvent; Helios refuses them, 405): what the tool does there is "
+                   "tested with the no_audit_server fixture")
+
+
+@pytest.fixture
+def keeps_audit_events(fhir):
+    """For tests of what the AuditEvents say: skipped, saying why, on a server that keeps none."""
+    if not fhir.keeps_audit_events:
+        pytest.skip(NO_AUDIT_EVENTS)
+
+
 @pytest.fixture
 def catcher():
     """Another origin on loopback that records every request reaching it (tests/support/hostile.py)."""

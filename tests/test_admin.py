@@ -239,9 +239,13 @@ def test_migrate_action_confirms_then_applies_as_the_admin_user(admin_client, fh
     assert "Applied 2 migration(s): dir/one, dir/two." in html
     assert fhir.applied() == [one, two] and len(fhir.patients()) == 2
     assert rows(html) == [(one, "applied"), (two, "applied")]
-    applied = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied"]
-    assert applied and all(e["agent"][0]["who"]["display"] == "admin (Django admin)" for e in applied)
-    assert all("Django admin" in e["agent"][1]["who"]["display"] for e in applied)
+    events = fhir.kept_audit_events()
+    if events is not None:
+        applied = [e for e in events if e["subtype"][0]["code"] == "applied"]
+        assert applied and all(e["agent"][0]["who"]["display"] == "admin (Django admin)" for e in applied)
+        assert all("Django admin" in e["agent"][1]["who"]["display"] for e in applied)
+    else:  # the page's history then comes from the state, which names the admin user too
+        assert audit_rows(html) == ["applied", "applied"] and html.count("admin (Django admin)@") >= 2
 
 
 def test_migrate_action_reports_a_failing_migration(admin_client, fhir_settings, fhir, scripts):
@@ -251,7 +255,10 @@ def test_migrate_action_reports_a_failing_migration(admin_client, fhir_settings,
     html = reply.content.decode()
     assert "ValueError: no such code" in html and 'class="error"' in html
     assert fhir.applied() == []
-    assert audit_rows(html) == ["failed"]
+    if fhir.keeps_audit_events:
+        assert audit_rows(html) == ["failed"]
+    else:  # a failure that wrote nothing leaves no trace in the state; the page says why
+        assert audit_rows(html) == [] and 'id="fhir-audit-note"' in html
 
 
 def test_actions_need_a_csrf_token(django_user_model, fhir_settings, fhir, scripts):
@@ -285,7 +292,10 @@ def test_break_lock_action_confirms_then_removes_the_lease(admin_client, fhir_se
         assert "Broke the migration lock held by mallory@" in html
         assert "migration-lock" not in str(fhir.state())
         assert re.search(r'id="lock">\s*free', html)
-        assert "lock-broken" in audit_rows(html)
+        if fhir.keeps_audit_events:
+            assert "lock-broken" in audit_rows(html)
+        else:
+            assert 'id="fhir-audit-note"' in html
     finally:
         project.close()
     # With the lock gone, migrating from the admin works again.

@@ -25,13 +25,15 @@ from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 
 from .support.helpers import REPO, call, run
+from .support.hostile import HostileProxy
 
 LOGGER = "django_fhir_migrations"
 
 
 @pytest.fixture
-def auditor(fhir_settings, clean_env, fhir):
-    """The user name every event of this test must carry (FHIR_MIGRATIONS_USER)."""
+def auditor(fhir_settings, clean_env, fhir, keeps_audit_events):
+    """The user name every event of this test must carry (FHIR_MIGRATIONS_USER); the test is
+    about what the AuditEvents say, so it needs a server that keeps them."""
     name = f"auditor-{fhir.state_id[-6:]}"
     clean_env.setenv("FHIR_MIGRATIONS_USER", name)
     return name
@@ -183,19 +185,25 @@ def test_recent_events_reads_them_back_newest_first(auditor, fhir, scripts):
 
 
 def test_audit_events_switched_off_writes_none(fhir_settings, fhir, scripts):
+    proxy = HostileProxy(fhir.base_url).start()  # counts what is sent, on any server
+    fhir_settings["BASE_URL"] = proxy.base_url
     fhir_settings["AUDIT_EVENTS"] = False
-    scripts.add("one", upgrade=create_patient(fhir, "one"))
-    scripts.add("two", upgrade="raise ValueError('broken')")
-    assert call("fhirmigrate")[0] == 1
-    assert call("fhirdowngrade")[0] == 0
-    assert call("fhirmigrate", "--fake")[0] == 0
-    assert call("fhirreset", "--noinput")[0] == 0
+    try:
+        scripts.add("one", upgrade=create_patient(fhir, "one"))
+        scripts.add("two", upgrade="raise ValueError('broken')")
+        assert call("fhirmigrate")[0] == 1
+        assert call("fhirdowngrade")[0] == 0
+        assert call("fhirmigrate", "--fake")[0] == 0
+        assert call("fhirreset", "--noinput")[0] == 0
+    finally:
+        proxy.stop()
     assert fhir.state() is not None  # things happened...
-    assert our_events(fhir) == []  # ...and none was audited on the server
-    assert fhir.audit_events() == []
+    assert proxy.requests("POST", r"^/AuditEvent") == []  # ...and no AuditEvent was even sent
+    assert proxy.requests("PUT", r"^/Basic/")  # (the proxy did see the run)
 
 
-def test_secrets_never_reach_the_audit_event_or_the_log(fhir_settings, fhir, scripts, caplog):
+def test_secrets_never_reach_the_audit_event_or_the_log(fhir_settings, fhir, scripts, caplog,
+                                                        keeps_audit_events):
     token = "s3cr3t-T0KEN-value-4242"
     fhir_settings["AUTH"] = {"type": "bearer", "token": token}
     scripts.add("leaky", upgrade=f"raise RuntimeError('the server said: {token} is bad; password=hunter22')")

@@ -128,6 +128,11 @@ class FhirNamespace:
         CapabilityStatement): HAPI does; Helios refuses every one (405), by policy."""
         return keeps_audit_events(self.base_url)
 
+    def kept_audit_events(self) -> list[dict[str, Any]] | None:
+        """This state's AuditEvents, or None on a server that keeps none (then a test checks
+        the tool's behaviour there elsewhere: the no_audit_server tests)."""
+        return self.audit_events() if self.keeps_audit_events else None
+
     def audit_events(self) -> list[dict[str, Any]]:
         return [e for e in self.search("AuditEvent", _sort="-date", _count=200)
                 if self.state_id in str(e.get("entity", ""))]
