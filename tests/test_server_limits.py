@@ -27,7 +27,7 @@ def test_json_patch_where_bundles_cannot_carry_it_is_sent_as_version_aware_puts_
     proxy = HostileProxy(fhir.base_url).start()
     try:
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
-        proxy.add(Rule("POST", r"^/fhir/?$", before=refuse_json_patch_in_bundles))
+        proxy.add(Rule("POST", r"^/?$", before=refuse_json_patch_in_bundles))
         scripts.add("rename", upgrade=(
             "with ctx.batch(size=10) as b:\n"
             f"    for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True):\n"
@@ -39,7 +39,7 @@ def test_json_patch_where_bundles_cannot_carry_it_is_sent_as_version_aware_puts_
         patients = fhir.patients()
         assert all(p["name"][0]["family"] == "Patched" and p["active"] is True for p in patients)
         assert {p["meta"]["versionId"] for p in patients} == {"2"}  # each written once
-        refused = [s for s in proxy.requests("POST", r"^/fhir/?$") if s.status == 501]
+        refused = [s for s in proxy.requests("POST", r"^/?$") if s.status == 501]
         # Learned on the first refusal; only bundles already in flight beside it (WORKERS 2) met one too.
         assert 1 <= len(refused) <= 2
         for patient in patients:
