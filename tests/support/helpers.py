@@ -163,6 +163,11 @@ def resource_interactions(base_url: str, resource_type: str) -> set[str]:
     return set()
 
 
+def server_operations(base_url: str) -> set[str]:
+    """The system-level operations the CapabilityStatement lists (`hapi.fhir.bulk-patch` ...)."""
+    return {op.get("name") for op in capability_statement(base_url)["rest"][0].get("operation", [])}
+
+
 def keeps_audit_events(base_url: str) -> bool:
     return "create" in resource_interactions(base_url, "AuditEvent")
 
