@@ -42,6 +42,7 @@ def test_helios_is_told_its_public_address_and_to_enforce_validation(monkeypatch
     assert env["HFS_BASE_URL"] == "http://127.0.0.1:8091/fhir"
     assert env["HFS_VALIDATION_MODE"] == "enforce"
     assert env["HFS_SERVER_HOST"] == "127.0.0.1"
+    assert env["HFS_DATABASE_URL"].endswith("hfs-8091.db")  # a fresh file per start
     assert "HFS_REQUEST_TIMEOUT" not in env and "HFS_PORT" not in env
 
 

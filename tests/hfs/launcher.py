@@ -193,13 +193,12 @@ def is_up(timeout: float = 2.0) -> bool:
 
 def server_env() -> dict[str, str]:
     """Helios' settings (its own HFS_* variables; ours are not passed on)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HFS_") and k != "DATABASE_URL"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HFS_")}
     env.update(
         HFS_SERVER_HOST="127.0.0.1",
         HFS_SERVER_PORT=str(_server_port()),
         HFS_BASE_URL=base_url(),  # the public address: links and Locations lead back through nginx
-        DATABASE_URL=str(run_file("db")),
+        HFS_DATABASE_URL=str(run_file("db")),  # (not DATABASE_URL, whatever its README says)
         HFS_DATA_DIR=str(data_dir()),
         HFS_VALIDATION_MODE="enforce",
         HFS_UI_ENABLED="false",
