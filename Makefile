@@ -8,7 +8,8 @@ EXTRAS ?= test,browser
 STAMP := $(VENV)/.installed-$(EXTRAS)-$(shell cat setup.py | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: venv hapi-build hapi-start hapi-stop hapi-status test test-fast test-deprecations lint demo bench clean
+.PHONY: venv hapi-build hapi-start hapi-stop hapi-status hfs-build hfs-start hfs-stop hfs-status \
+	test test-hfs test-fast test-deprecations lint demo bench clean
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,20 @@ hapi-stop: venv
 hapi-status: venv
 	$(PY) -m tests.hapi status
 
+# The second server (tests/hfs): Helios FHIR Server built by cargo into ~/.cache (once per
+# machine, 20-35 minutes on 2 cores), served under /fhir by nginx.
+hfs-build: venv
+	$(PY) -m tests.hfs build
+
+hfs-start: venv
+	$(PY) -m tests.hfs start
+
+hfs-stop: venv
+	$(PY) -m tests.hfs stop
+
+hfs-status: venv
+	$(PY) -m tests.hfs status
+
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
@@ -38,6 +53,11 @@ lint: venv
 # answers) and stops it at the end.
 test: venv hapi-build
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The server suite against Helios (built first if it is not in the cache; started and stopped
+# for you). What differs from HAPI, and why, is in INTEROP.md.
+test-hfs: venv
+	FHIR_TEST_SERVER=hfs $(PY) -m pytest -m server $(PYTEST_ARGS)
 
 # Everything that needs no FHIR server and no Java (pure logic, the fake connection): seconds.
 test-fast: venv
@@ -58,4 +78,4 @@ bench: venv hapi-build
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hapi tests/hapi/target
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hapi .hfs tests/hapi/target

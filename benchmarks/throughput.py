@@ -13,7 +13,8 @@ each against a careful sequential client measured in the same run.
   The proxy costs something of its own, so (d) also runs through the same proxy once per pass.
   Both at the default WORKERS, PROVENANCE on (the job path needs it). One more row starts the
   same job by hand (plain requests, polled every second as the tool polls, no Provenance): the
-  server's own time for the job, so fjob - fhand is what the tool adds to it.
+  server's own time for the job, so fjob - fhand is what the tool adds to it. A server without
+  the job (it is HAPI's own operation; Helios has none) has no fjob and fhand rows, and says so.
 
 Every row runs BENCH_PASSES times (default 2), each on a fresh set of N Patients, the second pass
 in the reverse order of the first, so a steady drift of the server's speed (its database grows)
@@ -35,6 +36,13 @@ from .tool_run import ToolRun
 from .ways import TOOL_BATCH_HEADERS, Timing, bulk_job, combined, sequential
 
 BULK_JOB = "POST $hapi.fhir.bulk-patch"
+BULK_OPERATION = "hapi.fhir.bulk-patch"
+
+
+def offers_bulk_job(server: PlainServer) -> bool:
+    """Whether the CapabilityStatement lists HAPI's bulk patch job (HAPI only)."""
+    rest = server.get("metadata").get("rest") or [{}]
+    return any(op.get("name") == BULK_OPERATION for op in rest[0].get("operation") or [])
 
 
 @dataclass(frozen=True)
@@ -90,8 +98,13 @@ class Throughput:
         self.slots = [Slot("d")] + [Slot("e", w) for w in cfg.workers]
         if cfg.provenance_off:
             self.slots += [Slot("p", w) for w in cfg.workers]
+        self.job = cfg.bulk and offers_bulk_job(bench.server)
+        if cfg.bulk and not self.job:
+            bench.say(f"The server offers no ${BULK_OPERATION} (HAPI only): no server-job rows "
+                      "(fjob, fhand); bulk_patch runs as patch bundles.")
         if cfg.bulk:
-            self.slots += [Slot("fjob"), Slot("ffallback"), Slot("dproxy"), Slot("fhand")]
+            self.slots += ([Slot("fjob")] if self.job else []) + [Slot("ffallback"), Slot("dproxy")]
+            self.slots += [Slot("fhand")] if self.job else []
         self.sets: dict[tuple[int, Slot], PatientSet] = {}
         self.runs: dict[Slot, list[Timing]] = {slot: [] for slot in self.slots}
         self.proxy: Any = None
@@ -230,16 +243,20 @@ class Throughput:
             figures["p_vs_e"] = {w: by[f"p{w}"].rate / by[f"e{w}"].rate for w in cfg.workers}
             figures["p_vs_d"] = {w: by[f"p{w}"].rate / d.rate for w in cfg.workers}
         if cfg.bulk:
-            job, fallback, dproxy = by["fjob"], by["ffallback"], by["dproxy"]
-            hand = by["fhand"]
-            say(f"  bulk_patch: server job {job.rate:.1f} Patients/s ({job.rate / d.rate:.2f} x d), patch "
-                f"bundles {fallback.rate:.1f}/s ({fallback.rate / d.rate:.2f} x d; "
-                f"{fallback.rate / dproxy.rate:.2f} x d through the same proxy); the same job by hand, "
-                f"without Provenance: {hand.rate:.1f}/s ({hand.rate / d.rate:.2f} x d)")
-            figures["bulk"] = {"job_rate": job.rate, "fallback_rate": fallback.rate,
-                               "job_vs_d": job.rate / d.rate, "fallback_vs_d": fallback.rate / d.rate,
-                               "fallback_vs_dproxy": fallback.rate / dproxy.rate, "proxy_cost": d.rate / dproxy.rate,
-                               "hand_rate": hand.rate, "hand_vs_d": hand.rate / d.rate}
+            fallback, dproxy = by["ffallback"], by["dproxy"]
+            bundles = (f"patch bundles {fallback.rate:.1f}/s ({fallback.rate / d.rate:.2f} x d; "
+                       f"{fallback.rate / dproxy.rate:.2f} x d through the same proxy)")
+            figures["bulk"] = {"fallback_rate": fallback.rate, "fallback_vs_d": fallback.rate / d.rate,
+                               "fallback_vs_dproxy": fallback.rate / dproxy.rate, "proxy_cost": d.rate / dproxy.rate}
+            if self.job:
+                job, hand = by["fjob"], by["fhand"]
+                say(f"  bulk_patch: server job {job.rate:.1f} Patients/s ({job.rate / d.rate:.2f} x d), "
+                    f"{bundles}; the same job by hand, without Provenance: {hand.rate:.1f}/s "
+                    f"({hand.rate / d.rate:.2f} x d)")
+                figures["bulk"].update(job_rate=job.rate, job_vs_d=job.rate / d.rate,
+                                       hand_rate=hand.rate, hand_vs_d=hand.rate / d.rate)
+            else:
+                say(f"  bulk_patch (no server job here): {bundles}")
         self.cpu_table(rows)
         estimate = self.estimate(rows)
         if estimate:

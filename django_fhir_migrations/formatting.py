@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .engine.audit import AuditRecord
+from .engine.audit import AuditRecord, HistoryReport
 from .engine.lock import lease_condition
 from .engine.status import ProjectStatus, ScriptStatus
 
@@ -105,19 +105,25 @@ def status_exit_code(status: ProjectStatus) -> int:
 UNFINISHED = ("interrupted", "running")  # an attempt the state records, not an AuditEvent
 
 
-def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int = 1, *,
+def format_history(report: HistoryReport, state_id: str, verbosity: int = 1, *,
                    vocabulary: Vocabulary | None = None) -> list[Line]:
     """`fhirhistory`: newest first, one line per AuditEvent of this state, and one per
-    migration whose attempt is unfinished (a killed run writes no AuditEvent)."""
+    migration whose attempt is unfinished (a killed run writes no AuditEvent). On a server that
+    keeps no AuditEvents, what the state records as applied instead, saying why."""
     migrate = vocabulary.command("migrate") if vocabulary else "migrate"
+    records: Sequence[AuditRecord] = report.records
     lines: list[Line] = [("heading", f"History of migration state {state_id!r} (newest first):")]
+    if report.reason:
+        lines.append(("warning", f"  {report.reason}"))
+    if report.from_state and records:
+        lines.append(("info", "  What the state itself records (applied migrations, unfinished attempts):"))
     if not records:
         lines.append(("info", "  (nothing recorded yet)"))
     for record in records:
         when = record.recorded.strftime("%Y-%m-%d %H:%M:%S") if record.recorded else "?"
-        what = record.script or record.detail or ""
+        what = record.script or ("" if report.from_state else record.detail) or ""
         if record.revision:
-            what += f" ({record.revision[:12]})"
+            what = f"{what} ({record.revision[:12]})" if what else record.revision[:12]
         took = f"  {record.duration:.2f}s" if record.duration is not None else ""
         unfinished = record.event in UNFINISHED
         outcome = "ok" if record.success else "unfinished" if unfinished else "FAILED"
@@ -126,6 +132,8 @@ def format_history(records: Sequence[AuditRecord], state_id: str, verbosity: int
         if unfinished:
             resume = "" if record.event == "running" else f"; `{migrate}` resumes it"
             lines.append(("warning", f"      {record.detail}{resume}"))
+        elif report.from_state and record.detail:  # "in 2 attempts"
+            lines.append(("info", f"      {record.detail}"))
         if not record.success and record.error and verbosity >= 1:
             lines.append(("error", f"      {record.error[:300]}"))
     return lines

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from .support.helpers import FhirNamespace, ScriptsDir
+from .support.hostile import HostileProxy, refuse_audit_events
 
 # The CLI, Flask and the facade have no SECRET_KEY to fall back on: every process the tests
 # start signs (and verifies) Provenance with this key, as Django's test settings do with theirs.
@@ -44,12 +45,19 @@ def unit_isolation(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def fhir_base_url():
-    """Any FHIR server given by FHIR_BASE_URL; otherwise the local HAPI, started here."""
+    """Any FHIR server given by FHIR_BASE_URL; otherwise the local test server, started here:
+    HAPI, or Helios with FHIR_TEST_SERVER=hfs (`make test-hfs`)."""
     given = os.environ.get("FHIR_BASE_URL")
     if given:
         yield given.rstrip("/")
         return
-    from .hapi import launcher
+    server = os.environ.get("FHIR_TEST_SERVER", "hapi").strip().lower() or "hapi"
+    if server == "hfs":
+        from .hfs import launcher
+    elif server == "hapi":
+        from .hapi import launcher  # type: ignore[no-redef]
+    else:
+        raise pytest.UsageError(f"FHIR_TEST_SERVER={server!r}: use `hapi` (default) or `hfs`.")
 
     started = launcher.ensure_running()
     try:
@@ -133,6 +141,18 @@ def fhir_settings(settings, fhir, scripts, clean_env):
     return settings.FHIR_MIGRATIONS
 
 
+NO_AUDIT_EVENTS = ("the server keeps no AuditEvents from clients (its CapabilityStatement offers no "
+                   "create for AuditEvent; Helios refuses them, 405): what the tool does there is "
+                   "tested with the no_audit_server fixture")
+
+
+@pytest.fixture
+def keeps_audit_events(fhir):
+    """For tests of what the AuditEvents say: skipped, saying why, on a server that keeps none."""
+    if not fhir.keeps_audit_events:
+        pytest.skip(NO_AUDIT_EVENTS)
+
+
 @pytest.fixture
 def catcher():
     """Another origin on loopback that records every request reaching it (tests/support/hostile.py)."""
@@ -177,3 +197,17 @@ def launches(monkeypatch):
                 os.killpg(int(launch.ref), signal.SIGKILL)  # its own session: the pid is the group
             except OSError:
                 pass
+
+
+@pytest.fixture
+def no_audit_server(fhir_settings, fhir):
+    """A server that keeps no AuditEvents from clients: the server itself where it refuses them
+    (Helios: 405, no `create` in its CapabilityStatement), else the real server behind a proxy
+    that does the same. Always behind the proxy, which counts the requests; fhir_settings'
+    BASE_URL is the proxy's."""
+    proxy = HostileProxy(fhir.base_url).start()
+    if fhir.keeps_audit_events:
+        refuse_audit_events(proxy)
+    fhir_settings["BASE_URL"] = proxy.base_url
+    yield proxy
+    proxy.stop()

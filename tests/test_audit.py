@@ -25,13 +25,15 @@ from django_fhir_migrations.engine.lock import MigrationLock
 from django_fhir_migrations.engine.recorder import StateRecorder
 
 from .support.helpers import REPO, call, run
+from .support.hostile import HostileProxy
 
 LOGGER = "django_fhir_migrations"
 
 
 @pytest.fixture
-def auditor(fhir_settings, clean_env, fhir):
-    """The user name every event of this test must carry (FHIR_MIGRATIONS_USER)."""
+def auditor(fhir_settings, clean_env, fhir, keeps_audit_events):
+    """The user name every event of this test must carry (FHIR_MIGRATIONS_USER); the test is
+    about what the AuditEvents say, so it needs a server that keeps them."""
     name = f"auditor-{fhir.state_id[-6:]}"
     clean_env.setenv("FHIR_MIGRATIONS_USER", name)
     return name
@@ -183,19 +185,25 @@ def test_recent_events_reads_them_back_newest_first(auditor, fhir, scripts):
 
 
 def test_audit_events_switched_off_writes_none(fhir_settings, fhir, scripts):
+    proxy = HostileProxy(fhir.base_url).start()  # counts what is sent, on any server
+    fhir_settings["BASE_URL"] = proxy.base_url
     fhir_settings["AUDIT_EVENTS"] = False
-    scripts.add("one", upgrade=create_patient(fhir, "one"))
-    scripts.add("two", upgrade="raise ValueError('broken')")
-    assert call("fhirmigrate")[0] == 1
-    assert call("fhirdowngrade")[0] == 0
-    assert call("fhirmigrate", "--fake")[0] == 0
-    assert call("fhirreset", "--noinput")[0] == 0
+    try:
+        scripts.add("one", upgrade=create_patient(fhir, "one"))
+        scripts.add("two", upgrade="raise ValueError('broken')")
+        assert call("fhirmigrate")[0] == 1
+        assert call("fhirdowngrade")[0] == 0
+        assert call("fhirmigrate", "--fake")[0] == 0
+        assert call("fhirreset", "--noinput")[0] == 0
+    finally:
+        proxy.stop()
     assert fhir.state() is not None  # things happened...
-    assert our_events(fhir) == []  # ...and none was audited on the server
-    assert fhir.audit_events() == []
+    assert proxy.requests("POST", r"^/AuditEvent") == []  # ...and no AuditEvent was even sent
+    assert proxy.requests("PUT", r"^/Basic/")  # (the proxy did see the run)
 
 
-def test_secrets_never_reach_the_audit_event_or_the_log(fhir_settings, fhir, scripts, caplog):
+def test_secrets_never_reach_the_audit_event_or_the_log(fhir_settings, fhir, scripts, caplog,
+                                                        keeps_audit_events):
     token = "s3cr3t-T0KEN-value-4242"
     fhir_settings["AUTH"] = {"type": "bearer", "token": token}
     scripts.add("leaky", upgrade=f"raise RuntimeError('the server said: {token} is bad; password=hunter22')")
@@ -285,6 +293,60 @@ def test_refused_audit_write_does_not_mask_a_failed_migration(refusing_server, f
     assert "AuditEvent" not in err
     assert len(fhir.applied()) == 1
     assert len(refusing_server.refused) == 2  # applied one, failed two: both attempted
+
+
+# --- a server that keeps no AuditEvents (Helios) ---------------------------------------------
+
+
+def test_a_server_that_refuses_audit_events_is_asked_once_and_the_run_goes_on(no_audit_server, fhir,
+                                                                              scripts, caplog):
+    revisions = [scripts.add(n, upgrade=create_patient(fhir, n)) for n in ("one", "two", "three")]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        code, out, err = call("fhirmigrate")
+    assert code == 0, err
+    assert fhir.applied() == revisions and len(fhir.patients()) == 3
+    assert len(no_audit_server.requests("POST", r"^/AuditEvent")) == 1  # not once per migration
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "refuses AuditEvents from clients" in warning and "405" in warning
+
+
+def test_history_on_a_server_that_refuses_audit_events_shows_what_the_state_records(
+        no_audit_server, fhir, scripts, clean_env):
+    clean_env.setenv("FHIR_MIGRATIONS_USER", "deployer")
+    one = scripts.add("one", upgrade=create_patient(fhir, "one"))
+    two = scripts.add("two", upgrade=create_patient(fhir, "two") + "\nraise RuntimeError('row 7')")
+    assert call("fhirmigrate")[0] == 1
+    code, out, err = call("fhirhistory")
+    assert code == 0, err
+    assert "(nothing recorded yet)" not in out
+    assert "keeps no AuditEvents from clients" in out and "no create for AuditEvent" in out
+    assert "What the state itself records" in out
+    applied = next(line for line in out.splitlines() if one[:12] in line)
+    assert "applied" in applied and "by deployer@" in applied and applied.rstrip().endswith("ok")
+    assert re.search(r"\d\.\d\ds", applied)  # how long it took
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if two[:12] in line)
+    assert "interrupted" in lines[at] and lines[at].rstrip().endswith("unfinished")
+    assert "1 attempt(s), 1 resource(s) written" in lines[at + 1] and "resumes it" in lines[at + 1]
+    assert "RuntimeError: row 7" in lines[at + 2]
+    assert at < lines.index(applied)  # newest first
+    # Fixed and resumed: applied, in the two attempts that wrote something.
+    fixed = create_patient(fhir, "two-b")
+    scripts.write("two", (scripts.path / "two.py").read_text().replace("raise RuntimeError('row 7')", fixed))
+    assert call("fhirmigrate")[0] == 0
+    out = call("fhirhistory")[1]
+    newest = next(line for line in out.splitlines() if line.startswith("  2"))
+    assert two[:12] in newest and "applied" in newest
+    assert "in 2 attempts" in out and not any(line.endswith("unfinished") for line in out.splitlines())
+
+
+def test_history_says_nothing_happened_yet_and_why_there_are_no_audit_events(no_audit_server, fhir,
+                                                                            scripts):
+    scripts.add("one")
+    out = call("fhirhistory")[1]
+    assert "(nothing recorded yet)" in out
+    assert call("fhirmigrate", "--plan")[0] == 0
+    assert "keeps no AuditEvents" not in out  # no state yet: nothing to explain
 
 
 # --- log levels ------------------------------------------------------------------------------

@@ -44,8 +44,10 @@ def test_failing_migration_stops_the_run_and_is_not_recorded(fhir_settings, fhir
     assert fhir.applied() == [first]
     assert fhir.state_head() == first
     assert patient_values(fhir) == ["first"]
-    failed = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "failed"]
-    assert failed and "bad data in second" in failed[0]["outcomeDesc"]
+    events = fhir.kept_audit_events()
+    if events is not None:  # (Helios keeps none: test_audit.py's no_audit_server tests)
+        failed = [e for e in events if e["subtype"][0]["code"] == "failed"]
+        assert failed and "bad data in second" in failed[0]["outcomeDesc"]
 
     # Fix the script; the re-run applies exactly the remaining two.
     scripts.add("second", revision=second, down=first, upgrade=create_patient(fhir, "second"))
@@ -112,7 +114,8 @@ def test_reset_asks_and_then_forgets_without_running_anything(fhir_settings, fhi
     assert code == 0, err
     assert fhir.state_head() == "None" and fhir.applied() == []
     assert patient_values(fhir) == ["one", "two"]  # reset changes no data
-    assert any(e["subtype"][0]["code"] == "reset" for e in fhir.audit_events())
+    events = fhir.kept_audit_events()
+    assert events is None or any(e["subtype"][0]["code"] == "reset" for e in events)
 
 
 def test_showmigrations_lists_applied_pending_and_head(fhir_settings, fhir, scripts):
@@ -221,4 +224,5 @@ def test_break_lock_asks_and_removes_a_dead_holders_lease(fhir_settings, fhir, s
     assert code == 0, err
     assert "Broke the migration lock" in out and "Applied 1 migration" in out  # in one run
     assert patient_values(fhir) == ["one"]
-    assert any(e["subtype"][0]["code"] == "lock-broken" for e in fhir.audit_events())
+    events = fhir.kept_audit_events()
+    assert events is None or any(e["subtype"][0]["code"] == "lock-broken" for e in events)

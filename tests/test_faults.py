@@ -10,10 +10,10 @@ import pytest
 from .support.fault_proxy import Fault, FaultProxy
 from .support.helpers import call
 
-STATE_READ = r"^/fhir/Basic\?identifier="
-STATE_WRITE = r"^/fhir/Basic/[^/?]+$"
+STATE_READ = r"^/Basic\?identifier="
+STATE_WRITE = r"^/Basic/[^/?]+$"
 # A ctx write is a transaction (the write and its Provenance) posted to the base URL.
-CTX_WRITE = r"^/fhir/?$"
+CTX_WRITE = r"^/?$"
 
 
 @pytest.fixture
@@ -99,12 +99,12 @@ def test_dropped_and_slow_reads_mid_migration_are_retried(via_proxy, fhir, scrip
         f"seen = [p['id'] for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True)]\n"
         "assert len(seen) == 5, seen"
     ))
-    via_proxy.add(Fault("GET", r"_getpages", "drop-request"),
-                  Fault("GET", r"^/fhir/Patient\?", "delay", delay=2.5))
+    via_proxy.add(Fault("GET", "", "drop-request", page=True),  # the first next-page read
+                  Fault("GET", r"^/Patient\?", "delay", delay=2.5))
     code, _, err = call("fhirmigrate")
     assert code == 0, err
-    assert via_proxy.count("GET", r"_getpages", "drop-request") == 1
-    assert via_proxy.count("GET", r"^/fhir/Patient\?", "delay") == 1
+    assert via_proxy.count("GET", "", "drop-request", page=True) == 1
+    assert via_proxy.count("GET", r"^/Patient\?", "delay") == 1
     assert len(fhir.applied()) == 1
 
 

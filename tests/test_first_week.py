@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -55,11 +56,14 @@ def test_a_failed_batch_reports_counts_and_ids_never_resources(fhir_settings, fh
         f"'identifier': [{{'system': {fhir.system!r}, 'value': f'x{{i}}'}}]}})\n"))
     code, out, err = call("fhirmigrate")
     assert code == 1
-    assert "300 entries failed" in err and "300 x 400" in err
+    # An invalid resource: 400 (HAPI) or 422 (Helios, as the spec suggests), the server's choice.
+    assert "300 entries failed" in err and re.search(r"\b300 x (400|422)\b", err), err
     assert secret not in out + err
     assert len(out + err) < 4000
-    [failed] = [e for e in fhir.audit_events() if e["outcome"] == "8"]
-    assert secret not in str(failed) and len(failed.get("outcomeDesc", "")) < 1500
+    events = fhir.kept_audit_events()
+    if events is not None:
+        [failed] = [e for e in events if e["outcome"] == "8"]
+        assert secret not in str(failed) and len(failed.get("outcomeDesc", "")) < 1500
 
 
 # 3. a merge needs no server ---------------------------------------------------------------------
@@ -96,7 +100,8 @@ def test_accept_checksums_records_the_edit_and_downgrade_warns(fhir_settings, fh
     code, out, err = call("fhirmigrate", "--accept-checksums")
     assert code == 0 and "Accepted the edited" in out
     assert call("fhirmigrate")[0] == 0
-    assert any(e["subtype"][0]["code"] == "checksums-accepted" for e in fhir.audit_events())
+    events = fhir.kept_audit_events()
+    assert events is None or any(e["subtype"][0]["code"] == "checksums-accepted" for e in events)
     scripts.add("one", revision=one, down=None, upgrade="x = 2", downgrade="pass")  # edited again
     scripts.revisions.pop()
     code, out, err = call("fhirdowngrade")
@@ -187,8 +192,12 @@ def test_history_lists_what_happened_newest_first(fhir_settings, fhir, scripts):
     code, out, _ = call("fhirhistory")
     assert code == 0
     events = [line.split()[2] for line in out.splitlines() if line.startswith("  20")]
-    assert events[:3] == ["reset", "failed", "applied"]
-    assert "FAILED" in out and "ValueError: no" in out and "by " in out
+    if fhir.keeps_audit_events:
+        assert events[:3] == ["reset", "failed", "applied"]
+        assert "FAILED" in out and "ValueError: no" in out and "by " in out
+    else:  # Helios: the state is all there is, and reset emptied it; history says why
+        assert events == [] and "keeps no AuditEvents from clients" in out
+        assert "(nothing recorded yet)" in out
 
 
 # 13. the CLI inside a Django project ---------------------------------------------------------------

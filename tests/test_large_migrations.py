@@ -278,7 +278,7 @@ def test_an_interrupted_undo_resumes_and_reverts_each_resource_once(fhir_setting
     try:
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, BUNDLE_SIZE=10, RETRIES=0)
         # The undo's second bundle is committed by the server but its answer is lost.
-        proxy.add(Fault("POST", r"^/fhir/?$", "drop-response", skip=2))
+        proxy.add(Fault("POST", r"^/?$", "drop-response", skip=2))
         code, _, err = call("fhirdowngrade")
         assert code == 1
         code, _, err = call("fhirdowngrade")
@@ -336,7 +336,7 @@ def test_bulk_patch_falls_back_to_patch_bundles_where_the_server_has_no_job(fhir
 
     proxy = HostileProxy(fhir.base_url).start()
     try:
-        proxy.add(Rule("GET", r"^/fhir/metadata", after=hide_operation),
+        proxy.add(Rule("GET", r"^/metadata", after=hide_operation),
                   Rule("POST", r"bulk-patch", before=lambda ex: ex.answer(404, {"resourceType": "OperationOutcome"})))
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
         seed(fhir, 12)
@@ -404,7 +404,7 @@ def test_workers_send_bundles_at_once_and_hold_back_together_on_429(fhir_setting
     proxy = HostileProxy(fhir.base_url).start()
     try:
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, WORKERS=3, BUNDLE_SIZE=25)
-        proxy.add(Rule("POST", r"^/fhir/?$", times=1, before=lambda ex: ex.answer(
+        proxy.add(Rule("POST", r"^/?$", times=1, before=lambda ex: ex.answer(
             429, {"resourceType": "OperationOutcome"}, {"Content-Type": "application/fhir+json",
                                                           "Retry-After": "2"})))
         scripts.add("append", upgrade=APPEND.format(system=fhir.system + "|", new=NEW).replace(
@@ -413,7 +413,7 @@ def test_workers_send_bundles_at_once_and_hold_back_together_on_429(fhir_setting
         assert code == 0, err
         patients = fhir.patients()
         assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
-        posts = [s for s in proxy.requests("POST", r"^/fhir/?$")]
+        posts = [s for s in proxy.requests("POST", r"^/?$")]
         refused = next(s for s in posts if s.status == 429)
         # Bundles already on their way when the 429 came back (the workers start together, once
         # the attempt is recorded) could not know; any sent later must wait out Retry-After.
@@ -454,7 +454,7 @@ def test_bundles_that_create_wait_for_the_ones_before_them_even_with_workers(fhi
     proxy = HostileProxy(fhir.base_url).start()
     try:
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
-        proxy.add(Rule("POST", r"^/fhir/?$", before=slow_patient_bundles))
+        proxy.add(Rule("POST", r"^/?$", before=slow_patient_bundles))
         by_hand = "\n".join(f"for r in ctx.search({t!r}, identifier={fhir.system + '|'!r}):\n    ctx.delete(r)"
                             for t in ("Observation", "Patient"))  # undo cannot revert upserts
         scripts.add("ordered", upgrade=ORDERED.format(system=fhir.system), downgrade=by_hand)

@@ -202,8 +202,8 @@ def test_cancel_from_another_process_reverts_everything_and_records_nothing(fhir
         assert appended(patient) == []
         assert {k: v for k, v in patient.items() if k != "meta"} == \
             {k: v for k, v in before[patient["id"]].items() if k != "meta"}
-    events = [e["subtype"][0]["code"] for e in fhir.audit_events() if e.get("subtype")]
-    assert "cancelled" in events
+    kept = fhir.kept_audit_events()  # None on a server that keeps none (Helios)
+    assert kept is None or "cancelled" in [e["subtype"][0]["code"] for e in kept if e.get("subtype")]
 
 
 def test_cancel_of_a_paused_migration_reverts_it_without_a_running_process(fhir_settings, fhir, scripts):

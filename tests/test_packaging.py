@@ -20,8 +20,8 @@ from .support.helpers import REPO
 pytestmark = pytest.mark.slow
 
 PACKAGE = "django_fhir_migrations"
-# Not part of the source: build output, caches, the HAPI test server's jars.
-IGNORED = shutil.ignore_patterns(".git", ".tox", ".venv", "target", ".hapi", "build", "dist",
+# Not part of the source: build output, caches, the test servers' jars and run folders.
+IGNORED = shutil.ignore_patterns(".git", ".tox", ".venv", "target", ".hapi", ".hfs", "build", "dist",
                                  "*.egg-info", "__pycache__", "*.py[cod]", ".pytest_cache",
                                  ".ruff_cache", "results", "tmp")
 

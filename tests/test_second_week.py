@@ -16,7 +16,7 @@ from django_fhir_migrations.engine.clock import parse_datetime
 from django_fhir_migrations.engine.config import ScriptLocation, Settings
 from django_fhir_migrations.formatting import format_status
 
-from .support.helpers import REPO, ScriptsDir, call
+from .support.helpers import REPO, ScriptsDir, call, server_operations
 
 # 1. MigrationTester runs against a test server, never the development one -----------------------
 
@@ -145,8 +145,8 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once_and_history_shows_the_
     assert f"(pid {pid}, " in out and f"its process (pid {pid}) is no longer running on this host." in out
     assert "Waiting up to" not in out
     assert sorted(p["identifier"][0]["value"] for p in fhir.patients()) == ["first", "second"]
-    codes = [e["subtype"][0]["code"] for e in fhir.audit_events()]
-    assert codes[:2] == ["applied", "lock-taken-over"]
+    kept = fhir.kept_audit_events()  # None on a server that keeps none (Helios)
+    assert kept is None or [e["subtype"][0]["code"] for e in kept][:2] == ["applied", "lock-taken-over"]
 
     # The applied record's duration covers both attempts: from the killed run's start.
     applied = next(e for e in fhir.state()["extension"] if e["url"].endswith("/applied-migration"))
@@ -397,11 +397,13 @@ def test_the_readmes_bulk_patch_examples_add_an_identifier_and_replace_a_code(fh
             fhir.http.delete(fhir.url(f"Observation/{observation}"), timeout=30)
 
 
-@pytest.mark.xfail(strict=True, reason="bulk.py records the job's changes by running the search again "
-                   "after the job: a patch that takes resources out of its own search (a recode searched "
-                   "by its old code) leaves them without Provenance, so ctx.undo() misses them (lead's "
-                   "bulk.py; reported in week2's report)")
-def test_the_readmes_recode_is_undone_too(fhir_settings, fhir, scripts):
+def test_the_readmes_recode_is_undone_too(fhir_settings, fhir, scripts, request):
+    if "hapi.fhir.bulk-patch" in server_operations(fhir.base_url):  # patch bundles are fine (Helios)
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="bulk.py records the job's changes by running the search again "
+            "after the job: a patch that takes resources out of its own search (a recode searched "
+            "by its old code) leaves them without Provenance, so ctx.undo() misses them (lead's "
+            "bulk.py; reported in week2's report)"))
     token, observations = readme_bulk_examples(fhir, scripts)
     try:
         assert call("fhirmigrate")[0] == 0

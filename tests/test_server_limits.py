@@ -27,7 +27,7 @@ def test_json_patch_where_bundles_cannot_carry_it_is_sent_as_version_aware_puts_
     proxy = HostileProxy(fhir.base_url).start()
     try:
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
-        proxy.add(Rule("POST", r"^/fhir/?$", before=refuse_json_patch_in_bundles))
+        proxy.add(Rule("POST", r"^/?$", before=refuse_json_patch_in_bundles))
         scripts.add("rename", upgrade=(
             "with ctx.batch(size=10) as b:\n"
             f"    for p in ctx.search('Patient', identifier={fhir.system + '|'!r}, as_dict=True):\n"
@@ -39,7 +39,7 @@ def test_json_patch_where_bundles_cannot_carry_it_is_sent_as_version_aware_puts_
         patients = fhir.patients()
         assert all(p["name"][0]["family"] == "Patched" and p["active"] is True for p in patients)
         assert {p["meta"]["versionId"] for p in patients} == {"2"}  # each written once
-        refused = [s for s in proxy.requests("POST", r"^/fhir/?$") if s.status == 501]
+        refused = [s for s in proxy.requests("POST", r"^/?$") if s.status == 501]
         # Learned on the first refusal; only bundles already in flight beside it (WORKERS 2) met one too.
         assert 1 <= len(refused) <= 2
         for patient in patients:
@@ -53,3 +53,18 @@ def test_json_patch_where_bundles_cannot_carry_it_is_sent_as_version_aware_puts_
                    == {k: v for k, v in before[i].items() if k != "meta"} for i in before)
     finally:
         proxy.stop()
+
+
+def test_a_misspelt_search_parameter_stops_the_migration_instead_of_matching_everything(
+        fhir_settings, fhir, scripts):
+    """FHIR lets a server ignore a search parameter it does not know (Helios does, by default;
+    HAPI refuses it): `identifer=` would then match every Patient on the server, and a script
+    would change them all. The tool must ask for strict handling (`Prefer: handling=strict`),
+    so the search fails on every server. (The script only counts: it writes nothing.)"""
+    seed(fhir, 2)
+    scripts.add("typo", upgrade=(
+        f"found = sum(1 for _ in ctx.search('Patient', identifer={fhir.system + '|p0000'!r}, as_dict=True))\n"
+        "print('matched', found)\n"))
+    code, out, err = call("fhirmigrate")
+    assert code == 1, f"the misspelt search ran: {out.strip().splitlines()[-3:]}"
+    assert "identifer" in err and fhir.applied() == []

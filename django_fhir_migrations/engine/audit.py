@@ -9,7 +9,11 @@ Log levels of the `django_fhir_migrations` logger: INFO for each migration done 
 duration) and each reset or lock break, WARNING for an AuditEvent that could not be written,
 ERROR for a migration that failed.
 
-`recent_events` reads the trail back (newest first) for the admin status page.
+`recent_events` reads the trail back (newest first) for the admin status page. Some servers
+keep no AuditEvents from clients (Helios refuses every one, 405, by policy; its
+CapabilityStatement offers no `create` for AuditEvent): `read_history` then says so and falls
+back to what the state itself records (applied migrations: when, by whom, how long, in how many
+attempts; interrupted attempts), rather than "nothing recorded".
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import html
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from .clock import isoformat, parse_datetime, utcnow
-from .errors import FhirMigrationError
+from .errors import FhirMigrationError, FhirServerError
 from .fhir.client import FhirConnection
 from .redaction import printable, scrub
 from .script import MigrationScript
@@ -80,6 +85,7 @@ class AuditTrail:
         self.actor = actor
         self.enabled = enabled and connection is not None
         self.written: list[str] = []  # ids of AuditEvents written by this process
+        self.refused = ""  # why the server refuses AuditEvents (a 405): not asked again this run
 
     def record(self, event: str, *, script: MigrationScript | None = None,
                state: MigrationState | None = None, error: BaseException | str | None = None,
@@ -95,12 +101,23 @@ class AuditTrail:
         if not self.enabled:
             return
         assert self.connection is not None  # enabled only with a connection
+        if self.refused:  # said once, at the first refusal; the line above is the record
+            logger.debug("Not written as an AuditEvent (the server refuses them): %s %s", event, what)
+            return
         try:
             body = self.build(event, script=script, state=state, error_text=text, detail=detail,
                               duration=duration)
             reply = self.connection.request("POST", "AuditEvent", json=body, idempotent=False)
         except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
             reason = str(exc) if isinstance(exc, FhirMigrationError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, FhirServerError) and exc.status == 405:
+                # Method Not Allowed: a policy, not a passing fault (Helios). Asking again for
+                # every later event of this run would only repeat the refusal.
+                self.refused = scrub(reason)
+                logger.warning("Could not write the AuditEvent for %s %s: the server refuses "
+                               "AuditEvents from clients (%s); the log and the state (fhirhistory) "
+                               "are the record of this run", event, what, self.refused)
+                return
             logger.warning("Could not write the AuditEvent for %s %s: %s", event, what, scrub(reason))
             return
         if reply.body and reply.body.get("id"):
@@ -293,3 +310,85 @@ def recent_events(connection: FhirConnection, state: MigrationState, count: int 
     ]
     return [AuditRecord.from_resource(r) for r in resources
             if r.get("resourceType") == "AuditEvent"][:count]
+
+
+# --- when the server keeps no AuditEvents: the state's own record -----------------------------
+
+
+@dataclass(frozen=True)
+class HistoryReport:
+    """What `fhirhistory` and the admin page show: AuditEvents, or (`from_state`) the state's own
+    record, with `reason` saying why the AuditEvents are not the source."""
+
+    records: list[AuditRecord] = field(default_factory=list)
+    from_state: bool = False
+    reason: str = ""
+
+
+def audit_refusal(connection: FhirConnection) -> str:
+    """Why the server will not keep a client's AuditEvents, from its CapabilityStatement: '' when
+    it offers `create` for AuditEvent, or when the statement cannot be read or says nothing."""
+    try:
+        statement = connection.get("metadata").body or {}
+    except FhirMigrationError:
+        return ""
+    for rest in _dicts(statement.get("rest")):
+        if rest.get("mode", "server") != "server":
+            continue
+        resources = _dicts(rest.get("resource"))
+        audit = next((r for r in resources if r.get("type") == "AuditEvent"), None)
+        if audit is None:
+            return "its CapabilityStatement does not list AuditEvent" if resources else ""
+        interactions = {i.get("code") for i in _dicts(audit.get("interaction"))}
+        if interactions and "create" not in interactions:
+            return "its CapabilityStatement offers no create for AuditEvent"
+        return ""
+    return ""
+
+
+def state_events(state: MigrationState, count: int,
+                 scripts: Mapping[str, MigrationScript] | None = None) -> list[AuditRecord]:
+    """The state's own record of what was applied, as history lines, newest first: each applied
+    (or faked) migration, when, by whom, how long and in how many attempts. (Unfinished attempts
+    are `attempt_record`s.) `scripts` names them as the AuditEvents do (`app/file.py`)."""
+    records = []
+    for applied in state.applied:
+        attempts = len(applied.attempts)
+        script = (scripts or {}).get(applied.revision)
+        records.append(AuditRecord(
+            id="", event="faked" if applied.fake else "applied",
+            label=EVENTS["faked" if applied.fake else "applied"][0],
+            recorded=parse_datetime(applied.applied_at), success=True, error="",
+            who=_text(applied.applied_by, 200), revision=applied.revision,
+            script=f"{script.label}/{script.path.name}" if script is not None else _text(applied.name, 200),
+            detail=f"in {attempts} attempts" if attempts > 1 else "",
+            duration=applied.duration_ms / 1000 if applied.duration_ms is not None else None,
+        ))
+    return newest_first(records)[:count]
+
+
+def newest_first(records: list[AuditRecord]) -> list[AuditRecord]:
+    oldest = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(records, key=lambda r: r.recorded or oldest, reverse=True)
+
+
+def read_history(connection: FhirConnection, state: MigrationState, count: int, *,
+                 audit_enabled: bool = True, unfinished: Sequence[AuditRecord] = (),
+                 scripts: Mapping[str, MigrationScript] | None = None) -> HistoryReport:
+    """This state's AuditEvents and its `unfinished` attempts, newest first. Without AuditEvents,
+    what the state records as applied instead, and why (the server refuses AuditEvents,
+    AUDIT_EVENTS is off, or none are found)."""
+    events = recent_events(connection, state, count)
+    if events:
+        return HistoryReport(newest_first(events + list(unfinished))[:count])
+    records = newest_first(state_events(state, count, scripts) + list(unfinished))[:count]
+    refusal = audit_refusal(connection) if state.exists else ""
+    if refusal:
+        reason = f"The server keeps no AuditEvents from clients ({refusal}; it refuses them when written)."
+    elif not records:
+        reason = ""  # nothing happened yet: nothing to explain
+    elif not audit_enabled:
+        reason = "AUDIT_EVENTS is off, so no AuditEvents were written."
+    else:
+        reason = "No AuditEvents of this state were found on the server."
+    return HistoryReport(records, from_state=True, reason=reason)

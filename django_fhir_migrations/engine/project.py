@@ -10,11 +10,10 @@ server.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from functools import cached_property
 from typing import IO
 
-from .audit import Actor, AuditRecord, attempt_record, recent_events
+from .audit import Actor, HistoryReport, attempt_record, read_history
 from .config import ScriptLocation, Settings
 from .errors import ConfigurationError, FhirServerError, WriterError
 from .events import EventStream, Listener
@@ -96,18 +95,20 @@ class Project:
     def accept_checksums(self, *, lock_timeout: float | None = None) -> Outcome:
         return self.executor.accept_checksums(lock_timeout=lock_timeout)
 
-    def history(self, *, limit: int = 50) -> list[AuditRecord]:
+    def history(self, *, limit: int = 50) -> HistoryReport:
         """What happened to this state, newest first: the server's AuditEvents, and each
-        migration whose attempt is unfinished (interrupted, or running under a live lease)."""
+        migration whose attempt is unfinished (interrupted, or running under a live lease). On a
+        server that keeps no AuditEvents (Helios), what the state records as applied instead,
+        saying why."""
         state = StateRecorder(self.connection, self.settings.state_id).read()
-        records = recent_events(self.connection, state, limit)
         live = state.lock is not None and not state.lock_expired() and not holder_is_gone(state.lock)
         who = state.lock.describe() if state.lock is not None else ""
         graph = self.loader.graph
-        records += [attempt_record(a, graph.script(a.revision) if a.revision in graph else None,
-                                   running=live, who=who) for a in state.attempts]
-        oldest = datetime.min.replace(tzinfo=timezone.utc)
-        return sorted(records, key=lambda r: r.recorded or oldest, reverse=True)[:limit]
+        unfinished = [attempt_record(a, graph.script(a.revision) if a.revision in graph else None,
+                                     running=live, who=who) for a in state.attempts]
+        scripts = {node.revision: node.script for node in graph.nodes.values()}
+        return read_history(self.connection, state, limit, audit_enabled=self.settings.audit_events,
+                            unfinished=unfinished, scripts=scripts)
 
     def status(self, *, offline: bool = False, audit_events: int = 0, validate: bool | None = None
                ) -> ProjectStatus:
@@ -116,7 +117,8 @@ class Project:
         connection = None if offline else self.connection
         return build_status(self.loader, connection, self.settings.base_url or "",
                             self.settings.state_id, audit_events=audit_events,
-                            validate=not offline if validate is None else validate)
+                            validate=not offline if validate is None else validate,
+                            audit_enabled=self.settings.audit_events)
 
     def make_migration(self, name: str, *, location: ScriptLocation | None = None,
                        merge: bool = False, check: bool = True, message: str = "",

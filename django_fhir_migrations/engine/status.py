@@ -5,14 +5,15 @@ Building a status never raises for script, graph or server problems: they become
 (and `server_error`), because the status page is exactly where a user goes to see them. A
 broken script does not hide the others: they are listed, and it is listed as broken. The same
 holds for the recent AuditEvents the admin page shows: a server that refuses to list them
-gives `audit_error`, not an exception.
+gives `audit_error`, not an exception; one that keeps none gives the state's own record and
+`audit_note` saying why.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .audit import AuditRecord, recent_events
+from .audit import AuditRecord, attempt_record, newest_first, read_history
 from .errors import (
     DanglingRevisionError,
     FhirMigrationError,
@@ -64,6 +65,8 @@ class ProjectStatus:
     heads: list[MigrationScript] = field(default_factory=list)
     audit_events: list[AuditRecord] = field(default_factory=list)
     audit_error: str | None = None
+    audit_from_state: bool = False  # the server keeps no AuditEvents: these are the state's record
+    audit_note: str = ""  # why the AuditEvents are not the source
     history: History | None = None
 
     @property
@@ -102,7 +105,8 @@ class ProjectStatus:
 
 
 def build_status(loader: MigrationLoader, connection: FhirConnection | None, base_url: str,
-                 state_id: str, *, audit_events: int = 0, validate: bool = True) -> ProjectStatus:
+                 state_id: str, *, audit_events: int = 0, validate: bool = True,
+                 audit_enabled: bool = True) -> ProjectStatus:
     """The status (offline when `connection` is None); with `audit_events` > 0 also that many
     of the newest AuditEvents. `validate` imports every script to find every broken one (an
     error inside a function, at import time); without it only what reading the files shows,
@@ -113,9 +117,21 @@ def build_status(loader: MigrationLoader, connection: FhirConnection | None, bas
         _fill_state(status, graph, connection)
     if audit_events and connection is not None and status.state is not None and not status.server_error:
         try:
-            status.audit_events = recent_events(connection, status.state, audit_events)
+            report = read_history(connection, status.state, audit_events, audit_enabled=audit_enabled,
+                                  scripts={node.revision: node.script for node in graph.nodes.values()})
         except FhirMigrationError as exc:
             status.audit_error = str(exc)
+        else:
+            records = report.records
+            if report.from_state:  # no AuditEvents: the state's unfinished attempts belong there too
+                running = status.lock is not None and not status.lock_expired
+                records = newest_first(records + [
+                    attempt_record(a, graph.script(a.revision) if a.revision in graph else None,
+                                   running=running, who=status.lock.describe() if status.lock else "")
+                    for a in status.state.attempts])[:audit_events]
+            status.audit_events = records
+            status.audit_from_state = report.from_state and bool(records)
+            status.audit_note = report.reason
     return status
 
 

@@ -1,6 +1,7 @@
 """Faults of an honest but unreliable network, injected by the hostile proxy (hostile.py).
 
-Each `Fault` matches requests by method and a regex on the path (with query) and, for the
+Each `Fault` matches requests by method and a regex on the route (path and query relative to
+the base URL's path: `^/Basic\\?` whatever path the server is at) and, for the
 matches it is told to affect, does one of:
 
 - "drop-request":  close the connection without forwarding (the server never saw it);
@@ -33,6 +34,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     delay: float = 0.0
+    page: bool | None = None  # True: only requests for a next page (see HostileProxy.requests)
 
     def rule(self) -> Rule:
         if self.action not in ("drop-request", "drop-response", "delay", "status"):
@@ -54,7 +56,8 @@ class Fault:
             if self.action == "drop-response":
                 exchange.drop("response")
 
-        return Rule(self.method, self.path, before=before, after=after, times=self.times, skip=self.skip)
+        return Rule(self.method, self.path, before=before, after=after, times=self.times, skip=self.skip,
+                    page=self.page)
 
 
 class FaultProxy(HostileProxy):
@@ -64,6 +67,7 @@ class FaultProxy(HostileProxy):
         super().add(*(f.rule() if isinstance(f, Fault) else f for f in faults))
         return self
 
-    def count(self, method: str, path: str, action: str | None = None) -> int:
-        return sum(1 for seen in self.requests(method, path)
+    def count(self, method: str, path: str, action: str | None = None, *, page: bool | None = None
+              ) -> int:
+        return sum(1 for seen in self.requests(method, path, page=page)
                    if action is None or seen.action == action)

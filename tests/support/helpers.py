@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import subprocess
@@ -121,6 +122,17 @@ class FhirNamespace:
         return (f"{{'resourceType': 'Patient', 'identifier': [{{'system': {self.system!r}, "
                 f"'value': {value!r}}}], 'name': [{{'family': {value!r}}}]}}")
 
+    @property
+    def keeps_audit_events(self) -> bool:
+        """Whether the server says it takes AuditEvents from clients (`create` in its
+        CapabilityStatement): HAPI does; Helios refuses every one (405), by policy."""
+        return keeps_audit_events(self.base_url)
+
+    def kept_audit_events(self) -> list[dict[str, Any]] | None:
+        """This state's AuditEvents, or None on a server that keeps none (then a test checks
+        the tool's behaviour there elsewhere: the no_audit_server tests)."""
+        return self.audit_events() if self.keeps_audit_events else None
+
     def audit_events(self) -> list[dict[str, Any]]:
         return [e for e in self.search("AuditEvent", _sort="-date", _count=200)
                 if self.state_id in str(e.get("entity", ""))]
@@ -133,6 +145,31 @@ class FhirNamespace:
             for record in self.search("Basic", subject=f"Basic/{state['id']}"):
                 self.http.delete(self.url(f"Basic/{record['id']}"), timeout=30)
             self.http.delete(self.url(f"Basic/{state['id']}"), timeout=30)
+
+
+@functools.cache
+def capability_statement(base_url: str) -> dict[str, Any]:
+    reply = requests.get(f"{base_url.rstrip('/')}/metadata", headers={"Accept": "application/fhir+json"},
+                         timeout=60)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def resource_interactions(base_url: str, resource_type: str) -> set[str]:
+    """The interactions the server's CapabilityStatement offers on `resource_type`."""
+    for resource in capability_statement(base_url)["rest"][0].get("resource", []):
+        if resource.get("type") == resource_type:
+            return {i.get("code") for i in resource.get("interaction", [])}
+    return set()
+
+
+def server_operations(base_url: str) -> set[str]:
+    """The system-level operations the CapabilityStatement lists (`hapi.fhir.bulk-patch` ...)."""
+    return {op.get("name") for op in capability_statement(base_url)["rest"][0].get("operation", [])}
+
+
+def keeps_audit_events(base_url: str) -> bool:
+    return "create" in resource_interactions(base_url, "AuditEvent")
 
 
 def create_patient(fhir: FhirNamespace, value: str) -> str:

@@ -2,7 +2,9 @@
 
 `HostileProxy` forwards every request to HAPI (rewriting HAPI's base URL in bodies and headers
 to its own, so paging links lead back through it) unless a `Rule` matching the request's
-method and path (a regex on path + query) says otherwise. A rule's `before(exchange)` may
+method and route says otherwise. The route is the path + query **relative to the base URL's
+path** (`/fhir/Basic?identifier=x` is `/Basic?identifier=x`, the base itself `` or `/`), so a
+rule reads the same whatever path the server is served at (HAPI's `/fhir`, Helios' `/`). A rule's `before(exchange)` may
 change the request (drop a header, say) or answer it itself (`exchange.answer(...)`); its
 `after(exchange)` may change HAPI's answer (rewrite a next link, replace a bundle response).
 `exchange.trickle` sends the answer one byte at a time, `trickle` seconds apart;
@@ -91,13 +93,16 @@ class Rule:
     after: Callable[[Exchange], None] | None = None
     times: int = -1  # -1: every match
     skip: int = 0  # matching requests to let through first
+    page: bool | None = None  # True: only requests for a next page the proxy served; False: others
     applied: int = 0
     seen: int = 0
 
-    def claim(self, method: str, path: str) -> bool:
+    def claim(self, method: str, path: str, page: bool = False) -> bool:
         if self.method is not None and self.method != method:
             return False
         if re.search(self.path, path) is None:
+            return False
+        if self.page is not None and self.page != page:
             return False
         self.seen += 1
         if self.seen <= self.skip:
@@ -111,11 +116,16 @@ class Rule:
 @dataclass
 class Seen:
     method: str
-    path: str
+    path: str  # as sent: path + query
     authorization: str | None
     status: int = 0
     at: float = field(default_factory=time.monotonic)  # when the request arrived
     action: str = "forward"
+    route: str = ""  # path + query relative to the base URL's path (what rules match)
+    page: bool = False  # it followed a `next` link this proxy served
+
+    def __post_init__(self) -> None:
+        self.route = self.route or self.path
 
 
 class _Server:
@@ -143,10 +153,14 @@ class _Server:
         with self.lock:
             self.seen.append(seen)
 
-    def requests(self, method: str | None = None, path: str = "") -> list[Seen]:
+    def requests(self, method: str | None = None, path: str = "", *, page: bool | None = None
+                 ) -> list[Seen]:
+        """What was seen, by method, a regex on the route, and (`page`) whether it followed a
+        next link this proxy served: how a test names "the second page" on any server, whatever
+        its paging URLs look like (HAPI's `?_getpages=`, a cursor ...)."""
         with self.lock:
             return [s for s in self.seen if (method is None or s.method == method)
-                    and re.search(path, s.path)]
+                    and re.search(path, s.route) and (page is None or s.page == page)]
 
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
         raise NotImplementedError
@@ -204,11 +218,18 @@ class HostileProxy(_Server):
         self.upstream_port = parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self.rules: list[Rule] = []
+        self.next_links: set[str] = set()  # path + query of every next link served
         super().__init__()
 
     @property
     def base_url(self) -> str:
         return self.origin + self.prefix
+
+    def route(self, path: str) -> str:
+        """`path` relative to the base URL's path, for rules and `requests()` to match."""
+        if self.prefix and (path == self.prefix or path.startswith((self.prefix + "/", self.prefix + "?"))):
+            return path[len(self.prefix):]
+        return path
 
     def add(self, *rules: Rule) -> HostileProxy:
         with self.lock:
@@ -222,14 +243,16 @@ class HostileProxy(_Server):
     def handle(self, handler: BaseHTTPRequestHandler, body: bytes | None) -> None:
         arrived = time.monotonic()
         exchange = Exchange(handler.command, handler.path, dict(handler.headers.items()), body)
+        route = self.route(exchange.path)
         with self.lock:
-            rules = [r for r in self.rules if r.claim(exchange.method, exchange.path)]
+            page = exchange.method == "GET" and exchange.path in self.next_links
+            rules = [r for r in self.rules if r.claim(exchange.method, route, page)]
         for rule in rules:
             if rule.before:
                 rule.before(exchange)
         # Logged before forwarding: a client that gave up on a slow answer has still been seen.
         seen = Seen(exchange.method, exchange.path, exchange.headers.get("Authorization"),
-                    exchange.status, arrived, exchange.action)
+                    exchange.status, arrived, exchange.action, route, page)
         self.record(seen)
         if exchange.delay:
             time.sleep(exchange.delay)
@@ -239,11 +262,27 @@ class HostileProxy(_Server):
                 if rule.after:
                     rule.after(exchange)
             seen.status = exchange.status
+            self._remember_next_links(exchange)
         if exchange.dropped:
             abort(handler)
             return
         send(handler, exchange.status, exchange.response_headers, exchange.response_body,
              exchange.trickle)
+
+    def _remember_next_links(self, exchange: Exchange) -> None:
+        """The next links of a Bundle as answered (after the rules), to know page requests."""
+        if b'"next"' not in exchange.response_body:
+            return
+        try:
+            bundle = exchange.response_json()
+        except ValueError:
+            return
+        links = bundle.get("link") if isinstance(bundle, dict) else None
+        for link in links if isinstance(links, list) else []:
+            url = link.get("url") if isinstance(link, dict) and link.get("relation") == "next" else None
+            if isinstance(url, str) and url.startswith(self.origin + "/"):
+                with self.lock:
+                    self.next_links.add(url[len(self.origin):])
 
     def _forward(self, exchange: Exchange) -> None:
         connection = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=120)
@@ -272,6 +311,15 @@ class Catcher(_Server):
 
 
 # --- rules used by the tests -----------------------------------------------------------------
+
+
+def next_link_to_itself(exchange: Exchange) -> None:
+    """An `after` that points a searchset's next link at the page just answered (a loop)."""
+    def at_itself(url: str) -> str:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}{exchange.path}"
+
+    next_link_to(at_itself)(exchange)
 
 
 def next_link_to(url_for: Callable[[str], str]) -> Callable[[Exchange], None]:
@@ -307,3 +355,25 @@ def trickle(seconds_per_byte: float) -> Callable[[Exchange], None]:
         exchange.trickle = seconds_per_byte
 
     return after
+
+
+def refuse_audit_events(proxy: HostileProxy) -> HostileProxy:
+    """Make the server behind `proxy` keep no AuditEvents from clients, as Helios does: its
+    CapabilityStatement offers no `create` for AuditEvent, and a POST of one is answered 405."""
+
+    def without_audit_create(exchange: Exchange) -> None:
+        statement = exchange.response_json()
+        for rest in statement.get("rest", []):
+            for resource in rest.get("resource", []):
+                if resource.get("type") == "AuditEvent":
+                    resource["interaction"] = [i for i in resource.get("interaction", [])
+                                               if i.get("code") not in ("create", "update", "delete", "patch")]
+        exchange.set_response_json(statement)
+
+    def method_not_allowed(exchange: Exchange) -> None:
+        exchange.answer(405, {"resourceType": "OperationOutcome", "issue": [{
+            "severity": "error", "code": "not-supported",
+            "diagnostics": "Method POST not allowed for AuditEvent"}]})
+
+    return proxy.add(Rule("GET", r"^/metadata", after=without_audit_create),
+                     Rule("POST", r"^/AuditEvent/?$", before=method_not_allowed))
