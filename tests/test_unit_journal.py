@@ -31,6 +31,7 @@ from django_fhir_migrations.engine.provenance import (
     RESULTING_VERSION,
     Target,
     Writer,
+    signed_content,
 )
 from django_fhir_migrations.engine.signing import Signer
 from tests.support.fake_connection import (
@@ -355,9 +356,9 @@ def test_a_refused_transaction_bundle_says_what_earlier_bundles_committed():
     assert len(connection.sent("POST", r"")) == 2  # the fifth entry was never sent
 
 
-def committing_with_provenance(create_status: str = "201 Created"):
-    """A transaction-response that also returns the Provenance it stored (as HAPI does with
-    Prefer: return=representation), its creates answered `create_status`."""
+def committing_with_provenance(create_status: str = "201 Created", create_version: str = "1"):
+    """A transaction-response, its creates answered `create_status` at `create_version`
+    (without the resources: bundles do not ask for them)."""
 
     def answer(call: Call) -> dict:
         results = []
@@ -365,11 +366,10 @@ def committing_with_provenance(create_status: str = "201 Created"):
             request = entry["request"]
             if request["url"] == "Provenance":
                 results.append({"response": {"status": "201 Created",
-                                             "location": f"Provenance/{number}/_history/1"},
-                                "resource": dict(entry["resource"], id=str(number))})
+                                             "location": f"Provenance/{number}/_history/1"}})
             elif request["method"] == "POST":
                 results.append({"response": {"status": create_status,
-                                             "location": f"Patient/{number}/_history/1"}})
+                                             "location": f"Patient/{number}/_history/{create_version}"}})
             else:
                 results.append({"response": {"status": "200 OK", "location": f"{request['url']}/_history/3"}})
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
@@ -377,17 +377,46 @@ def committing_with_provenance(create_status: str = "201 Created"):
     return answer
 
 
-def test_created_resources_get_version_specific_references_in_their_provenance_after_the_transaction():
+def test_created_resources_cost_no_request_after_the_transaction_where_versions_are_numbers():
     connection = FakeConnection()
     connection.on("POST", r"Patient/_search", searchset())
     connection.on("POST", r"", committing_with_provenance())
+
+    journal = Journal(connection, WRITER)
+    journal.send([create("A-1"), update("p1")], atomic=True)
+    assert connection.summary() == ["POST Patient/_search", "POST (base)"]
+    [transaction] = connection.sent("POST", r"")
+    assert "Prefer" not in transaction.headers  # a bundle does not ask the resources back
+    created = next(e["resource"] for e in transaction.entries
+                   if e["request"]["url"] == "Provenance" and "CREATE" in str(e["resource"]["activity"]))
+    [target] = created["target"]
+    assert target["reference"].startswith("urn:uuid:")  # the server resolves it to Patient/<id>
+    assert {"url": RESULTING_VERSION, "valueString": "1"} in target["extension"]
+    # Signed over the key and the version, not the id the server chooses: valid as committed.
+    assert SIGNER.verify(signed_content(created) or b"", created["signature"][0]["data"])
+    assert journal.written == 2
+
+
+def test_an_unpredicted_version_of_a_create_is_written_into_its_provenance_after_the_transaction():
+    connection = FakeConnection()
+    connection.on("POST", r"Patient/_search", searchset())
+    connection.on("POST", r"", committing_with_provenance(create_version="7"))
     connection.on("PUT", r"Provenance/\d+", {"resourceType": "Provenance"})
 
     Journal(connection, WRITER).send([create("A-1"), update("p1")], atomic=True)
     [fix] = connection.sent("PUT")
     assert fix.path == "Provenance/52" and fix.headers["If-Match"] == 'W/"1"'
-    assert [t["reference"] for t in fix.json["target"]] == ["Patient/50/_history/1"]
+    assert [t["reference"] for t in fix.json["target"]] == ["Patient/50/_history/7"]
     assert fix.json["activity"]["coding"][0]["code"] == "CREATE"
+    assert SIGNER.verify(signed_content(fix.json) or b"", fix.json["signature"][0]["data"])
+
+
+def test_a_single_write_asks_for_the_written_resource():
+    connection = FakeConnection()
+    connection.on("POST", r"", committing_with_provenance())
+    Journal(connection, WRITER).send([update("p1")], atomic=True, representation=True)
+    [transaction] = connection.sent("POST")
+    assert transaction.headers["Prefer"] == "return=representation"
 
 
 def test_a_create_the_server_found_existing_is_not_claimed_by_the_provenance():

@@ -376,7 +376,7 @@ class MigrationContext:
             return original
         if self.journal.writer is None:
             return self._plain(write, original)
-        [result] = self.journal.send([write], atomic=True)
+        [result] = self.journal.send([write], atomic=True, representation=True)
         if result.status in (SKIPPED, EXISTS) or result.resource is None:
             return original
         return self._result(result.resource, isinstance(original, Mapping) or original is None)

@@ -15,7 +15,6 @@ What one carries:
   versions from stored references (HAPI's default, unless `Provenance.target` is listed in
   its ParserOptions `dontStripVersionsFromReferencesAtPaths`) keep the extensions. A created
   target also carries `create-key`: its type and idempotency key (`Patient?identifier=s|v`);
-* `entity` (role `revision`): the replaced versions, as FHIR's Provenance page describes;
 * `recorded`, `activity` (v3-DataOperation CREATE/UPDATE/DELETE), `policy` (the migration);
 * `agent`: the person who ran it (author) and the tool (performer), by display;
 * `meta.tag`: the attempt id, the migration's revision and the direction (upgrade, or the
@@ -147,11 +146,9 @@ class Writer:
                  "who": {"display": f"django-fhir-migrations {__version__} ({self.command})"}},
             ],
         }
-        replaced = [t for t in targets if t.previous]
-        if replaced:
-            resource["entity"] = [{"role": "revision",
-                                   "what": {"reference": f"{t.ref}/_history/{t.previous}"}}
-                                  for t in replaced]
+        # No `entity` naming the replaced versions: `previous-version` on each target already
+        # says it, and on HAPI those 100 more references per bundle cost the server about a
+        # third of the bundle's work (benchmarks/README.md, server cost).
         self.seal(resource)
         return resource
 
