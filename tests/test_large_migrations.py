@@ -73,13 +73,15 @@ def test_every_write_through_ctx_has_a_version_specific_provenance(fhir_settings
                 **{f"Patient/{p['id']}": ("CREATE", "1") for p in new}}
     for reference, (activity, version) in expected.items():
         [provenance] = provenance_for(fhir, reference)  # the standard search finds it
-        target = next(t for t in provenance["target"] if t["reference"].split("/_history/")[0] == reference)
-        resulting = [e["valueString"] for e in target["extension"] if e["url"].endswith("/resulting-version")]
-        assert resulting == [version]  # the version the write produced, on every target
+        [index] = [i for i, t in enumerate(provenance["target"]) if t["reference"].split("/_history/")[0] == reference]
+        target = provenance["target"][index]
+        # The versions of every target, in order, in one extension: previous>resulting.
+        [versions] = [e["valueString"] for e in provenance["extension"] if e["url"].endswith("/target-versions")]
+        assert versions.split(" ")[index] == {"CREATE": ">1"}.get(activity, f"{int(version) - 1}>{version}")
         if activity == "CREATE":
             # Committed with the creates in one transaction, where the server resolves each
             # placeholder to `Patient/<id>` and a placeholder cannot carry a version: the
-            # version (always the first) is in resulting-version, signed; no second request.
+            # version (always the first) is in target-versions, signed; no second request.
             assert target["reference"] == reference
         else:
             assert target["reference"] == f"{reference}/_history/{version}"

@@ -29,8 +29,10 @@ from django_fhir_migrations.engine.provenance import (
     ATTEMPT_TAG,
     PREVIOUS_VERSION,
     RESULTING_VERSION,
+    TARGET_VERSIONS,
     Target,
     Writer,
+    parse,
     signed_content,
 )
 from django_fhir_migrations.engine.signing import Signer
@@ -118,8 +120,9 @@ def test_a_batch_goes_out_as_one_transaction_with_its_provenance():
     updated, created = provenances_in(bundle)
     assert updated["activity"]["coding"][0]["code"] == "UPDATE"
     assert [t["reference"] for t in updated["target"]] == ["Patient/p1/_history/3", "Patient/p2/_history/6"]
-    assert {"url": PREVIOUS_VERSION, "valueString": "5"} in updated["target"][1]["extension"]
-    assert {"url": RESULTING_VERSION, "valueString": "6"} in updated["target"][1]["extension"]
+    # The versions of every target in one extension (previous>resulting), none on the targets.
+    assert {"url": TARGET_VERSIONS, "valueString": "2>3 5>6"} in updated["extension"]
+    assert all("extension" not in t for t in updated["target"])
     assert {"system": ATTEMPT_TAG, "code": "att-2"} in updated["meta"]["tag"]
     assert created["activity"]["coding"][0]["code"] == "CREATE"
     assert created["target"][0]["reference"] == bundle.entries[2]["fullUrl"]  # the urn the server resolves
@@ -391,7 +394,7 @@ def test_created_resources_cost_no_request_after_the_transaction_where_versions_
                    if e["request"]["url"] == "Provenance" and "CREATE" in str(e["resource"]["activity"]))
     [target] = created["target"]
     assert target["reference"].startswith("urn:uuid:")  # the server resolves it to Patient/<id>
-    assert {"url": RESULTING_VERSION, "valueString": "1"} in target["extension"]
+    assert {"url": TARGET_VERSIONS, "valueString": ">1"} in created["extension"]
     # Signed over the key and the version, not the id the server chooses: valid as committed.
     assert SIGNER.verify(signed_content(created) or b"", created["signature"][0]["data"])
     assert journal.written == 2
@@ -452,3 +455,26 @@ def test_failures_that_differ_only_in_the_resource_they_name_are_one_group():
     assert caught.value.failures == [
         ("400", 5, "HAPI-1094: Resource Patient/… not found, specified in path: Observation.subject",
          ["Observation (new)"] * 3)]
+
+
+def test_records_in_the_earlier_form_with_versions_on_each_target_are_still_read_and_trusted():
+    genuine = WRITER.provenance("UPDATE", [Target("Patient", "p1", "3", "2"), Target("Patient", "p2", "6", "5")])
+    earlier = dict(genuine, extension=[e for e in genuine["extension"] if e["url"] != TARGET_VERSIONS],
+                   target=[{"reference": f"Patient/{pid}/_history/{new}",
+                            "extension": [{"url": RESULTING_VERSION, "valueString": new},
+                                          {"url": PREVIOUS_VERSION, "valueString": old}]}
+                           for pid, old, new in (("p1", "2", "3"), ("p2", "5", "6"))])
+    for record in (genuine, earlier):
+        found = parse(dict(record, id="9"), SIGNER)
+        assert found is not None and found.trusted  # the same facts, the same signature
+        assert [(t.ref, t.previous, t.version) for t in found.targets] == [("Patient/p1", "2", "3"),
+                                                                            ("Patient/p2", "5", "6")]
+
+
+def test_target_versions_that_do_not_match_the_targets_are_not_trusted():
+    genuine = WRITER.provenance("UPDATE", [Target("Patient", "p1", "3", "2"), Target("Patient", "p2", "6", "5")])
+    for packed in ("2>3", "2>3 5>6 7>8", "2>3 5-6", "2>3 5>7"):
+        changed = dict(genuine, id="9", extension=[
+            dict(e, valueString=packed) if e["url"] == TARGET_VERSIONS else e for e in genuine["extension"]])
+        found = parse(changed, SIGNER)
+        assert found is not None and not found.trusted, packed

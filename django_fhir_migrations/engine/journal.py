@@ -487,7 +487,7 @@ class Journal:
         """Creates are targets by urn in the transaction (the server chose their ids); the
         server resolves each urn to `Type/id`, without a version (a placeholder cannot carry
         one: HAPI refuses `urn:uuid:.../_history/1`). Their Provenance already names the
-        version each create produced in `resulting-version` (the first one, where versions are
+        version each create produced in `target-versions` (the first one, where versions are
         numbers), and its signature covers each create's key and version, not the id the server
         chose: so it is complete as committed, and nothing more is sent.
 
@@ -497,7 +497,7 @@ class Journal:
         that was not predicted (versions that are not numbers, or a server whose first version
         is not "1"). Then the record is rewritten with the resolved, version-specific references
         and signed again; with no create left, it is deleted."""
-        refs = []
+        created: list[Target] = []
         exact = True
         for write, result in zip(writes, results, strict=True):
             if write.method != "POST":
@@ -514,16 +514,16 @@ class Journal:
             predicted = self._predicted(write)
             if version is None or predicted is None or predicted.version != version:
                 exact = False
-            refs.append(Target(write.resource_type, rid, version or "1", key=create_key(write)).reference())
+            created.append(Target(write.resource_type, rid, version or "1", key=create_key(write)))
         if exact:
             return
         prov_id, prov_version = version_from_location((answer.get("response") or {}).get("location"))
         if not prov_id:
             return
-        resource = dict(record, target=refs, id=prov_id)
+        resource = dict(record, id=prov_id)
         assert self.writer is not None
-        self.writer.seal(resource)  # over the resolved references (and versions) it now names
-        if not refs:
+        self.writer.retarget(resource, created)  # the resolved references and versions, signed again
+        if not created:
             self.connection.request("DELETE", f"Provenance/{prov_id}")
             return
         try:
