@@ -8,12 +8,15 @@ each against a careful sequential client measured in the same run.
   (tool_run.py), PROVENANCE on (the default), with WORKERS = each of BENCH_WORKERS.
 * (p) the same with PROVENANCE off, at each WORKERS: what Provenance costs.
 * (f) ctx.bulk_patch adding the identifier to every Patient of the set: through the server's job
-  ($hapi.fhir.bulk-patch) and through the fallback (patch bundles), which is forced by pointing
-  the tool at a forwarding proxy (tests/support/hostile.py) whose /metadata hides the operation.
-  The proxy costs something of its own, so (d) also runs through the same proxy once per pass.
-  Both at the default WORKERS, PROVENANCE on (the job path needs it). One more row starts the
-  same job by hand (plain requests, polled every second as the tool polls, no Provenance): the
-  server's own time for the job, so fjob - fhand is what the tool adds to it.
+  ($hapi.fhir.bulk-patch, `server_job=True`) and as patch bundles (the default), the latter
+  through a forwarding proxy (tests/support/hostile.py) whose /metadata hides the operation, so
+  that no job can be started by mistake. The proxy costs something of its own, so (d) also runs
+  through the same proxy once per pass. Both at the default WORKERS, PROVENANCE on (the job path
+  needs it). One more row starts the same job by hand (plain requests, polled every second as
+  the tool polls, no Provenance): the server's own time for the job, so fjob - fhand is what the
+  tool adds to it. (bulk_sizes.py compares the job with patch bundles at larger sizes.)
+* Server cost: for (d), (e) and (p), the server's CPU seconds per 1,000 resources and against
+  (d), the figure the tool controls where client and server share the cores.
 
 Every row runs BENCH_PASSES times (default 2), each on a fresh set of N Patients, the second pass
 in the reverse order of the first, so a steady drift of the server's speed (its database grows)
@@ -58,8 +61,8 @@ class Slot:
         if self.way == "fhand":
             return "(f) the same server job by hand, no Provenance"
         if self.way == "fjob":
-            return f"(f) bulk_patch, server job (WORKERS={default_workers})"
-        return f"(f) bulk_patch, patch bundles (WORKERS={default_workers})"
+            return f"(f) bulk_patch(server_job=True) (WORKERS={default_workers})"
+        return f"(f) bulk_patch, patch bundles (the default; WORKERS={default_workers})"
 
 
 class Bench(Protocol):
@@ -109,7 +112,7 @@ class Throughput:
             return
         self._start_proxy()
         warm = PatientSet(warmup.name, warmup.tag_system, f"{warmup.tag_system}:warm-bulk", warmup.size)
-        self.bench.tool(warm, self.config.size, kind="bulk", label="-warm-bulk",
+        self.bench.tool(warm, self.config.size, kind="bulk-job", label="-warm-bulk",
                         workers=self.config.default_workers)
         verify_migrated(self.bench.server, warm, "warm-up of bulk_patch")
 
@@ -182,7 +185,7 @@ class Throughput:
             return timing
         provenance = slot.way != "p"
         workers = slot.workers if slot.workers is not None else cfg.default_workers
-        kind = "bulk" if slot.way.startswith("f") else "batch"
+        kind = {"fjob": "bulk-job", "ffallback": "bulk"}.get(slot.way, "batch")
         base_url = self.proxy.base_url if slot.way == "ffallback" else None
         seen_before = len(self.proxy.requests("POST", r"bulk-patch")) if self.proxy else 0
         process_started = time.process_time()
