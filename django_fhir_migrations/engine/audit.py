@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .clock import isoformat, parse_datetime, utcnow
-from .errors import FhirMigrationError
+from .errors import FhirMigrationError, FhirServerError
 from .fhir.client import FhirConnection
 from .redaction import printable, scrub
 from .script import MigrationScript
@@ -93,6 +93,7 @@ class AuditTrail:
         self.actor = actor
         self.enabled = enabled and connection is not None
         self.written: list[str] = []  # ids of AuditEvents written by this process
+        self.refused = ""  # why the server refuses AuditEvents (a 405): not asked again this run
 
     def record(self, event: str, *, script: MigrationScript | None = None,
                state: MigrationState | None = None, error: BaseException | str | None = None,
@@ -120,6 +121,9 @@ class AuditTrail:
             logger.error("%s: %s by %s: %s", EVENTS[event][0], what, self.actor.describe(), text)
         if not self.enabled:
             return None
+        if self.refused:  # said once, at the first refusal; the log line above is the record
+            logger.debug("Not written as an AuditEvent (the server refuses them): %s %s", event, what)
+            return None
         try:
             body = self.build(event, script=script, state=state, error_text=text, detail=detail,
                               duration=duration)
@@ -136,11 +140,23 @@ class AuditTrail:
             reply = self.connection.request("POST", "AuditEvent", json=pending.body, idempotent=False)
         except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
             reason = str(exc) if isinstance(exc, FhirMigrationError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, FhirServerError) and exc.status == 405:
+                self.refuse(pending, reason)
+                return
             logger.warning("Could not write the AuditEvent for %s %s: %s", pending.event, pending.what,
                            scrub(reason))
             return
         if reply.body and reply.body.get("id"):
             self.written.append(reply.body["id"])
+
+    def refuse(self, pending: PendingEvent, reason: str) -> None:
+        """The server answered 405 Method Not Allowed to an AuditEvent (alone or in the
+        transaction of a record): a policy (Helios keeps no AuditEvents from clients), not a
+        passing fault. Said once; later events of this run are only logged."""
+        self.refused = scrub(reason)
+        logger.warning("Could not write the AuditEvent for %s %s: the server refuses AuditEvents from "
+                       "clients (%s); the log and the state are the record of this run",
+                       pending.event, pending.what, self.refused)
 
     def committed(self, pending: PendingEvent, answer: Mapping[str, Any] | None) -> None:
         """The answer to `pending.entry()` sent in a transaction (None: it landed with an

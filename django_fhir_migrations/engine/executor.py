@@ -506,7 +506,9 @@ class MigrationExecutor:
                         "(%s): the record is written alone, the AuditEvent after it", script.name, exc)
             self.audit_with_record = False
             state = write([])
-            if pending is not None and not lock.found_made:
+            if pending is not None and exc.status == 405:  # Method Not Allowed: AuditEvents, by policy
+                self.audit.refuse(pending, str(exc))
+            elif pending is not None and not lock.found_made:
                 self.audit.send(pending)
             return state
         if pending is not None:
