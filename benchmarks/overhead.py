@@ -34,12 +34,36 @@ def downgrade(ctx):
     pass
 '''
 
+# One migration that creates one resource (by ctx, so with its Provenance and idempotency key):
+# the requests a migration that writes adds to the trivial one's.
+CREATING = '''"""Benchmark: a migration that creates one Patient, to count the tool's requests around a write."""
+
+revision = "{revision}"
+down_revision = {down!r}
+
+
+def upgrade(ctx):
+    ctx.create({{"resourceType": "Patient", "identifier": [{{"system": {system!r}, "value": revision}}]}})
+
+
+def downgrade(ctx):
+    ctx.undo()
+'''
+
 # (file, function) on the stack -> the step it stands for; the first match in this order wins.
 STEPS = [
+    (("journal.py", "_existing"), "look up the create's key"),
+    (("journal.py", "_fix_creates"), "rewrite the Provenance of creates"),
+    (("journal.py", "_record_start"), "record the attempt"),
+    (("attempt.py", "_record_start"), "record the attempt"),
+    (("journal.py", "_post"), "the migration's writes (a transaction)"),
     (("script.py", "run"), "the migration's own requests"),
+    (("lock.py", "finish"), "record the migration and release the lock"),
     (("lock.py", "release"), "release the lock"),
+    (("lock.py", "_prove_version_check"), "prove the server enforces If-Match"),
     (("lock.py", "acquire"), "take the lock"),
     (("lock.py", "_renew_loop"), "renew the lease"),
+    (("audit.py", "send"), "write the AuditEvent"),
     (("audit.py", "record"), "write the AuditEvent"),
     (("executor.py", "_run_one"), "record the migration as applied"),
     (("recorder.py", "read"), "read the state"),
@@ -69,6 +93,8 @@ class Overhead:
     several: Requests
     several_count: int
     next_one: Requests | None = None  # one more trivial migration, on the state `one` left
+    creating: Requests | None = None  # one migration creating one resource, on a new state
+    creating_next: Requests | None = None  # one more such migration, on the state it left
 
 
 def _step() -> str:
@@ -150,14 +176,17 @@ def fhirmigrate(base_url: str, scripts_dir: Path, state_id: str) -> Requests:
     return found
 
 
-def _chain(folder: Path, count: int) -> list[str]:
+def _chain(folder: Path, count: int, *, system: str | None = None) -> list[str]:
+    """`count` chained scripts in a new folder: trivial ones, or (with `system`) each creating
+    one Patient with an identifier of that system."""
     folder.mkdir(parents=True)
     revisions: list[str] = []
     for index in range(count):
         revision = uuid.uuid4().hex
-        (folder / f"m{index:04d}_trivial.py").write_text(
-            TRIVIAL.format(revision=revision, down=revisions[-1] if revisions else None)
-        )
+        down = revisions[-1] if revisions else None
+        text = (CREATING.format(revision=revision, down=down, system=system) if system
+                else TRIVIAL.format(revision=revision, down=down))
+        (folder / f"m{index:04d}_{'creating' if system else 'trivial'}.py").write_text(text)
         revisions.append(revision)
     return revisions
 
@@ -193,5 +222,24 @@ def measure(base_url: str, workdir: Path, run_id: str, server: PlainServer, seve
     many = fhirmigrate(base_url, workdir / "overhead_several", several_state)
     if _head(server, several_state) != many_revisions[-1]:
         raise BenchError(f"fhirmigrate did not record {several} migrations on state {several_state!r}.")
-    return (Overhead(noop=noop, one=one, several=many, several_count=several, next_one=next_one),
-            [one_state, several_state])
+    # One migration that creates one Patient, on a new state, then one more on that state.
+    creating_state = f"bench-{run_id}-creating"
+    folder = workdir / "overhead_creating"
+    system = creating_system(run_id)
+    first = _chain(folder, 1, system=system)
+    creating = fhirmigrate(base_url, folder, creating_state)
+    second = uuid.uuid4().hex
+    (folder / "m0001_creating.py").write_text(CREATING.format(revision=second, down=first[0], system=system))
+    creating_next = fhirmigrate(base_url, folder, creating_state)
+    created = server.count("Patient", identifier=f"{system}|")
+    if _head(server, creating_state) != second or created != 2:
+        raise BenchError(f"the two migrations creating one Patient each on state {creating_state!r} left "
+                         f"{created} Patient(s) and the head {_head(server, creating_state)!r}.")
+    return (Overhead(noop=noop, one=one, several=many, several_count=several, next_one=next_one,
+                     creating=creating, creating_next=creating_next),
+            [one_state, several_state, creating_state])
+
+
+def creating_system(run_id: str) -> str:
+    """The identifier system of the Patients the request-count migrations create (clean-up)."""
+    return f"urn:django-fhir-migrations:bench:{run_id}:overhead"

@@ -372,12 +372,23 @@ class Benchmark:
                      f"({found.next_one.describe()})")
             for step, method, path, status in found.next_one.calls:
                 self.say(f"    {method:<6} {path.split('?')[0][:60]:<60} {status}  ({step})")
+        for label, calls, goal in (("one migration creating one resource, new state", found.creating, 7),
+                                   ("the same on the existing state", found.creating_next, 6)):
+            if calls is None:
+                continue
+            self.say(f"  {label}: {len(calls)} (goal <= {goal}: {_met(len(calls) <= goal)}; {calls.describe()})")
+            for step, method, path, status in calls.calls:
+                self.say(f"    {method:<6} {path.split('?')[0][:60]:<60} {status}  ({step})")
         self.figures["requests"] = {
             "noop": len(found.noop), "noop_breakdown": found.noop.breakdown(),
             "one": len(found.one), "one_breakdown": found.one.breakdown(), "one_calls": found.one.calls,
             "several": len(found.several), "several_count": found.several_count,
             "next_one": len(found.next_one) if found.next_one else None,
             "next_one_calls": found.next_one.calls if found.next_one else None,
+            "creating": len(found.creating) if found.creating else None,
+            "creating_calls": found.creating.calls if found.creating else None,
+            "creating_next": len(found.creating_next) if found.creating_next else None,
+            "creating_next_calls": found.creating_next.calls if found.creating_next else None,
         }
         return len(found.noop), len(found.one)
 
@@ -438,6 +449,7 @@ class Benchmark:
     def cleanup(self) -> None:
         started = time.perf_counter()
         removed = sum(self.server.delete_all("Patient", identifier=f"{s.tag_system}|") for s in self.sets)
+        removed += self.server.delete_all("Patient", identifier=f"{overhead.creating_system(self.run_id)}|")
         for state_id in self.state_ids:
             self.server.delete_all("Basic", identifier=f"http://fhir.migration.system|{state_id}")
         self.say(f"Cleaned up: {removed} Patients and {len(self.state_ids)} state resources deleted in "

@@ -8,13 +8,17 @@ each against a careful sequential client measured in the same run.
   (tool_run.py), PROVENANCE on (the default), with WORKERS = each of BENCH_WORKERS.
 * (p) the same with PROVENANCE off, at each WORKERS: what Provenance costs.
 * (f) ctx.bulk_patch adding the identifier to every Patient of the set: through the server's job
-  ($hapi.fhir.bulk-patch) and through the fallback (patch bundles), which is forced by pointing
-  the tool at a forwarding proxy (tests/support/hostile.py) whose /metadata hides the operation.
-  The proxy costs something of its own, so (d) also runs through the same proxy once per pass.
-  Both at the default WORKERS, PROVENANCE on (the job path needs it). One more row starts the
-  same job by hand (plain requests, polled every second as the tool polls, no Provenance): the
-  server's own time for the job, so fjob - fhand is what the tool adds to it. A server without
+  ($hapi.fhir.bulk-patch, `server_job=True`) and as patch bundles (the default), the latter
+  through a forwarding proxy (tests/support/hostile.py) whose /metadata hides the operation, so
+  that no job can be started by mistake. The proxy costs something of its own, so (d) also runs
+  through the same proxy once per pass. Both at the default WORKERS, PROVENANCE on (the job path
+  needs it). One more row starts the same job by hand (plain requests, polled every second as
+  the tool polls, no Provenance): the server's own time for the job, so fjob - fhand is what the
+  tool adds to it. A server without
   the job (it is HAPI's own operation; Helios has none) has no fjob and fhand rows, and says so.
+  (bulk_sizes.py compares the job with patch bundles at larger sizes.)
+* Server cost: for (d), (e) and (p), the server's CPU seconds per 1,000 resources and against
+  (d), the figure the tool controls where client and server share the cores.
 
 Every row runs BENCH_PASSES times (default 2), each on a fresh set of N Patients, the second pass
 in the reverse order of the first, so a steady drift of the server's speed (its database grows)
@@ -66,8 +70,8 @@ class Slot:
         if self.way == "fhand":
             return "(f) the same server job by hand, no Provenance"
         if self.way == "fjob":
-            return f"(f) bulk_patch, server job (WORKERS={default_workers})"
-        return f"(f) bulk_patch, patch bundles (WORKERS={default_workers})"
+            return f"(f) bulk_patch(server_job=True) (WORKERS={default_workers})"
+        return f"(f) bulk_patch, patch bundles (the default; WORKERS={default_workers})"
 
 
 class Bench(Protocol):
@@ -122,7 +126,7 @@ class Throughput:
             return
         self._start_proxy()
         warm = PatientSet(warmup.name, warmup.tag_system, f"{warmup.tag_system}:warm-bulk", warmup.size)
-        self.bench.tool(warm, self.config.size, kind="bulk", label="-warm-bulk",
+        self.bench.tool(warm, self.config.size, kind="bulk-job", label="-warm-bulk",
                         workers=self.config.default_workers)
         verify_migrated(self.bench.server, warm, "warm-up of bulk_patch")
 
@@ -195,7 +199,7 @@ class Throughput:
             return timing
         provenance = slot.way != "p"
         workers = slot.workers if slot.workers is not None else cfg.default_workers
-        kind = "bulk" if slot.way.startswith("f") else "batch"
+        kind = {"fjob": "bulk-job", "ffallback": "bulk"}.get(slot.way, "batch")
         base_url = self.proxy.base_url if slot.way == "ffallback" else None
         seen_before = len(self.proxy.requests("POST", r"bulk-patch")) if self.proxy else 0
         process_started = time.process_time()
@@ -258,6 +262,9 @@ class Throughput:
             else:
                 say(f"  bulk_patch (no server job here): {bundles}")
         self.cpu_table(rows)
+        cost = self.server_cost(rows)
+        if cost:
+            figures["server_cost"] = cost
         estimate = self.estimate(rows)
         if estimate:
             figures["estimate_own_cores"] = estimate
@@ -293,6 +300,46 @@ class Throughput:
                 f"{1000 * c['database_background'] / n:6.2f} {1000 * c['helper'] / n:6.2f} "
                 f"{1000 * c['other'] / n:6.2f} {busy:7.0f} "
                 f"{1000 * c['client_waited'] / n:5.2f}/{1000 * c['server_waited'] / n:<5.2f}")
+
+    def server_cost(self, rows: dict[Slot, Timing]) -> dict[str, Any] | None:
+        """What each way makes the server do: the server's CPU seconds (HAPI's JVM, or the
+        processes BENCH_SERVER_PIDS names, plus PostgreSQL's backends and its background work)
+        per 1,000 resources migrated, and that against the sequential client's (d).
+
+        On a machine where client and server share the cores, this is the figure the tool
+        controls: parallel bundles buy little wall time there, but every extra entry, request
+        or reference it sends is paid for here. Goal: the tool as shipped (PROVENANCE on, the
+        default WORKERS) at most 1.15 x (d)."""
+        d = rows[Slot("d")]
+        if not d.cpu:
+            return None
+        say = self.bench.say
+
+        def per_1000(timing: Timing) -> tuple[float, float, float]:
+            c = timing.cpu or {}
+            server, database = c.get("server", 0.0), c.get("database", 0.0) + c.get("database_background", 0.0)
+            n = timing.resources or 1
+            return 1000 * (server + database) / n, 1000 * server / n, 1000 * database / n
+
+        d_cost = per_1000(d)[0]
+        say("\n  Server cost: the server's CPU seconds per 1,000 resources (HAPI + PostgreSQL, from /proc):")
+        say(f"  {'row':<52} {'server s':>9} {'HAPI':>6} {'PG':>6} {'vs (d)':>7} {'req/1000':>9}")
+        found: dict[str, Any] = {"d": d_cost}
+        for slot, timing in rows.items():
+            if not timing.cpu or slot.way in ("fjob", "fhand", "ffallback", "dproxy"):
+                continue
+            total, server, database = per_1000(timing)
+            found[slot.key] = total
+            requests = 1000 * timing.requests / timing.resources if timing.resources else 0.0
+            say(f"  {slot.label(self.config.default_workers):<52} {total:9.2f} {server:6.2f} {database:6.2f} "
+                f"{total / d_cost if d_cost else 0.0:7.2f} {requests:9.1f}")
+        shipped = f"e{self.config.default_workers}"
+        if shipped in found and d_cost:
+            ratio = found[shipped] / d_cost
+            found["tool_vs_sequential"] = ratio
+            say(f"  server cost of the tool as shipped (PROVENANCE on, WORKERS={self.config.default_workers}) / (d) = "
+                f"{ratio:.2f} (goal <= 1.15: {'met' if ratio <= 1.15 else 'MISSED'})")
+        return found
 
     def estimate(self, rows: dict[Slot, Timing]) -> dict[str, Any] | None:
         """tool_vs_sequential if the server had cores of its own: an estimate from the CPU split.

@@ -44,7 +44,8 @@ def downgrade(ctx):
 
 
 # ctx.bulk_patch: the same change as a FHIRPath Patch, one constant value for every Patient (a
-# patch cannot name the resource's own id), through the server's job or patch bundles.
+# patch cannot name the resource's own id), as patch bundles (the default) or through the
+# server's job (kind "bulk-job": server_job=True).
 BULK_SCRIPT = '''"""Benchmark: add {new_system}|bulk to every Patient tagged {tag_system}, by ctx.bulk_patch."""
 
 revision = "{revision}"
@@ -57,7 +58,7 @@ SYSTEM = "{new_system}"
 def upgrade(ctx):
     ctx.bulk_patch("Patient", [{{"type": "add", "path": "Patient", "name": "identifier",
                                 "value": {{"valueIdentifier": {{"system": SYSTEM, "value": "bulk"}}}}}}],
-                   identifier=TAG)
+                   identifier=TAG{job})
 
 
 def downgrade(ctx):
@@ -82,12 +83,13 @@ class ToolRun:
 
 def write_script(folder: Path, tag_system: str, new_system: str, kind: str = "batch") -> str:
     """The migration script of way (b); `kind` "transaction" makes it use ctx.transaction(),
-    "bulk" ctx.bulk_patch()."""
+    "bulk" ctx.bulk_patch() (patch bundles), "bulk-job" ctx.bulk_patch(..., server_job=True)."""
     revision = uuid.uuid4().hex
     folder.mkdir(parents=True, exist_ok=True)
-    template = BULK_SCRIPT if kind == "bulk" else SCRIPT
+    template = BULK_SCRIPT if kind.startswith("bulk") else SCRIPT
     (folder / "add_benchmark_identifier.py").write_text(
-        template.format(revision=revision, tag_system=tag_system, new_system=new_system, kind=kind)
+        template.format(revision=revision, tag_system=tag_system, new_system=new_system, kind=kind,
+                        job=", server_job=True" if kind == "bulk-job" else "")
     )
     return revision
 

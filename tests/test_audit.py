@@ -218,11 +218,18 @@ def test_secrets_never_reach_the_audit_event_or_the_log(fhir_settings, fhir, scr
 # --- an audit write the server refuses -------------------------------------------------------
 
 
+REFUSAL = (b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
+           b'"code": "forbidden", "diagnostics": "AuditEvent writes are not allowed"}]}')
+
+
 class RefuseAuditEvents(BaseHTTPRequestHandler):
-    """Forwards everything to the real server, except that it answers POST AuditEvent with 403."""
+    """Forwards everything to the real server, except that it answers POST AuditEvent with 403,
+    and a transaction with an AuditEvent in it too (a server that refuses an entry of a
+    transaction refuses all of it)."""
 
     upstream: str = ""
     refused: list[str]
+    refused_bundles: list[str]
 
     def _forward(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -230,9 +237,11 @@ class RefuseAuditEvents(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path.rstrip("/")
         if self.command == "POST" and path.endswith("/AuditEvent"):
             self.server.refused.append(self.path)  # type: ignore[attr-defined]
-            self._send(403, b'{"resourceType": "OperationOutcome", "issue": [{"severity": "error", '
-                            b'"code": "forbidden", "diagnostics": "AuditEvent writes are not allowed"}]}',
-                       {"Content-Type": "application/fhir+json"})
+            self._send(403, REFUSAL, {"Content-Type": "application/fhir+json"})
+            return
+        if self.command == "POST" and body and b'"AuditEvent"' in body and b'"Bundle"' in body:
+            self.server.refused_bundles.append(self.path)  # type: ignore[attr-defined]
+            self._send(403, REFUSAL, {"Content-Type": "application/fhir+json"})
             return
         skip = {"host", "content-length", "connection", "accept-encoding"}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
@@ -262,6 +271,7 @@ def refusing_server(fhir_settings, fhir):
     server = ThreadingHTTPServer(("127.0.0.1", 0), RefuseAuditEvents)
     server.upstream = f"{parts.scheme}://{parts.netloc}"  # type: ignore[attr-defined]
     server.refused = []  # type: ignore[attr-defined]
+    server.refused_bundles = []  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     fhir_settings["BASE_URL"] = f"http://127.0.0.1:{server.server_port}{parts.path}"
@@ -277,6 +287,9 @@ def test_refused_audit_write_does_not_change_a_successful_outcome(refusing_serve
         code, out, err = call("fhirmigrate")
     assert code == 0, err
     assert fhir.applied() == [one] and len(fhir.patients()) == 1
+    # The record with its AuditEvent was refused as a whole; the record was then written alone
+    # and the AuditEvent attempted on its own.
+    assert len(refusing_server.refused_bundles) == 1
     assert refusing_server.refused, "the audit write should have been attempted"
     assert our_events(fhir) == []
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -293,6 +306,7 @@ def test_refused_audit_write_does_not_mask_a_failed_migration(refusing_server, f
     assert "AuditEvent" not in err
     assert len(fhir.applied()) == 1
     assert len(refusing_server.refused) == 2  # applied one, failed two: both attempted
+    assert len(refusing_server.refused_bundles) == 1  # and tried with one's record only once
 
 
 # --- a server that keeps no AuditEvents (Helios) ---------------------------------------------

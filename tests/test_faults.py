@@ -53,19 +53,34 @@ def test_429_on_a_create_is_retried_because_it_was_not_processed(via_proxy, fhir
     via_proxy.add(Fault("POST", CTX_WRITE, "status", status=429, retry_after="1"))
     code, _, err = call("fhirmigrate")
     assert code == 0, err
-    assert via_proxy.count("POST", CTX_WRITE) == 2
+    # The create's transaction twice (refused with 429, then sent again), then the record of the
+    # migration (a transaction too: the state write with its AuditEvent).
+    assert via_proxy.count("POST", CTX_WRITE, "status") == 1
+    assert via_proxy.count("POST", CTX_WRITE) == 3
     assert values(fhir) == ["one"]
 
 
-def test_lost_answer_to_the_state_write_still_records_exactly_once(via_proxy, fhir, scripts):
+def applied_events(fhir, revision: str) -> list[dict]:
+    return [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied"
+            and {"type": "revision", "valueString": revision} in e["entity"][0].get("detail", [])]
+
+
+@pytest.mark.parametrize("lost", ["the record of the first", "the record of the last, which releases the lease"])
+def test_lost_answer_to_the_state_write_still_records_exactly_once(lost, via_proxy, fhir, scripts):
     revisions = add_creates(scripts, fhir, "one", "two")
-    # PUT #1 takes the lock; PUT #2 records "one": the server stores it, the answer is lost.
-    via_proxy.add(Fault("PUT", STATE_WRITE, "drop-response", skip=1))
+    # Posted to the base URL, in order: one's create, one's record (the state write with its
+    # AuditEvent, opening two's attempt), two's create, two's record (which releases the lease).
+    # The server stores the record; its answer is lost; the repeat is refused (If-Match), and
+    # the state read again already holds it: nothing is written twice, the AuditEvent included.
+    first = lost.startswith("the record of the first")
+    via_proxy.add(Fault("POST", CTX_WRITE, "drop-response", skip=1 if first else 3))
     code, _, err = call("fhirmigrate")
     assert code == 0, err
-    assert via_proxy.count("PUT", STATE_WRITE, "drop-response") == 1
+    assert via_proxy.count("POST", CTX_WRITE, "drop-response") == 1
     assert fhir.applied() == revisions
     assert values(fhir) == ["one", "two"]
+    assert [len(applied_events(fhir, r)) for r in revisions] == [1, 1]
+    assert "migration-lock" not in str(fhir.state())
 
 
 def test_lost_answer_to_taking_the_lock_is_recognised_as_our_own(via_proxy, fhir, scripts):

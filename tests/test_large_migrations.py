@@ -73,8 +73,18 @@ def test_every_write_through_ctx_has_a_version_specific_provenance(fhir_settings
                 **{f"Patient/{p['id']}": ("CREATE", "1") for p in new}}
     for reference, (activity, version) in expected.items():
         [provenance] = provenance_for(fhir, reference)  # the standard search finds it
-        target = next(t for t in provenance["target"] if t["reference"].startswith(reference + "/"))
-        assert target["reference"] == f"{reference}/_history/{version}"
+        [index] = [i for i, t in enumerate(provenance["target"]) if t["reference"].split("/_history/")[0] == reference]
+        target = provenance["target"][index]
+        # The versions of every target, in order, in one extension: previous>resulting.
+        [versions] = [e["valueString"] for e in provenance["extension"] if e["url"].endswith("/target-versions")]
+        assert versions.split(" ")[index] == {"CREATE": ">1"}.get(activity, f"{int(version) - 1}>{version}")
+        if activity == "CREATE":
+            # Committed with the creates in one transaction, where the server resolves each
+            # placeholder to `Patient/<id>` and a placeholder cannot carry a version: the
+            # version (always the first) is in target-versions, signed; no second request.
+            assert target["reference"] == reference
+        else:
+            assert target["reference"] == f"{reference}/_history/{version}"
         assert provenance["activity"]["coding"][0]["code"] == activity
         assert provenance["recorded"]
         assert f"http://fhir.migration.system/migration/{revision}" in provenance["policy"]
@@ -128,7 +138,8 @@ def test_killed_mid_migration_then_rerun_changes_each_resource_exactly_once(work
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        done = fhir.get("Patient", identifier=f"{NEW}|", _summary="count")["total"]
+        # This test's Patients only: other runs on a shared server append the same system.
+        done = fhir.get("Patient", identifier=[fhir.system + "|", f"{NEW}|"], _summary="count")["total"]
         if done >= 150:
             break
         time.sleep(0.2)
@@ -298,9 +309,10 @@ def test_an_interrupted_undo_resumes_and_reverts_each_resource_once(fhir_setting
 BULK = (
     "n = ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'identifier', "
     "'value': {{'valueIdentifier': {{'system': {new!r}, 'value': 'bulk'}}}}}}], "
-    "identifier={system!r})\n"
+    "identifier={system!r}{job})\n"
     "assert n == 12, n\n"
 )
+SERVER_JOB = ", server_job=True"  # patch bundles are the default (measured faster: bulk.py)
 
 
 def offers_bulk_patch(fhir) -> bool:
@@ -308,23 +320,38 @@ def offers_bulk_patch(fhir) -> bool:
     return any(op.get("name") == "hapi.fhir.bulk-patch" for op in rest[0].get("operation") or [])
 
 
-def test_bulk_patch_runs_as_the_servers_job_with_provenance_and_undo(fhir_settings, fhir, scripts):
-    if not offers_bulk_patch(fhir):
-        pytest.skip("this server has no $hapi.fhir.bulk-patch (the fallback test covers it)")
-    seed(fhir, 12)
-    scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"), downgrade="ctx.undo()")
-    code, out, err = call("fhirmigrate")
-    assert code == 0, err
-    assert "    bulk patch: 12 done in " in out and ": 0 done" not in out  # what the job changed
-    patients = fhir.patients()
-    assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
-    assert all(provenance_for(fhir, f"Patient/{p['id']}") for p in patients)
-    assert call("fhirdowngrade")[0] == 0
-    assert all(appended(p) == [] for p in fhir.patients())
+KICK_OFF = r"\$hapi\.fhir\.bulk-patch$"
 
 
-def test_bulk_patch_falls_back_to_patch_bundles_where_the_server_has_no_job(fhir_settings, settings, fhir,
-                                                                           scripts):
+@pytest.mark.parametrize("job", [SERVER_JOB, ""], ids=["server_job=True", "default"])
+def test_bulk_patch_runs_as_the_servers_job_when_asked_and_as_patch_bundles_by_default(
+        job, fhir_settings, settings, fhir, scripts):
+    from .support.hostile import HostileProxy
+
+    if job and not offers_bulk_patch(fhir):
+        pytest.skip("this server has no $hapi.fhir.bulk-patch (the default case covers patch bundles)")
+    proxy = HostileProxy(fhir.base_url).start()  # forwards everything; counts the job's kick-off
+    try:
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
+        seed(fhir, 12)
+        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|", job=job),
+                    downgrade="ctx.undo()")
+        code, out, err = call("fhirmigrate")
+        assert code == 0, err
+        assert len(proxy.requests("POST", KICK_OFF)) == (1 if job else 0)
+        if job:
+            assert "    bulk patch: 12 done in " in out and ": 0 done" not in out  # what the job changed
+        patients = fhir.patients()
+        assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in patients)
+        assert all(provenance_for(fhir, f"Patient/{p['id']}") for p in patients)
+        assert call("fhirdowngrade")[0] == 0
+        assert all(appended(p) == [] for p in fhir.patients())
+    finally:
+        proxy.stop()
+
+
+def test_bulk_patch_where_the_server_has_no_job_sends_patch_bundles_and_refuses_server_job(
+        fhir_settings, settings, fhir, scripts):
     from .support.hostile import HostileProxy, Rule
 
     def hide_operation(exchange):
@@ -340,7 +367,13 @@ def test_bulk_patch_falls_back_to_patch_bundles_where_the_server_has_no_job(fhir
                   Rule("POST", r"bulk-patch", before=lambda ex: ex.answer(404, {"resourceType": "OperationOutcome"})))
         settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url)
         seed(fhir, 12)
-        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"), downgrade="ctx.undo()")
+        first = scripts.add("forced", upgrade=BULK.format(new=NEW, system=fhir.system + "|", job=SERVER_JOB))
+        code, out, err = call("fhirmigrate")
+        assert code == 1 and "server_job=True" in err and "lists no $hapi.fhir.bulk-patch" in err, err
+        assert all(appended(p) == [] for p in fhir.patients()) and fhir.applied() == []
+        scripts.revisions.remove(first)  # the same migration, edited to take the default
+        scripts.add("forced", upgrade=BULK.format(new=NEW, system=fhir.system + "|", job=""), revision=first,
+                    down=None, downgrade="ctx.undo()")
         code, out, err = call("fhirmigrate")
         assert code == 0, err
         assert proxy.requests("POST", "bulk-patch") == []
@@ -361,7 +394,7 @@ def test_a_killed_run_reattaches_to_its_bulk_job_instead_of_starting_another(fhi
     proxy = HostileProxy(fhir.base_url).start()
     try:
         seed(fhir, 12)
-        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|"))
+        scripts.add("bulk", upgrade=BULK.format(new=NEW, system=fhir.system + "|", job=SERVER_JOB))
         env = manage_env(fhir, scripts, FHIR_BASE_URL=proxy.base_url)
         process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -47,24 +47,22 @@ with ctx.batch() as b:
 """
 CHAIN_BULK = """
 ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'active', 'value': {{'valueBoolean': True}}}}],
-               identifier={system!r})
+               identifier={system!r}{job})
 """
+SERVER_JOB = ", server_job=True"  # patch bundles are the default
 
 
 @pytest.mark.parametrize("bulk_path", ["server job", "patch bundles"])
 def test_downgrade_zero_over_three_migrations_on_the_same_patients_restores_every_one(
-        bulk_path, fhir_settings, fhir, scripts, monkeypatch):
+        bulk_path, fhir_settings, fhir, scripts):
     if bulk_path == "server job" and not offers_bulk_patch(fhir):
         pytest.skip("the server offers no $hapi.fhir.bulk-patch job (HAPI only); the other case runs")
-    if bulk_path == "patch bundles":  # the engine's own path where a server has no job
-        from django_fhir_migrations.engine import bulk
-
-        monkeypatch.setattr(bulk, "offers_bulk_patch", lambda connection: False)
+    job = SERVER_JOB if bulk_path == "server job" else ""  # patch bundles: the default
     before = by_id(seed(fhir, 40))
     system = fhir.system + "|"
     scripts.add("gender", upgrade=CHAIN_GENDER.format(system=system), downgrade="ctx.undo()")
     scripts.add("append", upgrade=APPEND.format(system=system, new=NEW), downgrade="ctx.undo()")
-    scripts.add("activate", upgrade=CHAIN_BULK.format(system=system), downgrade="ctx.undo()")
+    scripts.add("activate", upgrade=CHAIN_BULK.format(system=system, job=job), downgrade="ctx.undo()")
     code, _, err = call("fhirmigrate")
     assert code == 0, err
     after = by_id(fhir.patients())
@@ -250,7 +248,8 @@ def test_resume_ignores_a_forged_record_and_migrates_every_resource_once(fhir_se
 def test_bulk_patch_searches_exactly_what_ctx_search_would(fhir_settings, fhir, scripts):
     for value in ("A+B", "A B"):
         post(fhir, {"resourceType": "Patient", "identifier": [{"system": fhir.system, "value": value}]})
-    scripts.add("plus", upgrade=CHAIN_BULK.format(system=f"{fhir.system}|A+B"), downgrade="ctx.undo()")
+    job = SERVER_JOB if offers_bulk_patch(fhir) else ""  # the job's search (bundles use ctx.search)
+    scripts.add("plus", upgrade=CHAIN_BULK.format(system=f"{fhir.system}|A+B", job=job), downgrade="ctx.undo()")
     code, _, err = call("fhirmigrate")
     assert code == 0, err
     patients = {p["identifier"][0]["value"]: p for p in fhir.patients()}
@@ -261,10 +260,11 @@ def test_bulk_patch_searches_exactly_what_ctx_search_would(fhir_settings, fhir, 
     assert all("active" not in p for p in fhir.patients())
 
 
-BULK_ACTIVE = CHAIN_BULK
+BULK_ACTIVE = CHAIN_BULK.replace("{job}", SERVER_JOB)  # these tests are about the server's job
 BULK_APPEND = (  # not idempotent: two jobs would append twice
     "ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'identifier', "
-    "'value': {{'valueIdentifier': {{'system': {new!r}, 'value': 'bulk'}}}}}}], identifier={system!r})\n")
+    "'value': {{'valueIdentifier': {{'system': {new!r}, 'value': 'bulk'}}}}}}], identifier={system!r}, "
+    "server_job=True)\n")
 
 
 def test_a_job_whose_start_answer_was_lost_is_never_started_twice(fhir_settings, settings, fhir, scripts):

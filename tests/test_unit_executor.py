@@ -7,6 +7,7 @@ appends its name to a log file) and on the heads and applied lists the executor 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,7 +21,13 @@ from django_fhir_migrations.engine.errors import LockError, MigrationFailedError
 from django_fhir_migrations.engine.events import EventStream
 from django_fhir_migrations.engine.executor import MigrationExecutor
 from django_fhir_migrations.engine.loader import MigrationLoader
-from django_fhir_migrations.engine.state import APPLIED_EXTENSION, ATTEMPT_EXTENSION, LockInfo
+from django_fhir_migrations.engine.state import (
+    APPLIED_EXTENSION,
+    ATTEMPT_EXTENSION,
+    LOCK_EXTENSION,
+    AttemptRecord,
+    LockInfo,
+)
 from tests.support.fake_connection import (
     BASE_URL,
     FakeConnection,
@@ -83,6 +90,16 @@ def head_of(body: dict) -> str:
     return body["code"]["coding"][0]["code"]
 
 
+def lease_in(body: dict) -> bool:
+    return any(e["url"] == LOCK_EXTENSION for e in body.get("extension") or [])
+
+
+def attempts_in(body: dict) -> list[str]:
+    """The revisions of the attempt records in a state body."""
+    return [p["valueString"] for e in body.get("extension") or [] if e["url"] == ATTEMPT_EXTENSION
+            for p in e["extension"] if p["url"] == "revision"]
+
+
 def applied_in(body: dict) -> list[str]:
     return [p["valueString"] for e in body.get("extension") or [] if e["url"] == APPLIED_EXTENSION
             for p in e["extension"] if p["url"] == "revision"]
@@ -140,11 +157,14 @@ def test_pending_migrations_run_in_order_each_recorded_after_it_ran(world):
     outcome = world.executor.migrate()
     assert [s.name for s in outcome.done] == ["second", "third"]
     assert world.ran == ["up second", "up third"]
-    record_b, record_c, release = world.state_writes()
+    record_b, record_c = world.state_writes()
     assert (head_of(record_b), applied_in(record_b)) == (b, [a, b])
+    assert lease_in(record_b) and attempts_in(record_b) == [c]  # opens the next one's attempt
+    # The last record is the write that releases the lease: one request for both.
     assert (head_of(record_c), applied_in(record_c)) == (c, [a, b, c])
-    assert head_of(release) == c
-    assert world.connection.summary() == ["GET Basic"] + ["PUT Basic/1"] * 5
+    assert not lease_in(record_c) and attempts_in(record_c) == []
+    # read, the If-Match proof, the lease (with b's attempt), b's record, c's record + release
+    assert world.connection.summary() == ["GET Basic"] + ["PUT Basic/1"] * 4
 
 
 def test_events_are_emitted_in_the_order_things_happen(world):
@@ -256,9 +276,11 @@ def test_a_migrations_first_write_goes_out_after_its_attempt_is_recorded(world):
 
     world.executor.migrate()
     summary = world.connection.summary()
-    assert summary == ["GET Basic", "PUT Basic/1", "PUT Basic/1", "PUT Basic/1", "POST (base)",
-                       "PUT Basic/1", "PUT Basic/1"]
-    started, recorded, _ = world.state_writes()
+    # read, the If-Match proof, the lease with the attempt, the data, the record + release
+    assert summary == ["GET Basic", "PUT Basic/1", "PUT Basic/1", "POST (base)", "PUT Basic/1"]
+    _, started, recorded = [c.json for c in world.connection.sent("PUT", r"Basic/1")]
+    assert lease_in(started) and attempts_in(started) == [rev]  # recorded before the first write
+    assert not lease_in(recorded)
     [attempt] = [e for e in started["extension"] if e["url"] == ATTEMPT_EXTENSION]
     attempt_id = next(p["valueString"] for p in attempt["extension"] if p["url"] == "attempt")
     [transaction] = world.connection.sent("POST")
@@ -281,12 +303,44 @@ def test_a_migration_that_fails_after_writing_leaves_its_attempt_and_error_for_t
 
     with pytest.raises(MigrationFailedError):
         world.executor.migrate()
-    started, stopped, release = world.state_writes()
-    [attempt] = [e for e in stopped["extension"] if e["url"] == ATTEMPT_EXTENSION]
+    # The error is recorded by the write that releases the lease.
+    [release] = world.state_writes()
+    [attempt] = [e for e in release["extension"] if e["url"] == ATTEMPT_EXTENSION]  # kept for the resume
     parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value")) for p in attempt["extension"]}
     assert parts["written"] == 1 and "RuntimeError: halfway" in parts["error"]
-    assert head_of(release) == "None" and applied_in(release) == []
-    assert any(e["url"] == ATTEMPT_EXTENSION for e in release["extension"])  # kept for the resume
+    assert head_of(release) == "None" and applied_in(release) == [] and not lease_in(release)
+
+
+def test_a_migration_that_fails_before_writing_leaves_no_attempt(world):
+    world.add("first", upgrade="raise RuntimeError('before any write')")
+    world.state_reads(state(None))
+    world.writes_succeed()
+
+    with pytest.raises(MigrationFailedError):
+        world.executor.migrate()
+    _, lease, release = [c.json for c in world.connection.sent("PUT", r"Basic/1")]
+    assert attempts_in(lease) != []  # opened with the lease ...
+    assert attempts_in(release) == [] and not lease_in(release)  # ... and taken out with it
+
+
+def test_an_interrupted_attempt_opened_again_with_the_lease_continues_it(world):
+    rev = world.add("first", upgrade="raise RuntimeError('again')")
+    interrupted = AttemptRecord(revision=rev, direction="upgrade", attempts=("old-1",),
+                                started_at=isoformat(utcnow()), written=7)
+    world.state_reads(found(state_resource(STATE, None, version="3", extensions=[interrupted.to_extension()],
+                                           last_updated=isoformat(utcnow() - timedelta(seconds=1))),
+                            date=format_datetime(utcnow(), usegmt=True)))
+    world.writes_succeed()
+    world.connection.on("GET", r"Provenance", searchset())  # what old-1 wrote: nothing found
+
+    with pytest.raises(MigrationFailedError):
+        world.executor.migrate()
+    _, lease, release = [c.json for c in world.connection.sent("PUT", r"Basic/1")]
+    [opened] = [AttemptRecord.from_extension(e) for e in lease["extension"] if e["url"] == ATTEMPT_EXTENSION]
+    assert opened.attempts[0] == "old-1" and len(opened.attempts) == 2 and opened.written == 7
+    # It wrote nothing: the release puts the interrupted attempts' record back as it was.
+    [kept] = [AttemptRecord.from_extension(e) for e in release["extension"] if e["url"] == ATTEMPT_EXTENSION]
+    assert kept.attempts == ("old-1",) and kept.written == 7
 
 
 # --- downgrading ---------------------------------------------------------------------------------
@@ -302,8 +356,8 @@ def test_minus_one_reverts_only_the_last_migration(world):
     outcome = world.executor.downgrade("-1")
     assert [s.revision for s in outcome.done] == [c]
     assert world.ran == ["down third"]
-    record, release = world.state_writes()
-    assert head_of(record) == b and c not in applied_in(record)
+    [release] = world.state_writes()  # the record of the downgrade releases the lease
+    assert head_of(release) == b and c not in applied_in(release) and not lease_in(release)
 
 
 def test_a_downgrade_whose_plan_changed_while_waiting_for_the_lock_reverts_nothing(world):
@@ -351,8 +405,86 @@ def test_fake_records_the_migrations_without_running_them(world):
     adopted = [e for e in world.events if e.action == "adopted"]
     assert [e.count for e in adopted] == [0, 0]
     assert all("the server holds no record of its writes" in e.detail for e in adopted)
-    _, recorded, _ = world.state_writes()
-    assert applied_in(recorded) == [a, b]
+    _, recorded = world.state_writes()
+    assert applied_in(recorded) == [a, b] and not lease_in(recorded)
     fakes = [p for e in recorded["extension"] if e["url"] == APPLIED_EXTENSION for p in e["extension"]
              if p["url"] == "fake"]
     assert fakes == [{"url": "fake", "valueBoolean": True}] * 2
+
+
+# --- the AuditEvent rides with the record ------------------------------------------------------
+
+
+def committing_state(call) -> dict:
+    """A transaction-response to a state write with more entries: the state as written, and
+    AuditEvent/77 for each AuditEvent."""
+    results = []
+    for entry in call.entries:
+        if entry["request"]["method"] == "PUT":
+            results.append({"response": {"status": "200 OK", "location": "Basic/1/_history/9"},
+                            "resource": dict(entry["resource"], id="1", meta={"versionId": "9"})})
+        else:
+            results.append({"response": {"status": "201 Created", "location": "AuditEvent/77/_history/1"}})
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
+
+
+def audited(world: World) -> MigrationExecutor:
+    world.settings = replace(world.settings, audit_events=True)
+    return world.executor
+
+
+def test_each_record_carries_its_audit_event_and_the_last_one_releases_the_lease(world):
+    a, b = world.add("first"), world.add("second")
+    world.state_reads(state(None))
+    world.writes_succeed()
+    world.connection.on("POST", r"", committing_state)
+    executor = audited(world)
+
+    executor.migrate()
+    # read, the If-Match proof, the lease (with first's attempt), two records: 5 requests
+    assert world.connection.summary() == ["GET Basic", "PUT Basic/1", "PUT Basic/1", "POST (base)", "POST (base)"]
+    first, second = world.connection.sent("POST", r"")
+    for transaction, revision in ((first, a), (second, b)):
+        state_entry, event = transaction.entries
+        assert (state_entry["request"]["method"], state_entry["request"]["url"]) == ("PUT", "Basic/1")
+        assert state_entry["request"]["ifMatch"].startswith('W/"')
+        assert event["request"] == {"method": "POST", "url": "AuditEvent"}
+        assert event["resource"]["subtype"][0]["code"] == "applied"
+        assert {"type": "revision", "valueString": revision} in event["resource"]["entity"][0]["detail"]
+    assert lease_in(first.entries[0]["resource"]) and not lease_in(second.entries[0]["resource"])
+    assert applied_in(second.entries[0]["resource"]) == [a, b]
+    assert executor.audit.written == ["77", "77"]
+
+
+def test_an_audit_event_the_server_refuses_never_stops_the_record(world):
+    a, b = world.add("first"), world.add("second")
+    world.state_reads(state(None))
+    world.writes_succeed()
+    world.connection.on("POST", r"", status(403, "AuditEvent: create not allowed"))
+    world.connection.on("POST", r"AuditEvent", status(403, "AuditEvent: create not allowed"))
+    executor = audited(world)
+
+    outcome = executor.migrate()
+    assert [s.revision for s in outcome.done] == [a, b]
+    # The refused transaction wrote nothing; the record is written alone, then the AuditEvent is
+    # tried alone (and refused: a warning); the second record does not try the transaction again.
+    assert world.connection.summary() == ["GET Basic", "PUT Basic/1", "PUT Basic/1", "POST (base)",
+                                          "PUT Basic/1", "POST AuditEvent", "PUT Basic/1", "POST AuditEvent"]
+    record_a, record_b = world.state_writes()
+    assert applied_in(record_a) == [a] and applied_in(record_b) == [a, b] and not lease_in(record_b)
+
+
+def test_a_server_that_keeps_no_audit_events_is_asked_once_per_run(world):
+    a, b = world.add("first"), world.add("second")
+    world.state_reads(state(None))
+    world.writes_succeed()
+    world.connection.on("POST", r"", status(405, "Method POST not allowed on AuditEvent"))
+    executor = audited(world)
+
+    outcome = executor.migrate()
+    assert [s.revision for s in outcome.done] == [a, b]
+    # 405 is a policy (Helios), not a passing fault: no AuditEvent is sent alone after the
+    # refused transaction, and none is built for the rest of the run.
+    assert world.connection.summary() == ["GET Basic", "PUT Basic/1", "PUT Basic/1", "POST (base)",
+                                          "PUT Basic/1", "PUT Basic/1"]
+    assert "405" in executor.audit.refused

@@ -29,8 +29,11 @@ from django_fhir_migrations.engine.provenance import (
     ATTEMPT_TAG,
     PREVIOUS_VERSION,
     RESULTING_VERSION,
+    TARGET_VERSIONS,
     Target,
     Writer,
+    parse,
+    signed_content,
 )
 from django_fhir_migrations.engine.signing import Signer
 from tests.support.fake_connection import (
@@ -117,8 +120,9 @@ def test_a_batch_goes_out_as_one_transaction_with_its_provenance():
     updated, created = provenances_in(bundle)
     assert updated["activity"]["coding"][0]["code"] == "UPDATE"
     assert [t["reference"] for t in updated["target"]] == ["Patient/p1/_history/3", "Patient/p2/_history/6"]
-    assert {"url": PREVIOUS_VERSION, "valueString": "5"} in updated["target"][1]["extension"]
-    assert {"url": RESULTING_VERSION, "valueString": "6"} in updated["target"][1]["extension"]
+    # The versions of every target in one extension (previous>resulting), none on the targets.
+    assert {"url": TARGET_VERSIONS, "valueString": "2>3 5>6"} in updated["extension"]
+    assert all("extension" not in t for t in updated["target"])
     assert {"system": ATTEMPT_TAG, "code": "att-2"} in updated["meta"]["tag"]
     assert created["activity"]["coding"][0]["code"] == "CREATE"
     assert created["target"][0]["reference"] == bundle.entries[2]["fullUrl"]  # the urn the server resolves
@@ -355,9 +359,9 @@ def test_a_refused_transaction_bundle_says_what_earlier_bundles_committed():
     assert len(connection.sent("POST", r"")) == 2  # the fifth entry was never sent
 
 
-def committing_with_provenance(create_status: str = "201 Created"):
-    """A transaction-response that also returns the Provenance it stored (as HAPI does with
-    Prefer: return=representation), its creates answered `create_status`."""
+def committing_with_provenance(create_status: str = "201 Created", create_version: str = "1"):
+    """A transaction-response, its creates answered `create_status` at `create_version`
+    (without the resources: bundles do not ask for them)."""
 
     def answer(call: Call) -> dict:
         results = []
@@ -365,11 +369,10 @@ def committing_with_provenance(create_status: str = "201 Created"):
             request = entry["request"]
             if request["url"] == "Provenance":
                 results.append({"response": {"status": "201 Created",
-                                             "location": f"Provenance/{number}/_history/1"},
-                                "resource": dict(entry["resource"], id=str(number))})
+                                             "location": f"Provenance/{number}/_history/1"}})
             elif request["method"] == "POST":
                 results.append({"response": {"status": create_status,
-                                             "location": f"Patient/{number}/_history/1"}})
+                                             "location": f"Patient/{number}/_history/{create_version}"}})
             else:
                 results.append({"response": {"status": "200 OK", "location": f"{request['url']}/_history/3"}})
         return {"resourceType": "Bundle", "type": "transaction-response", "entry": results}
@@ -377,17 +380,46 @@ def committing_with_provenance(create_status: str = "201 Created"):
     return answer
 
 
-def test_created_resources_get_version_specific_references_in_their_provenance_after_the_transaction():
+def test_created_resources_cost_no_request_after_the_transaction_where_versions_are_numbers():
     connection = FakeConnection()
     connection.on("POST", r"Patient/_search", searchset())
     connection.on("POST", r"", committing_with_provenance())
+
+    journal = Journal(connection, WRITER)
+    journal.send([create("A-1"), update("p1")], atomic=True)
+    assert connection.summary() == ["POST Patient/_search", "POST (base)"]
+    [transaction] = connection.sent("POST", r"")
+    assert "Prefer" not in transaction.headers  # a bundle does not ask the resources back
+    created = next(e["resource"] for e in transaction.entries
+                   if e["request"]["url"] == "Provenance" and "CREATE" in str(e["resource"]["activity"]))
+    [target] = created["target"]
+    assert target["reference"].startswith("urn:uuid:")  # the server resolves it to Patient/<id>
+    assert {"url": TARGET_VERSIONS, "valueString": ">1"} in created["extension"]
+    # Signed over the key and the version, not the id the server chooses: valid as committed.
+    assert SIGNER.verify(signed_content(created) or b"", created["signature"][0]["data"])
+    assert journal.written == 2
+
+
+def test_an_unpredicted_version_of_a_create_is_written_into_its_provenance_after_the_transaction():
+    connection = FakeConnection()
+    connection.on("POST", r"Patient/_search", searchset())
+    connection.on("POST", r"", committing_with_provenance(create_version="7"))
     connection.on("PUT", r"Provenance/\d+", {"resourceType": "Provenance"})
 
     Journal(connection, WRITER).send([create("A-1"), update("p1")], atomic=True)
     [fix] = connection.sent("PUT")
     assert fix.path == "Provenance/52" and fix.headers["If-Match"] == 'W/"1"'
-    assert [t["reference"] for t in fix.json["target"]] == ["Patient/50/_history/1"]
+    assert [t["reference"] for t in fix.json["target"]] == ["Patient/50/_history/7"]
     assert fix.json["activity"]["coding"][0]["code"] == "CREATE"
+    assert SIGNER.verify(signed_content(fix.json) or b"", fix.json["signature"][0]["data"])
+
+
+def test_a_single_write_asks_for_the_written_resource():
+    connection = FakeConnection()
+    connection.on("POST", r"", committing_with_provenance())
+    Journal(connection, WRITER).send([update("p1")], atomic=True, representation=True)
+    [transaction] = connection.sent("POST")
+    assert transaction.headers["Prefer"] == "return=representation"
 
 
 def test_a_create_the_server_found_existing_is_not_claimed_by_the_provenance():
@@ -423,3 +455,26 @@ def test_failures_that_differ_only_in_the_resource_they_name_are_one_group():
     assert caught.value.failures == [
         ("400", 5, "HAPI-1094: Resource Patient/… not found, specified in path: Observation.subject",
          ["Observation (new)"] * 3)]
+
+
+def test_records_in_the_earlier_form_with_versions_on_each_target_are_still_read_and_trusted():
+    genuine = WRITER.provenance("UPDATE", [Target("Patient", "p1", "3", "2"), Target("Patient", "p2", "6", "5")])
+    earlier = dict(genuine, extension=[e for e in genuine["extension"] if e["url"] != TARGET_VERSIONS],
+                   target=[{"reference": f"Patient/{pid}/_history/{new}",
+                            "extension": [{"url": RESULTING_VERSION, "valueString": new},
+                                          {"url": PREVIOUS_VERSION, "valueString": old}]}
+                           for pid, old, new in (("p1", "2", "3"), ("p2", "5", "6"))])
+    for record in (genuine, earlier):
+        found = parse(dict(record, id="9"), SIGNER)
+        assert found is not None and found.trusted  # the same facts, the same signature
+        assert [(t.ref, t.previous, t.version) for t in found.targets] == [("Patient/p1", "2", "3"),
+                                                                            ("Patient/p2", "5", "6")]
+
+
+def test_target_versions_that_do_not_match_the_targets_are_not_trusted():
+    genuine = WRITER.provenance("UPDATE", [Target("Patient", "p1", "3", "2"), Target("Patient", "p2", "6", "5")])
+    for packed in ("2>3", "2>3 5>6 7>8", "2>3 5-6", "2>3 5>7"):
+        changed = dict(genuine, id="9", extension=[
+            dict(e, valueString=packed) if e["url"] == TARGET_VERSIONS else e for e in genuine["extension"]])
+        found = parse(changed, SIGNER)
+        assert found is not None and not found.trusted, packed

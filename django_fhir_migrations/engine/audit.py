@@ -79,6 +79,18 @@ class Actor:
         return f"{self.user}@{self.host} (pid {self.pid})"
 
 
+@dataclass(frozen=True)
+class PendingEvent:
+    """An AuditEvent built and not sent yet: `entry()` commits it in a transaction."""
+
+    event: str
+    what: str
+    body: dict[str, Any]
+
+    def entry(self) -> dict[str, Any]:
+        return {"resource": self.body, "request": {"method": "POST", "url": "AuditEvent"}}
+
+
 class AuditTrail:
     def __init__(self, connection: FhirConnection | None, actor: Actor, *, enabled: bool = True):
         self.connection = connection
@@ -91,6 +103,19 @@ class AuditTrail:
                state: MigrationState | None = None, error: BaseException | str | None = None,
                duration: float | None = None, detail: str = "") -> None:
         """Log the event and, if enabled, write its AuditEvent. Never raises."""
+        pending = self.prepare(event, script=script, state=state, error=error, duration=duration,
+                               detail=detail)
+        if pending is not None:
+            self.send(pending)
+
+    def prepare(self, event: str, *, script: MigrationScript | None = None,
+                state: MigrationState | None = None, error: BaseException | str | None = None,
+                duration: float | None = None, detail: str = "") -> PendingEvent | None:
+        """Log the event; return its AuditEvent, to be sent (None when disabled). Never raises.
+
+        Split from `send` so the executor can commit an AuditEvent in the same transaction as
+        the state write that records the migration (one request, not two), and `send` it on its
+        own only if that transaction was refused."""
         what = f"{script.name} ({script.revision})" if script else (detail or "")
         text = scrub(error_text(error)) if error is not None else ""
         if error is None:
@@ -99,29 +124,56 @@ class AuditTrail:
         else:
             logger.error("%s: %s by %s: %s", EVENTS[event][0], what, self.actor.describe(), text)
         if not self.enabled:
-            return
-        assert self.connection is not None  # enabled only with a connection
-        if self.refused:  # said once, at the first refusal; the line above is the record
+            return None
+        if self.refused:  # said once, at the first refusal; the log line above is the record
             logger.debug("Not written as an AuditEvent (the server refuses them): %s %s", event, what)
-            return
+            return None
         try:
             body = self.build(event, script=script, state=state, error_text=text, detail=detail,
                               duration=duration)
-            reply = self.connection.request("POST", "AuditEvent", json=body, idempotent=False)
+        except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
+            logger.warning("Could not write the AuditEvent for %s %s: %s", event, what,
+                           scrub(f"{type(exc).__name__}: {exc}"))
+            return None
+        return PendingEvent(event, what, body)
+
+    def send(self, pending: PendingEvent) -> None:
+        """POST the AuditEvent on its own. Never raises: a refusal is logged as a warning."""
+        assert self.connection is not None  # enabled only with a connection
+        try:
+            reply = self.connection.request("POST", "AuditEvent", json=pending.body, idempotent=False)
         except Exception as exc:  # noqa: BLE001 - the audit must not mask the migration's outcome
             reason = str(exc) if isinstance(exc, FhirMigrationError) else f"{type(exc).__name__}: {exc}"
             if isinstance(exc, FhirServerError) and exc.status == 405:
-                # Method Not Allowed: a policy, not a passing fault (Helios). Asking again for
-                # every later event of this run would only repeat the refusal.
-                self.refused = scrub(reason)
-                logger.warning("Could not write the AuditEvent for %s %s: the server refuses "
-                               "AuditEvents from clients (%s); the log and the state (fhirhistory) "
-                               "are the record of this run", event, what, self.refused)
+                self.refuse(pending, reason)
                 return
-            logger.warning("Could not write the AuditEvent for %s %s: %s", event, what, scrub(reason))
+            logger.warning("Could not write the AuditEvent for %s %s: %s", pending.event, pending.what,
+                           scrub(reason))
             return
         if reply.body and reply.body.get("id"):
             self.written.append(reply.body["id"])
+
+    def refuse(self, pending: PendingEvent, reason: str) -> None:
+        """The server answered 405 Method Not Allowed to an AuditEvent (alone or in the
+        transaction of a record): a policy (Helios keeps no AuditEvents from clients), not a
+        passing fault. Said once; later events of this run are only logged."""
+        self.refused = scrub(reason)
+        logger.warning("Could not write the AuditEvent for %s %s: the server refuses AuditEvents from "
+                       "clients (%s); the log and the state (fhirhistory) are the record of this run",
+                       pending.event, pending.what, self.refused)
+
+    def committed(self, pending: PendingEvent, answer: Mapping[str, Any] | None) -> None:
+        """The answer to `pending.entry()` sent in a transaction (None: it landed with an
+        earlier write whose answer was lost)."""
+        response = (answer or {}).get("response") or {}
+        status = str(response.get("status", ""))
+        if answer is not None and not status.startswith("2"):  # a server that does not roll back
+            logger.warning("Could not write the AuditEvent for %s %s: the server answered %s",
+                           pending.event, pending.what, printable(status, 60) or "no status")
+            return
+        resource_id = str(response.get("location") or "").split("/_history")[0].rsplit("/", 1)[-1]
+        if resource_id:
+            self.written.append(resource_id)
 
     def build(self, event: str, *, script: MigrationScript | None, state: MigrationState | None,
               error_text: str = "", detail: str = "", duration: float | None = None

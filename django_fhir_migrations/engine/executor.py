@@ -6,6 +6,13 @@ now (another replica may have migrated while this one waited). Each migration ru
 recorded with a fenced write; a migration that raises stops the run at once and is not
 recorded. Re-running continues from there.
 
+State writes are shared where they can be (each is a request, and a run of many small
+migrations is mostly requests): the write that takes the lease also records the first
+migration's attempt, each migration's record also opens the next one's attempt, the last
+record is the write that releases the lease, and each record carries its AuditEvent in the same
+transaction. An AuditEvent the server will not take in that transaction is sent on its own
+after the record, as before: the audit never decides whether a migration is recorded.
+
 The executor reports through events (events.py), never prose: front ends render them.
 """
 
@@ -22,7 +29,7 @@ from typing import IO
 
 from . import failures as failures_record
 from .adoption import latest_application
-from .attempt import Attempt
+from .attempt import Attempt, FirstOpening, Opening
 from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, seconds_since, utcnow
 from .config import Settings
@@ -31,11 +38,13 @@ from .control import StopRequested, request_stop, wait_for_stop
 from .errors import (
     ChecksumMismatchError,
     FhirMigrationError,
+    FhirServerError,
     IrreversibleMigrationError,
     LockError,
     MigrationFailedError,
     RevisionError,
     RunTimeExceededError,
+    ServerUnreachableError,
     VerificationError,
     VersionConflictError,
 )
@@ -46,7 +55,7 @@ from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
 from .journal import Failure
 from .loader import MigrationLoader
-from .lock import MigrationLock, lease_condition
+from .lock import MigrationLock, Mutation, lease_condition
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
@@ -92,6 +101,7 @@ class MigrationExecutor:
         self.actor = actor
         self.recorder = StateRecorder(connection, settings.state_id)
         self.audit = AuditTrail(connection, actor, enabled=settings.audit_events)
+        self.audit_with_record = True  # until the server refuses an AuditEvent in that transaction
         # One per run: the server's normal latency, learnt by the first sends, holds for all.
         self.throttle = Throttle(max_rate=settings.max_rate, adaptive=settings.adaptive_backoff,
                                  workers=settings.workers,
@@ -127,16 +137,22 @@ class MigrationExecutor:
 
         if not fake:
             self._require_signing_key()
+
+        def planned(state: MigrationState) -> list[MigrationScript]:
+            return History(state, graph).forwards_plan(target_rev)[:count]
+
         with signals_interrupt():
             lock = self._new_lock(lock_timeout)
+            opening = None if fake else FirstOpening(planned, "upgrade")
             try:
-                lock.acquire(history.state, self._timeout(lock_timeout))
+                lock.acquire(history.state, self._timeout(lock_timeout), opening=opening)
                 # Re-plan from the state as it is now: another replica may have migrated meanwhile.
-                plan = History(lock.held, graph).forwards_plan(target_rev)[:count]
+                plan = planned(lock.held)
                 if not plan:
                     self.events.emit("nothing_to_do", detail="another_process")
                     return Outcome()
-                return self._run_all(graph, lock, plan, "upgrade", fake)
+                return self._run_all(graph, lock, plan, "upgrade", fake,
+                                     opened=opening.opening if opening else None)
             finally:
                 lock.release()
 
@@ -175,11 +191,16 @@ class MigrationExecutor:
 
         if not fake:
             self._require_signing_key()
+
+        def planned(state: MigrationState) -> list[MigrationScript]:
+            return self._backwards(History(state, graph), target, steps)
+
         with signals_interrupt():
             lock = self._new_lock(lock_timeout)
+            opening = None if fake else FirstOpening(planned, "downgrade")
             try:
-                lock.acquire(state, self._timeout(lock_timeout))
-                fresh_plan = self._backwards(History(lock.held, graph), target, steps)
+                lock.acquire(state, self._timeout(lock_timeout), opening=opening)
+                fresh_plan = planned(lock.held)
                 if [s.revision for s in fresh_plan] != [s.revision for s in plan]:
                     # Reverting "one step" twice because two people asked at once would lose data.
                     raise LockError(
@@ -187,7 +208,8 @@ class MigrationExecutor:
                         "nothing was reverted.",
                         "Check `{showmigrations}` and run the downgrade again.",
                     )
-                return self._run_all(graph, lock, plan, "downgrade", fake)
+                return self._run_all(graph, lock, plan, "downgrade", fake,
+                                     opened=opening.opening if opening else None)
             finally:
                 lock.release()
 
@@ -337,16 +359,19 @@ class MigrationExecutor:
         self.events.emit("lock_taken_over", detail=held.describe(), reason=reason, count=held.pid)
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
-                 direction: Direction, fake: bool) -> Outcome:
+                 direction: Direction, fake: bool, opened: Opening | None = None) -> Outcome:
+        """Run the plan; `opened`: the first migration's attempt, recorded with the lease."""
         state_path = f"Basic/{lock.held.resource_id}"
         self.throttle.probe = lambda: self.connection.get(state_path)  # a read as clinicians make
         self.events.emit("run_start", direction=direction, scripts=tuple(plan), fake=fake,
                          detail=self.settings.state_id)
         started = time.monotonic()
         done: list[MigrationScript] = []
-        for script in plan:
+        for index, script in enumerate(plan):
+            following = plan[index + 1] if index + 1 < len(plan) else None
             try:
-                self._run_one(graph, lock, script, direction, fake=fake)
+                opened = self._run_one(graph, lock, script, direction, fake=fake, opened=opened,
+                                       following=following)
             except RunStopped as stopped:  # an operator's pause or cancel: the rest waits
                 return Outcome(done=done, pending=plan[len(done):], exit_code=stopped.exit_code)
             done.append(script)
@@ -355,9 +380,13 @@ class MigrationExecutor:
         return Outcome(done=done)
 
     def _run_one(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
-                 direction: Direction, *, fake: bool, retry: list[Failure] | None = None) -> None:
+                 direction: Direction, *, fake: bool, retry: list[Failure] | None = None,
+                 opened: Opening | None = None, following: MigrationScript | None = None) -> Opening | None:
         """Run one migration and record it. `retry`: `--retry-failed`, the upgrade again over
-        exactly these resources of a migration applied with failures."""
+        exactly these resources of a migration applied with failures. `opened`: its attempt,
+        recorded by the state write before it; `following`: the next migration of the plan
+        (None: this is the last, and its record releases the lease). Returns the attempt its
+        record opened for `following`."""
         self.events.emit("apply_start", direction=direction, script=script, fake=fake)
         lock.check()
         started = time.monotonic()
@@ -368,7 +397,7 @@ class MigrationExecutor:
             assert lock.state is not None
             attempt = Attempt(lock, script, direction, settings=self.settings,
                               connection=self.connection, actor=self.actor, events=self.events,
-                              throttle=self.throttle)
+                              throttle=self.throttle, opened=opened)
             applied = lock.state.applied_record(script.revision)
             only: dict[str, set[str]] | None = None
             if retry is not None:
@@ -440,15 +469,54 @@ class MigrationExecutor:
                              if before.checksum != script.checksum else ""))
             elif failed:
                 detail = f"with {len(failed)} failure(s) within its budget"
-            state = lock.update(recording_applied(graph, entry))
+            change = recording_applied(graph, entry)
             event = "faked" if fake else "applied"
         else:
-            state = lock.update(recording_reverted(graph, script.revision))
+            change = recording_reverted(graph, script.revision)
             event = "unfaked" if fake else "reverted"
-        self.audit.record(event, script=script, state=state, duration=duration, detail=detail)
+        following_opening = Opening(following.revision, direction) if following and not fake else None
+        self._record(lock, _then(change, following_opening), event, script, duration, detail=detail,
+                     last=following is None)
+        lock.parting = following_opening.revert if following_opening else None
         self.events.emit("apply_success", direction=direction, script=script, fake=fake,
                          duration=duration, count=len(failed) if direction == "upgrade" else 0,
                          detail=detail)
+        return following_opening
+
+    def _record(self, lock: MigrationLock, change: Mutation, event: str, script: MigrationScript,
+                duration: float, *, detail: str = "", last: bool) -> MigrationState:
+        """Write `change` (a migration's record) with its AuditEvent in one transaction; `last`:
+        the same write releases the lease. The record never depends on the AuditEvent: if the
+        server refuses the transaction for anything but the state's version (it may keep no
+        AuditEvents from clients), the record is written alone and the AuditEvent sent after it,
+        and later records of this run do not try again."""
+        pending = self.audit.prepare(event, script=script, state=lock.state, duration=duration,
+                                     detail=detail)
+        extra = [pending.entry()] if pending is not None and self.audit_with_record else []
+
+        def write(entries: list[dict]) -> MigrationState:
+            return lock.finish(change, extra=entries) if last else lock.update(change, extra=entries)
+
+        try:
+            state = write(extra)
+        except FhirServerError as exc:
+            if not extra or isinstance(exc, (ServerUnreachableError, VersionConflictError)):
+                raise
+            logger.info("The server refused the record of %s with its AuditEvent in one transaction "
+                        "(%s): the record is written alone, the AuditEvent after it", script.name, exc)
+            self.audit_with_record = False
+            state = write([])
+            if pending is not None and exc.status == 405:  # Method Not Allowed: AuditEvents, by policy
+                self.audit.refuse(pending, str(exc))
+            elif pending is not None and not lock.found_made:
+                self.audit.send(pending)
+            return state
+        if pending is not None:
+            if not extra:
+                self.audit.send(pending)
+            else:
+                self.audit.committed(pending, lock.extra_answers[0] if lock.extra_answers else None)
+        return state
 
     # --- pause and cancel (control.py) -------------------------------------------------------
 
@@ -708,6 +776,13 @@ class MigrationExecutor:
         for script in plan:
             if script.revision in late:
                 self.events.emit("out_of_order", script=script)
+
+
+def _then(change: Mutation, opening: Opening | None) -> Mutation:
+    """`change`, then (when given) the opening of the next migration's attempt."""
+    if opening is None:
+        return change
+    return lambda state: opening(change(state))
 
 
 def _relative(target: str | None, sign: str, verb: str) -> int | None:

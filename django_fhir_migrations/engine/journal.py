@@ -195,12 +195,15 @@ class Journal:
 
     # --- sending -----------------------------------------------------------------------------
 
-    def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None
-             ) -> list[Result]:
+    def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None,
+             representation: bool = False) -> list[Result]:
         """Send `writes`; one Result each, in order.
 
         atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
         write, the server's error). Otherwise batch semantics: each write on its own.
+        representation: the caller wants the written resources back (`Result.resource`; a single
+        ctx.create/update returns it). Bundles do not ask for them: the server would serialize
+        every resource it just stored into the answer for nothing.
         """
         if self.on_boundary is not None:
             self.on_boundary()  # may raise StopRequested: an operator asked the run to stop
@@ -221,7 +224,8 @@ class Journal:
             slot = self.throttle.admit(len(pending)) if self.throttle is not None else 0.0
             began = time.monotonic()
             try:
-                sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
+                sent = self._dispatch(pending, atomic=atomic, headers=headers or {},
+                                      representation=representation)
             except FhirServerError as exc:
                 if exc.status != 501 or not any(_json_patch(w) for _, w in pending):
                     raise
@@ -232,7 +236,8 @@ class Journal:
                                exc.detail or exc.status)
                 self.connection.capabilities[JSON_PATCH_IN_BUNDLE] = False
                 pending = self._patches_as_puts(pending, results)
-                sent = self._dispatch(pending, atomic=atomic, headers=headers or {})
+                sent = self._dispatch(pending, atomic=atomic, headers=headers or {},
+                                      representation=representation)
             if self.throttle is not None:
                 self.throttle.observe(time.monotonic() - began, len(pending))
                 self.throttle.settle(slot)
@@ -263,14 +268,16 @@ class Journal:
                     with self._lock:
                         self.urns[write.full_url] = f"{write.resource_type}/{rid}"
 
-    def _dispatch(self, pending: list[tuple[int, Write]], *, atomic: bool, headers: Mapping[str, str]
-                  ) -> list[Result]:
+    def _dispatch(self, pending: list[tuple[int, Write]], *, atomic: bool, headers: Mapping[str, str],
+                  representation: bool = False) -> list[Result]:
         if not pending:
             return []
         writes = [w for _, w in pending]
         if self.writer is None:
             return self._send_plain(writes, atomic=atomic, headers=headers)
-        return self._commit(pending) if atomic else self._commit_or_split(pending)
+        if atomic:
+            return self._commit(pending, representation=representation)
+        return self._commit_or_split(pending, representation=representation)
 
     def _patches_as_puts(self, pending: list[tuple[int, Write]], results: dict[int, Result]
                          ) -> list[tuple[int, Write]]:
@@ -418,7 +425,7 @@ class Journal:
 
     # --- one transaction with its Provenance ---------------------------------------------
 
-    def _commit(self, pending: list[tuple[int, Write]]) -> list[Result]:
+    def _commit(self, pending: list[tuple[int, Write]], *, representation: bool = False) -> list[Result]:
         writer = self.writer
         assert writer is not None
         writes = [w for _, w in pending]
@@ -436,21 +443,24 @@ class Journal:
             if full_url:  # the server assigns the id: the transaction resolves the urn
                 reference["reference"] = full_url
             targets.setdefault(write.activity, []).append((position, target, reference))
+        records: dict[str, dict[str, Any]] = {}
         if predictable:
             for activity, items in targets.items():
-                entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                                "resource": writer.provenance(activity, [t for _, t, _ in items],
-                                                              target_refs=[r for _, _, r in items]),
+                records[activity] = writer.provenance(activity, [t for _, t, _ in items],
+                                                      target_refs=[r for _, _, r in items])
+                entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": records[activity],
                                 "request": {"method": "POST", "url": "Provenance"}})
         reply = self._post({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                           headers={"Prefer": "return=representation"})
+                           headers={"Prefer": "return=representation"} if representation else {})
         answers = validated_results("transaction", len(entries), reply.body or {}, reply.url)
         results = [_result(write, answer) for write, answer in zip(writes, answers, strict=False)]
         # Committed: whatever fails from here must not look like a refused bundle (that would
         # split it and send writes the server has already made a second time).
         try:
             if predictable:
-                self._fix_creates(writes, results, answers[len(writes):], list(targets))
+                if "CREATE" in records:
+                    answer = answers[len(writes) + list(records).index("CREATE")]
+                    self._fix_creates(writes, results, answer, records["CREATE"])
             else:
                 self._provenance_after(writes, results)
         except FhirServerError as exc:
@@ -472,41 +482,52 @@ class Journal:
         return Target(write.resource_type, write.resource_id or "", str(int(write.version) + 1),
                       write.version)
 
-    def _fix_creates(self, writes: list[Write], results: list[Result], provenance_answers: list,
-                     activities: list[str]) -> None:
-        """Creates are targets by urn in the transaction (the server chose their ids): write
-        their version-specific references now. A create the server answered 200 (a resource
-        with its key appeared meanwhile) was not ours to record: it leaves the Provenance."""
-        if "CREATE" not in activities:
-            return
-        answer = provenance_answers[activities.index("CREATE")]
-        prov_id, prov_version = version_from_location((answer.get("response") or {}).get("location"))
-        resource = answer.get("resource")
-        if not prov_id or not isinstance(resource, dict):
-            return
-        refs = []
-        targets = []
+    def _fix_creates(self, writes: list[Write], results: list[Result], answer: Mapping[str, Any],
+                     record: dict[str, Any]) -> None:
+        """Creates are targets by urn in the transaction (the server chose their ids); the
+        server resolves each urn to `Type/id`, without a version (a placeholder cannot carry
+        one: HAPI refuses `urn:uuid:.../_history/1`). Their Provenance already names the
+        version each create produced in `target-versions` (the first one, where versions are
+        numbers), and its signature covers each create's key and version, not the id the server
+        chose: so it is complete as committed, and nothing more is sent.
+
+        One more request only where the committed record would say something untrue or
+        incomplete: a create the server answered 200 (a resource with its key appeared
+        meanwhile: not ours, it must leave the record, or undo would delete it), or a version
+        that was not predicted (versions that are not numbers, or a server whose first version
+        is not "1"). Then the record is rewritten with the resolved, version-specific references
+        and signed again; with no create left, it is deleted."""
+        created: list[Target] = []
+        exact = True
         for write, result in zip(writes, results, strict=True):
             if write.method != "POST":
                 continue
             if result.code != "201":
+                exact = False
                 if result.ok:
                     result.status = EXISTS
                 continue
             rid, version = version_from_location(result.location)
-            if rid:
-                target = Target(write.resource_type, rid, version or "1", key=create_key(write))
-                targets.append(target)
-                refs.append(target.reference())
-        resource["target"] = refs
-        resource["meta"] = {"tag": (resource.get("meta") or {}).get("tag") or []}
+            if not rid:
+                exact = False
+                continue
+            predicted = self._predicted(write)
+            if version is None or predicted is None or predicted.version != version:
+                exact = False
+            created.append(Target(write.resource_type, rid, version or "1", key=create_key(write)))
+        if exact:
+            return
+        prov_id, prov_version = version_from_location((answer.get("response") or {}).get("location"))
+        if not prov_id:
+            return
+        resource = dict(record, id=prov_id)
         assert self.writer is not None
-        self.writer.seal(resource)  # over the resolved references (and versions) it now names
-        if not refs:
+        self.writer.retarget(resource, created)  # the resolved references and versions, signed again
+        if not created:
             self.connection.request("DELETE", f"Provenance/{prov_id}")
             return
         try:
-            self.connection.request("PUT", f"Provenance/{prov_id}", json=dict(resource, id=prov_id),
+            self.connection.request("PUT", f"Provenance/{prov_id}", json=resource,
                                     headers={"If-Match": f'W/"{prov_version or "1"}"'})
         except FhirServerError as exc:  # the urn-resolved references stay; undo still works
             logger.warning("Could not make the created resources' Provenance/%s version-specific: %s",
@@ -537,9 +558,10 @@ class Journal:
             with self._lock:
                 self.written += len(targets)
 
-    def _commit_or_split(self, pending: list[tuple[int, Write]], *, whole: bool = True) -> list[Result]:
+    def _commit_or_split(self, pending: list[tuple[int, Write]], *, whole: bool = True,
+                         representation: bool = False) -> list[Result]:
         try:
-            results = self._commit(pending)
+            results = self._commit(pending, representation=representation)
         except FhirServerError as exc:
             if exc.status is None or isinstance(exc, ServerUnreachableError) or exc.status in (429, 501, 503):
                 raise  # the server, not an entry: nothing to split
@@ -547,8 +569,8 @@ class Journal:
                 write = pending[0][1]
                 return [Result(write, f"{exc.status}", exc.detail or str(exc))]
             middle = len(pending) // 2
-            return (self._commit_or_split(pending[:middle], whole=False)
-                    + self._commit_or_split(pending[middle:], whole=False))
+            return (self._commit_or_split(pending[:middle], whole=False, representation=representation)
+                    + self._commit_or_split(pending[middle:], whole=False, representation=representation))
         if whole:
             with self._lock:
                 self.committed_whole += 1

@@ -25,6 +25,15 @@ process looks alive, which only means waiting for the expiry, as before.
 A migration may be given a run deadline (MAX_RUN_TIME): past it, the lease is no longer
 renewed (another process may take it over once it expires), nothing more is recorded, and
 `on_overrun` is called so the executor can stop the script.
+
+Fewer requests: the write that takes the lease can carry the opening record of the run's first
+migration (`acquire(opening=...)`), the last state change of a run is made by the write that
+releases the lease (`finish`), and what the release must also undo or record (an opened attempt
+that wrote nothing, a failed attempt's error) rides on it (`parting`). A write may carry other
+entries in the same transaction (`update(extra=...)`: the AuditEvent of the migration it
+records), committed with the state or not at all. When a write's answer is lost and its repeat
+is refused, the state is read again: if it already holds the change (and, for a release, no
+longer our lease), the earlier write landed, with whatever rode on it, and nothing is sent again.
 """
 
 from __future__ import annotations
@@ -36,8 +45,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from .clock import isoformat, utcnow
 from .errors import (
@@ -54,6 +63,24 @@ from .state import LockInfo, MigrationState
 logger = logging.getLogger("django_fhir_migrations")
 
 Mutation = Callable[[MigrationState], MigrationState]
+
+
+class Opening(Protocol):
+    """A state change written with the lease, and how to take it out again (attempt.py)."""
+
+    def __call__(self, state: MigrationState) -> MigrationState: ...
+    def revert(self, state: MigrationState) -> MigrationState: ...
+
+
+def _unchanged(state: MigrationState) -> MigrationState:
+    return state
+
+
+def made(mutation: Mutation, state: MigrationState) -> bool:
+    """Whether `state` already holds what `mutation` changes (head, applied list, attempts):
+    mutations are idempotent, so applying one to a state that has it changes nothing."""
+    after = mutation(state)
+    return (after.head, after.applied, after.attempts) == (state.head, state.applied, state.attempts)
 
 
 def current_user() -> str:
@@ -161,6 +188,9 @@ class MigrationLock:
         self.overrun = False
         self.on_overrun: Callable[[], None] | None = None
         self.renewal: Mutation | None = None  # what a renewal writes besides the lease (progress)
+        self.parting: Mutation | None = None  # what the release writes besides removing the lease
+        self.extra_answers: list[Mapping[str, Any]] = []  # the answers to update(extra=...)
+        self.found_made = False  # the last update found its change made by an earlier write of ours
         self._taking = False  # a lease write was sent whose outcome this object may not know
 
     @property
@@ -176,16 +206,23 @@ class MigrationLock:
 
     # --- taking the lease ----------------------------------------------------------------
 
-    def acquire(self, state: MigrationState, timeout: float) -> MigrationState:
-        """Take the lease, waiting up to `timeout` seconds. Returns the state as now written."""
+    def acquire(self, state: MigrationState, timeout: float, *, opening: Opening | None = None
+                ) -> MigrationState:
+        """Take the lease, waiting up to `timeout` seconds. Returns the state as now written.
+
+        `opening`: a change written with the lease (the first migration's attempt record),
+        applied to the state as it is when the lease is written; the release reverts it unless
+        `parting` is changed meanwhile."""
         deadline = time.monotonic() + timeout
         self._timeout = timeout
         announced: str | None = None
+        opened: Mutation = opening if opening is not None else _unchanged
+        self.parting = opening.revert if opening is not None else None
         while True:
             if not state.exists:
                 self._taking = True
                 try:
-                    created, won = self.recorder.create(state.with_lock(self._info()))
+                    created, won = self.recorder.create(opened(state).with_lock(self._info()))
                 except VersionConflictError:
                     # Another process is creating the state right now (HAPI answers 409 to the
                     # loser of two simultaneous conditional creates): look again shortly.
@@ -210,7 +247,7 @@ class MigrationLock:
                 self._prove_version_check(state)
                 self._taking = True
                 try:
-                    written = self.recorder.write(state.with_lock(self._info()))
+                    written = self.recorder.write(opened(state).with_lock(self._info()), base=state)
                 except VersionConflictError:
                     state = self.recorder.reread(state)  # lost the race: the winner holds it now
                     continue
@@ -250,7 +287,8 @@ class MigrationLock:
             if self.state is not None:  # we created the state with our lease: take it off again
                 self.lost = "released"
                 try:
-                    self.recorder.write(self.state.with_lock(None))
+                    self.recorder.write((self.parting or _unchanged)(self.state).with_lock(None),
+                                        base=self.state)
                 except FhirServerError:
                     pass
             raise VersionCheckNotEnforcedError(state.state_id, state.describe_location(),
@@ -278,10 +316,12 @@ class MigrationLock:
 
     # --- fenced writes -------------------------------------------------------------------
 
-    def update(self, mutation: Mutation, *, release: bool = False) -> MigrationState:
+    def update(self, mutation: Mutation, *, release: bool = False,
+               extra: Sequence[Mapping[str, Any]] = ()) -> MigrationState:
         """Apply `mutation` to the state and write it, only while the lease is ours.
 
-        Every write also renews the lease (or, with `release`, removes it).
+        Every write also renews the lease (or, with `release`, removes it). `extra`: more
+        transaction entries committed with it (their answers in `extra_answers`).
         """
         with self._mutex:
             if not release:
@@ -289,20 +329,52 @@ class MigrationLock:
             elif self.lost:
                 raise LeaseLostError(self.recorder.state_id, self.lost)
             assert self.state is not None
+            self.extra_answers, self.found_made = [], False
             for _ in range(5):
                 lease = None if release else self._info()
                 candidate = mutation(self.state).with_lock(lease)
                 try:
-                    self.state = self.recorder.write(candidate, base=self.state)
+                    self.state, self.extra_answers = self.recorder.write_with(candidate, extra, base=self.state)
                     return self.state
                 except VersionConflictError:
                     fresh = self.recorder.reread(self.state)
-                    if fresh.lock is None or fresh.lock.token != self.token:
+                    mine = fresh.lock is not None and fresh.lock.token == self.token
+                    # Without extra entries, the change is simply applied again (idempotent).
+                    landed = not mine if release else mine and bool(extra)
+                    if landed and made(mutation, fresh):
+                        # An earlier write of ours landed (its answer was lost, the repeat was
+                        # refused): the change is made, with whatever was sent with it, and
+                        # (for a release) the lease is gone. Nothing is sent again.
+                        self.state, self.found_made = fresh, True
+                        return fresh
+                    if not mine:
                         holder = fresh.lock.describe() if fresh.lock else "nobody"
                         self._lose(f"the lease is now held by {holder}")
                     self.state = fresh  # our own earlier write landed; apply the change again
             self._lose("the state kept changing under this process")
             raise AssertionError("unreachable")
+
+    def finish(self, mutation: Mutation, *, extra: Sequence[Mapping[str, Any]] = ()) -> MigrationState:
+        """The run's last state change, written by the release of the lease (one request for
+        both). Raises as `update` does: the change is not made unless this returns."""
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=self.recorder.connection.timeout + 5)
+        state = self.update(self._leaving(mutation), release=True, extra=extra)
+        self.lost, self.parting = "released", None
+        return state
+
+    def _leaving(self, change: Mutation) -> Mutation:
+        """`change`, made by the write that releases the lease: a stop request meant for this
+        run has done its work (or came too late), so it goes too."""
+
+        def mutate(state: MigrationState) -> MigrationState:
+            state = change(state)
+            if state.control is not None and state.control.token == self.token:
+                state = state.with_control(None)
+            return state
+
+        return mutate
 
     @property
     def held(self) -> MigrationState:
@@ -377,9 +449,7 @@ class MigrationLock:
         if self.lost or self.state is None:
             return
         try:
-            # A stop request meant for this run has done its work (or came too late): it goes too.
-            self.update(lambda state: state.with_control(None) if state.control is not None
-                        and state.control.token == self.token else state, release=True)
+            self.update(self._leaving(self.parting or _unchanged), release=True)
         except (LeaseLostError, FhirServerError) as exc:
             logger.warning("Could not release the migration lock (it will expire): %s", exc)
         finally:

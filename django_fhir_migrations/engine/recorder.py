@@ -12,6 +12,7 @@ creates are conditional on the record's identifier).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -152,6 +153,13 @@ class StateRecorder:
         Records are added, changed and removed to match `state.applied`, in the same
         transaction. Raises VersionConflictError if the state changed since `base` was read.
         """
+        return self.write_with(state, (), base)[0]
+
+    def write_with(self, state: MigrationState, extra: Sequence[Mapping[str, Any]],
+                   base: MigrationState | None = None) -> tuple[MigrationState, list[Mapping[str, Any]]]:
+        """`write`, with `extra` transaction entries committed with the state or not at all
+        (the AuditEvent of the migration a write records); returns their answers too. Still
+        safe to repeat after a lost answer: the state's If-Match refuses the whole repeat."""
         base = base or state
         if not state.exists or not state.version_id:
             raise CorruptStateError(self.state_id, "it has no id or version to update against")
@@ -160,10 +168,10 @@ class StateRecorder:
         path = f"Basic/{state.resource_id}"
         if_match = f'W/"{state.version_id}"'
         adds, changes, removes = self._record_changes(base, state)
-        if not (adds or changes or removes):
+        if not (adds or changes or removes or extra):
             reply = self.connection.request(
                 "PUT", path, json=body, headers={"If-Match": if_match, "Prefer": "return=representation"})
-            return self._written(state, body, reply, dict(base.records))
+            return self._written(state, body, reply, dict(base.records)), []
         entries: list[dict[str, Any]] = [
             {"fullUrl": self.connection.url(path), "resource": body,
              "request": {"method": "PUT", "url": path, "ifMatch": if_match}}]
@@ -179,6 +187,7 @@ class StateRecorder:
                             "request": {"method": "PUT", "url": f"Basic/{record_id}"}})
         for revision in removes:
             entries.append({"request": {"method": "DELETE", "url": f"Basic/{base.records[revision]}"}})
+        entries += [dict(e) for e in extra]
         # Safe to repeat after a lost answer: the If-Match refuses a second state write.
         reply = self.connection.request(
             "POST", "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries},
@@ -195,7 +204,7 @@ class StateRecorder:
         if state_reply.body is None:
             _, version = version_from_location((results[0].get("response") or {}).get("location"))
             body = dict(body, meta={"versionId": version})
-        return self._written(state, body, state_reply, records)
+        return self._written(state, body, state_reply, records), results[len(entries) - len(extra):]
 
     def _record_changes(self, base: MigrationState, state: MigrationState
                         ) -> tuple[list[AppliedMigration], list[AppliedMigration], list[str]]:
