@@ -359,7 +359,8 @@ def trickle(seconds_per_byte: float) -> Callable[[Exchange], None]:
 
 def refuse_audit_events(proxy: HostileProxy) -> HostileProxy:
     """Make the server behind `proxy` keep no AuditEvents from clients, as Helios does: its
-    CapabilityStatement offers no `create` for AuditEvent, and a POST of one is answered 405."""
+    CapabilityStatement offers no `create` for AuditEvent, and a POST of one is answered 405, as
+    is a transaction or batch with one in it (Helios refuses the whole bundle)."""
 
     def without_audit_create(exchange: Exchange) -> None:
         statement = exchange.response_json()
@@ -375,5 +376,14 @@ def refuse_audit_events(proxy: HostileProxy) -> HostileProxy:
             "severity": "error", "code": "not-supported",
             "diagnostics": "Method POST not allowed for AuditEvent"}]})
 
+    def transaction_with_an_audit_event(exchange: Exchange) -> None:
+        """A bundle carrying an AuditEvent (a record with its AuditEvent) is refused whole."""
+        bundle = exchange.json() if exchange.body and b'"AuditEvent"' in exchange.body else None
+        if isinstance(bundle, dict) and any(
+                (entry.get("resource") or {}).get("resourceType") == "AuditEvent"
+                for entry in bundle.get("entry") or []):
+            method_not_allowed(exchange)
+
     return proxy.add(Rule("GET", r"^/metadata", after=without_audit_create),
-                     Rule("POST", r"^/AuditEvent/?$", before=method_not_allowed))
+                     Rule("POST", r"^/AuditEvent/?$", before=method_not_allowed),
+                     Rule("POST", r"^/?(\?.*)?$", before=transaction_with_an_audit_event))
