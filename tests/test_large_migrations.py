@@ -427,6 +427,60 @@ def test_a_killed_run_reattaches_to_its_bulk_job_instead_of_starting_another(fhi
         proxy.stop()
 
 
+TWO_JOBS = BULK + (
+    "ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'active', "
+    "'value': {{'valueBoolean': True}}}}], identifier={system!r}{job})\n"
+)
+
+
+def test_two_bulk_jobs_of_one_migration_each_run_once_when_killed_during_the_second(fhir, scripts, clean_env):
+    """Each ctx.bulk_patch call has its own job: the second call starts its own (it does not
+    re-attach to the first's), and a run killed during the second passes the finished first by
+    and re-attaches to the second; undo reverts both."""
+    from .support.hostile import HostileProxy
+
+    if not offers_bulk_patch(fhir):
+        pytest.skip("this server has no $hapi.fhir.bulk-patch")
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        seed(fhir, 12)
+        scripts.add("jobs", upgrade=TWO_JOBS.format(new=NEW, system=fhir.system + "|", job=SERVER_JOB),
+                    downgrade="ctx.undo()")
+        env = manage_env(fhir, scripts, FHIR_BASE_URL=proxy.base_url)
+        process = subprocess.Popen([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+
+        def second_job_recorded() -> bool:
+            state = fhir.state() or {}
+            for e in state.get("extension", []):
+                if e["url"].endswith("/migration-attempt"):
+                    parts = {p["url"]: next(v for k, v in p.items() if k.startswith("value"))
+                             for p in e["extension"] if p["url"] in ("job", "jobCall")}
+                    if str(parts.get("job", "")).startswith("http") and parts.get("jobCall") == 2:
+                        return True
+            return False
+
+        while not second_job_recorded() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert len(proxy.requests("POST", KICK_OFF)) == 2  # the second call started its own job
+        rerun = subprocess.run([sys.executable, "-m", "django", "fhirmigrate"], cwd=REPO, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(proxy.requests("POST", KICK_OFF)) == 2  # neither job started again
+        patients = fhir.patients()
+        assert all(len(appended(p)) == 1 and p.get("active") is True and p["meta"]["versionId"] == "3"
+                   for p in patients)
+        undo = subprocess.run([sys.executable, "-m", "django", "fhirdowngrade"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert undo.returncode == 0, undo.stderr
+        assert all(appended(p) == [] and "active" not in p for p in fhir.patients())
+    finally:
+        proxy.stop()
+
+
 # --- several bundles at once -------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ class Opening:
             current_started=now, current_base=current.written if current else 0,
             written=current.written if current else 0, updated_at=now,
             job=current.job if current else "", job_started=current.job_started if current else "",
+            job_call=current.job_call if current else 0, jobs_done=current.jobs_done if current else (),
             upgraded=current.upgraded if current else "", reverts=current.reverts if current else (),
             total=current.total if current else None),
             self.revision)
@@ -140,6 +141,9 @@ class Attempt:
         self.started_at = earlier.started_at if earlier else self.own_start
         self.written_before = earlier.written if earlier else 0
         self.job, self.job_started = (earlier.job, earlier.job_started) if earlier else ("", "")
+        self.job_call = earlier.job_call if earlier else 0
+        self.jobs_done = earlier.jobs_done if earlier else ()
+        self.bulk_calls = 0  # ctx.bulk_patch calls of this attempt so far (a job names its call)
         # upgrade() finished earlier with this very script and only verify() failed: run that alone.
         self.upgraded = earlier.upgraded if earlier else ""
         self.verify_only = bool(self.upgraded) and self.upgraded == script.checksum
@@ -172,7 +176,8 @@ class Attempt:
             attempts=self.previous + (self.id,), started_at=self.started_at,
             current_started=self.own_start, current_base=self.written_before,
             written=self.written_before + self.journal.written, updated_at=isoformat(utcnow()),
-            error=error, job=self.job, job_started=self.job_started, upgraded=self.upgraded,
+            error=error, job=self.job, job_started=self.job_started, job_call=self.job_call,
+            jobs_done=self.jobs_done, upgraded=self.upgraded,
             paused=self.paused, reverts=self.reverts, total=self.total)
 
     def recording(self, state: MigrationState) -> MigrationState:
@@ -181,12 +186,35 @@ class Attempt:
             return state
         return state.with_attempt(self.record(), self.script.revision)
 
-    def record_job(self, status_url: str, started: str) -> None:
-        """A server-side bulk job was started: recorded before anything else happens, so a
-        killed run re-attaches to it instead of starting a second one."""
-        self.job, self.job_started = status_url, started
+    def record_job(self, status_url: str, started: str, call: int) -> None:
+        """A server-side bulk job was started by the script's `call`-th ctx.bulk_patch: recorded
+        before anything else happens, so a killed run re-attaches to it instead of starting a
+        second one."""
+        self.job, self.job_started, self.job_call = status_url, started, call if status_url else 0
         self.journal.start()
         self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def record_job_done(self, call: int, count: int) -> None:
+        """The job of the `call`-th ctx.bulk_patch finished and its changes are recorded: a
+        later attempt (the script runs again from the top) passes that call by, so the next
+        call's job is started, and this one never twice."""
+        self.jobs_done = self.jobs_done + (f"{call}:{count}",)
+        self.job, self.job_started, self.job_call = "", "", 0
+        self.lock.update(lambda state: state.with_attempt(self.record(), self.script.revision))
+
+    def job_done(self, call: int) -> int | None:
+        """How many resources the `call`-th ctx.bulk_patch's job changed, if it finished in an
+        earlier attempt; None when it did not."""
+        for done in self.jobs_done:
+            number, count = done.split(":")
+            if int(number) == call:
+                return int(count)
+        return None
+
+    def owns_job(self, call: int) -> bool:
+        """Whether the recorded job is the `call`-th ctx.bulk_patch's (a record from before
+        calls were counted names none: the first call re-attaches, as it did then)."""
+        return bool(self.job) and self.job_call in (call, 0 if call == 1 else -1)
 
     def checkpoint(self) -> None:
         """At a bundle boundary: at most every CHECK_EVERY seconds, write the progress (which

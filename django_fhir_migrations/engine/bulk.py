@@ -43,6 +43,7 @@ from urllib.parse import urlencode, urlsplit
 from .clock import http_date, isoformat, utcnow
 from .errors import FhirMigrationError, FhirServerError, ServerUnreachableError
 from .fhir.client import FhirConnection, checked_type, resource_path
+from .fhir.paging import search_entries
 from .fhir.retries import parse_retry_after
 from .provenance import Target
 from .redaction import printable
@@ -164,9 +165,17 @@ def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: 
         ctx.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch, count=count)
         return count
     attempt = ctx.attempt
-    if attempt is not None and attempt.job:
-        # An interrupted attempt started the job (or may have): follow it, never patch twice.
-        return _server_job(ctx, resource_type, patch, query)
+    call = 0
+    if attempt is not None:
+        attempt.bulk_calls += 1
+        call = attempt.bulk_calls
+        done = attempt.job_done(call)
+        if done is not None:  # its job finished in an earlier attempt, and was recorded
+            return done
+        if attempt.owns_job(call):
+            # An interrupted attempt started this call's job (or may have): follow it, never
+            # patch twice.
+            return _server_job(ctx, resource_type, patch, query, call)
     if server_job:
         if attempt is None or ctx.journal.writer is None:
             raise BulkJobUnavailableError("the server's job needs PROVENANCE: what it changed is "
@@ -174,7 +183,7 @@ def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: 
                                           "re-attaches to it from its attempt's record.")
         if not offers_bulk_patch(ctx.connection):
             raise BulkJobUnavailableError(f"the server's CapabilityStatement lists no ${OPERATION}.")
-        return _server_job(ctx, resource_type, patch, query)
+        return _server_job(ctx, resource_type, patch, query, call)
     return _patch_bundles(ctx, resource_type, patch, query)
 
 
@@ -188,25 +197,27 @@ def _patch_bundles(ctx: ScriptContext, resource_type: str, patch: dict[str, Any]
 
 
 def _server_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
-                query: Mapping[str, Any]) -> int:
+                query: Mapping[str, Any], call: int) -> int:
     attempt = ctx.attempt
     assert attempt is not None
     revision = ctx.revision or "?"
     if not attempt.job:
-        _start_job(ctx, resource_type, patch, query)
+        _start_job(ctx, resource_type, patch, query, call)
     problem = job_url_problem(ctx.connection, attempt.job)
     if problem:
         raise BulkJobUnknownError(revision, attempt.job, problem)
     _wait(ctx, attempt.job, lambda: ctx.count(resource_type, params=dict(
         query, _lastUpdated=f"ge{attempt.job_started}")))
-    return _record_changes(ctx, resource_type, query, attempt.job_started)
+    changed = _record_changes(ctx, resource_type, query, attempt.job_started)
+    attempt.record_job_done(call, changed)
+    return changed
 
 
 def _start_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
-               query: Mapping[str, Any]) -> None:
+               query: Mapping[str, Any], call: int) -> None:
     attempt = ctx.attempt
     assert attempt is not None
-    attempt.record_job(JOB_PENDING, isoformat(utcnow()))
+    attempt.record_job(JOB_PENDING, isoformat(utcnow()), call)
     try:
         reply = ctx.connection.request(
             "POST", f"${OPERATION}", headers={"Prefer": "respond-async"}, idempotent=False,
@@ -218,12 +229,12 @@ def _start_job(ctx: ScriptContext, resource_type: str, patch: dict[str, Any],
         raise  # the request may have started the job: "pending" stays, a human decides
     except FhirServerError as exc:
         if exc.status is not None and exc.status < 500:  # refused: no job was started
-            attempt.record_job("", "")
+            attempt.record_job("", "", call)
         raise
     status_url = reply.headers.get("Content-Location") or ""
     started = http_date(reply.headers.get("Date")) or utcnow()
     # Recorded before it is judged: a URL we will not follow still tells a human where to look.
-    attempt.record_job(status_url or JOB_PENDING, isoformat(started))
+    attempt.record_job(status_url or JOB_PENDING, isoformat(started), call)
     if reply.status != 202:
         raise BulkJobError(f"The server answered {reply.status} to the request that starts the bulk "
                            "patch job, not 202 Accepted; whether a job runs is unknown.")
@@ -283,14 +294,23 @@ def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, 
 
     def flush() -> None:
         nonlocal changed
-        skip = ctx.journal.written_before(t.ref for t in pending)  # a re-attached run
+        # A re-attached run: what an earlier attempt recorded at these very versions (an
+        # earlier job of the same migration left the same resources at lower ones).
+        skip = ctx.journal.written_at({t.ref: t.version or "" for t in pending})
         targets = [t for t in pending if t.ref not in skip]
         if targets:
             ctx.journal.record("UPDATE", targets, count=True)
             changed += len(targets)
         pending.clear()
 
-    for found in ctx.search(resource_type, as_dict=True, read_ahead=False, **params):
+    # Not ctx.search: on a resumed run it leaves out every resource an interrupted attempt
+    # wrote, which includes all that an earlier job of this migration patched.
+    params.setdefault("_count", ctx.settings.page_size)
+    entries = search_entries(ctx.connection, resource_path(resource_type), params, read_ahead=False)
+    for entry in entries:
+        found = entry.get("resource")
+        if (entry.get("search") or {}).get("mode", "match") != "match" or not isinstance(found, dict):
+            continue
         version = str((found.get("meta") or {}).get("versionId") or "")
         if version.isdigit() and int(version) > 1:
             pending.append(Target(resource_type, found["id"], version, str(int(version) - 1)))

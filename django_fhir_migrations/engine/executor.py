@@ -292,7 +292,7 @@ class MigrationExecutor:
             try:
                 lock.acquire(state, self._timeout(lock_timeout))
                 state = lock.update(lambda s: replace(s, attempts=[
-                    replace(a, job="", job_started="") for a in s.attempts]))
+                    replace(a, job="", job_started="", job_call=0) for a in s.attempts]))
                 self.audit.record("bulk-job-forgotten", state=state, detail=described)
             finally:
                 lock.release()

@@ -193,6 +193,15 @@ class Journal:
             self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
         return self.index.written(keys)
 
+    def written_at(self, versions: Mapping[str, str]) -> set[str]:
+        """Which of `versions` ("Type/id" -> version) the interrupted attempts left at that version."""
+        if not self.resuming:
+            return set()
+        if self.index is None:
+            assert self.writer is not None
+            self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
+        return self.index.written_at(versions)
+
     # --- sending -----------------------------------------------------------------------------
 
     def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None,

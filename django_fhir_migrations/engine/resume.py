@@ -8,16 +8,17 @@ silently made a resumed run write everything twice). Only records whose signatur
 count (provenance.py); a created target counts once it is bound to its signed key. Anything
 else is ignored and named, so a forged record cannot make a run skip what it has not done.
 
-Memory: one "Type/id" per resource written, up to INDEX_LIMIT. Past that, the index asks the
-server per page after all, but only once a probe has shown that the server's `target` search
-finds a record known to exist: first with a comma list, else one reference per search (slow,
-and said so); a server that finds neither cannot be resumed exactly, and the run stops.
+Memory: one "Type/id" per resource written (with the version it was left at), up to
+INDEX_LIMIT. Past that, the index asks the server per page after all, but only once a probe
+has shown that the server's `target` search finds a record known to exist: first with a comma
+list, else one reference per search (slow, and said so); a server that finds neither cannot
+be resumed exactly, and the run stops.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import FhirMigrationError
 from .fhir.client import FhirConnection
@@ -43,7 +44,9 @@ class ResumeIndex:
         self.connection = connection
         self.attempts = tuple(attempts)
         self.signer = signer
-        self.keys: set[str] | None = set()  # None: too many to hold; ask the server per page
+        # "Type/id" -> the version the attempts left it at (the highest, when written twice);
+        # None: too many to hold, ask the server per page.
+        self.keys: dict[str, str] | None = {}
         self.found = 0
         self.ignored: list[str] = []  # the first few untrusted records or targets, by label
         self.ignored_count = 0
@@ -72,16 +75,16 @@ class ResumeIndex:
                         self._bind(creates)
                         creates = []
                 elif self.keys is not None:
-                    self._add(target.ref)
+                    self._add(target.ref, target.version)
         if creates:
             self._bind(creates)
         if self.keys is not None:
             self.found = len(self.keys)
 
-    def _add(self, ref: str) -> None:
+    def _add(self, ref: str, version: str | None) -> None:
         assert self.keys is not None
         self._sample = self._sample or ref
-        self.keys.add(ref)
+        self.keys[ref] = _later(self.keys.get(ref, ""), version or "")
         if len(self.keys) > INDEX_LIMIT:
             self.found += len(self.keys)
             self.keys = None
@@ -95,7 +98,7 @@ class ResumeIndex:
         for target in creates:
             if target.ref in bound:
                 if self.keys is not None:
-                    self._add(target.ref)
+                    self._add(target.ref, target.version)
             else:
                 self._ignore(f"{target.ref} (created, not the resource its signed key names)")
 
@@ -130,27 +133,52 @@ class ResumeIndex:
         if not wanted:
             return set()
         if self.keys is not None:
-            return wanted & self.keys
-        found: set[str] = set()
+            return {k for k in wanted if k in self.keys}
+        return set(self._ask(wanted))
+
+    def written_at(self, versions: Mapping[str, str]) -> set[str]:
+        """Which of `versions` ("Type/id" -> version) the attempts left at that very version: a
+        resource they wrote and something wrote again since (the same migration's next bulk
+        job, say) is not among them."""
+        if not versions:
+            return set()
+        if self.keys is not None:
+            return {k for k, v in versions.items() if k in self.keys and self.keys[k] == v}
+        left = self._ask(set(versions))
+        return {k for k, v in versions.items() if k in left and left[k] == v}
+
+    def _ask(self, wanted: set[str]) -> dict[str, str]:
+        """Past INDEX_LIMIT: the records naming `wanted`, asked of the server."""
+        found: dict[str, str] = {}
         creates: list[Target] = []
         chunks = [[k] for k in sorted(wanted)] if self.per_reference else [sorted(wanted)]
         for chunk in chunks:
             for record in naming(self.connection, self.attempts, chunk, self.signer):
-                found.update(self._trusted_targets(record, wanted, creates))
+                for target in self._trusted_targets(record, wanted, creates):
+                    found[target.ref] = _later(found.get(target.ref, ""), target.version or "")
         if creates:
             bound = bound_creates(self.connection, creates)
-            found.update(t.ref for t in creates if t.ref in bound)
+            for target in creates:
+                if target.ref in bound:
+                    found[target.ref] = _later(found.get(target.ref, ""), target.version or "")
         return found
 
-    def _trusted_targets(self, record: Recorded, wanted: set[str], creates: list[Target]) -> set[str]:
+    def _trusted_targets(self, record: Recorded, wanted: set[str], creates: list[Target]) -> list[Target]:
         if not record.trusted:
             self._ignore(record.label)
-            return set()
+            return []
         hits = [t for t in record.targets if t.ref in wanted]
         if record.activity == "CREATE":
             creates.extend(hits)
-            return set()
-        return {t.ref for t in hits}
+            return []
+        return hits
+
+
+def _later(known: str, version: str) -> str:
+    """The later of two versions one resource was left at (numbers compared as numbers)."""
+    if known.isdigit() and version.isdigit():
+        return known if int(known) >= int(version) else version
+    return version or known
 
 
 __all__ = ["INDEX_LIMIT", "ResumeError", "ResumeIndex"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
@@ -226,6 +227,8 @@ class AttemptRecord:
     error: str = ""
     job: str = ""  # a server-side bulk job it started (its status URL), to re-attach to
     job_started: str = ""  # when the server started it (its clock)
+    job_call: int = 0  # which ctx.bulk_patch call of the script started it (1 = the first; 0: unknown)
+    jobs_done: tuple[str, ...] = ()  # "call:count" of each server job that finished and was recorded
     upgraded: str = ""  # upgrade() completed with the script of this checksum; verify() did not pass
     paused: str = ""  # stopped on request (fhirmigrate --pause): by whom, when
     total: int | None = None  # how many resources the script said it would go through (progress)
@@ -288,6 +291,9 @@ class AttemptRecord:
         if self.job:
             parts.append({"url": "job", "valueString": self.job})
             parts.append({"url": "jobStarted", "valueDateTime": self.job_started})
+            if self.job_call:
+                parts.append({"url": "jobCall", "valueInteger": int(self.job_call)})
+        parts += [{"url": "jobDone", "valueString": done} for done in self.jobs_done]
         if self.upgraded:
             parts.append({"url": "upgraded", "valueString": self.upgraded})
         if self.paused:
@@ -319,6 +325,8 @@ class AttemptRecord:
             error=values.text("error") or "",
             job=values.text("job") or "",
             job_started=values.moment("jobStarted") or "",
+            job_call=values.integer("jobCall", minimum=0) or 0,
+            jobs_done=_jobs_done(values.texts("jobDone")),
             upgraded=values.text("upgraded") or "",
             paused=values.text("paused") or "",
             total=values.integer("total", minimum=0),
@@ -326,6 +334,13 @@ class AttemptRecord:
             current_base=values.integer("currentBase", minimum=0) or 0,
             reverts=values.texts("reverts"),
         )
+
+
+def _jobs_done(entries: tuple[str, ...]) -> tuple[str, ...]:
+    for entry in entries:
+        if not re.fullmatch(r"[0-9]{1,6}:[0-9]{1,12}", entry):
+            raise ValueError("a jobDone of the migration-attempt extension is not call:count")
+    return entries
 
 
 class _Values:
