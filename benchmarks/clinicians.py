@@ -37,7 +37,7 @@ from benchmarks.tool_run import SCRIPT  # noqa: E402
 
 CLINICIAN_RATE = 10.0  # requests per second
 CLINICIAN_PATIENTS = 200
-IDLE_SECONDS = 15.0
+IDLE_SECONDS = float(os.environ.get("BENCH_CLINICIANS_IDLE", "15"))  # the idle measurement
 SIGNING_KEY = "benchmark-only-signing-key"
 
 
@@ -114,8 +114,9 @@ def seed(server: PlainServer, count: int, tag: str) -> None:
     server.load(synthetic_patients(count, tag))
 
 
-def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> float:
-    """One whole `fhir-migrations migrate` over the set tagged `tag`; its seconds."""
+def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> tuple[float, str, str]:
+    """One whole `fhir-migrations migrate` over the set tagged `tag`: its seconds, its state
+    id and the identifier system it added."""
     folder = workdir / f"scripts-{uuid.uuid4().hex[:8]}"
     folder.mkdir()
     revision = uuid.uuid4().hex
@@ -129,8 +130,9 @@ def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> float:
     env.update(FHIR_MIGRATIONS_SIGNING_KEY=SIGNING_KEY,
                FHIR_MIGRATIONS_ADAPTIVE_BACKOFF="true" if adaptive else "false")
     started = time.monotonic()
+    state_id = f"bench-clinicians-{revision[:8]}"
     result = subprocess.run([*args, "migrate", "--base-url", base_url, "--scripts-dir", str(folder),
-                             "--state-id", f"bench-clinicians-{revision[:8]}", "--noinput"],
+                             "--state-id", state_id, "--noinput"],
                             env=env, cwd=workdir, capture_output=True, text=True)
     seconds = time.monotonic() - started
     if result.returncode != 0:
@@ -138,7 +140,7 @@ def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> float:
     slowed = [line.strip() for line in result.stdout.splitlines() if "server slow" in line or "well again" in line]
     if slowed:
         print(f"    back-off: {len(slowed)} change(s), first: {slowed[0]}", flush=True)
-    return seconds
+    return seconds, state_id, f"urn:bench:clinicians:new:{revision[:8]}"
 
 
 def measure(base_url: str, size: int) -> dict[str, float]:
@@ -154,6 +156,7 @@ def measure(base_url: str, size: int) -> dict[str, float]:
         sets[way] = f"urn:bench:clinicians:{run}:{way}"
         seed(server, size, sets[way])
     figures: dict[str, float] = {}
+    states: list[str] = []
     with tempfile.TemporaryDirectory(prefix="fhir-bench-clinicians-") as tmp, \
             Clinicians(base_url, clinician_tag, ids) as idle:
         time.sleep(IDLE_SECONDS)
@@ -163,8 +166,12 @@ def measure(base_url: str, size: int) -> dict[str, float]:
               f"({len(quiet.seconds)} requests)", flush=True)
         for way in ("unthrottled", "adaptive"):
             with Clinicians(base_url, clinician_tag, ids) as busy:
-                seconds = migrate(base_url, Path(tmp), sets[way], adaptive=way == "adaptive")
+                seconds, state_id, added = migrate(base_url, Path(tmp), sets[way], adaptive=way == "adaptive")
                 during = busy.stop()
+            states.append(state_id)
+            migrated = server.count("Patient", identifier=f"{added}|")
+            if migrated != size:
+                raise RuntimeError(f"the {way} migration changed {migrated} of the {size} Patients")
             rate = size / seconds
             figures.update({f"{way}_p50": during.p50, f"{way}_p95": during.p95, f"{way}_rate": rate})
             print(f"  {way + ':':12} clinicians p50 {during.p50 * 1000:6.1f} ms  p95 {during.p95 * 1000:6.1f} ms "
@@ -178,6 +185,8 @@ def measure(base_url: str, size: int) -> dict[str, float]:
           flush=True)
     for tag in [clinician_tag, *sets.values()]:
         server.delete_all("Patient", identifier=f"{tag}|")
+    for state_id in states:
+        server.delete_all("Basic", identifier=f"http://fhir.migration.system|{state_id}")
     server.close()
     return figures
 

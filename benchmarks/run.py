@@ -19,7 +19,9 @@ next page, all on the clock), (e) the tool with WORKERS = each of BENCH_WORKERS,
 (p) the same with PROVENANCE off, (f) ctx.bulk_patch through the server's job and through patch
 bundles; each run's CPU split (client, HAPI, PostgreSQL, the rest). Then `showmigrations
 --offline` over BENCH_LOAD_SCRIPTS chained scripts as whole processes (graph_load.py), and
-BENCH_HISTORY trivial migrations applied by one `fhir-migrations migrate` (history.py).
+BENCH_HISTORY trivial migrations applied by one `fhir-migrations migrate` (history.py). Last,
+the clinicians row (clinicians.py): a second process's reads and searches, timed idle and
+while a BENCH_CLINICIANS_N-resource migration runs without and with ADAPTIVE_BACKOFF.
 
 Speed is reported as ratios against baselines measured in the same run. The last line is
 
@@ -37,7 +39,7 @@ tool_vs_sequential, default: the WORKERS the engine ships), BENCH_PASSES (defaul
 BENCH_PROVENANCE_OFF (default 1: the (p) rows), BENCH_BULK (default 1: the (f) rows),
 BENCH_SERVER_PIDS (the server's pids, for the CPU split of a server not started by tests/hapi).
 BENCH_LOAD_SCRIPTS (default "2000,20000"; empty skips), BENCH_LOAD_ROUNDS (default 5),
-BENCH_HISTORY (default 2000; 0 skips).
+BENCH_HISTORY (default 2000; 0 skips), BENCH_CLINICIANS_N (default 10000; 0 skips).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ if str(REPO) not in sys.path:
 
 import requests  # noqa: E402
 
-from benchmarks import graph_load, history, overhead  # noqa: E402
+from benchmarks import clinicians, graph_load, history, overhead  # noqa: E402
 from benchmarks.config import Config, ConfigError  # noqa: E402
 from benchmarks.cpu import ServerProcesses  # noqa: E402
 from benchmarks.patients import BenchError, PatientSet, PlainServer, synthetic_patients, verify_migrated  # noqa: E402
@@ -301,6 +303,9 @@ class Benchmark:
         self.graph()
         self.loading()
         self.long_history()
+        if cfg.clinicians:  # last: its migrations run beside requests of their own, nothing else
+            self.say("")
+            self.figures["clinicians"] = clinicians.measure(self.base_url, cfg.clinicians)
         self.figures["noop_requests"] = noop
         self.figures["requests_per_migration"] = per_migration
         self.figures["tool_vs_sequential"] = tool_vs_sequential

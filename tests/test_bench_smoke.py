@@ -50,7 +50,8 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
     env.update(FHIR_BASE_URL=fhir.base_url, BENCH_N=str(N), BENCH_N_LARGE="0", BENCH_BUNDLE_SIZE="20",
                BENCH_EXTRA_SIZES="50", BENCH_GRAPH_SCRIPTS="40", BENCH_CLEANUP="0",
                BENCH_JSON=str(figures_file), BENCH_PASSES="1", BENCH_WORKERS="1,2", BENCH_DEFAULT_WORKERS="2",
-               BENCH_HISTORY="5", BENCH_LOAD_SCRIPTS="40", BENCH_LOAD_ROUNDS="1")
+               BENCH_HISTORY="5", BENCH_LOAD_SCRIPTS="40", BENCH_LOAD_ROUNDS="1",
+               BENCH_CLINICIANS_N=str(N), BENCH_CLINICIANS_IDLE="2")
     result = subprocess.run([sys.executable, "benchmarks/run.py"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=1200)
     figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}
@@ -105,6 +106,12 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
         assert figures["graph"]["planned"] == 40
         assert figures["loading"][0]["listed"] == 40
         assert figures["history"]["migrations"] == 5 and figures["history"]["seconds"] > 0
+        # The clinicians row: both migrations changed every Patient of their set (it checks),
+        # and the clinicians were timed idle and during each.
+        clinicians = figures["clinicians"]
+        assert all(clinicians[k] > 0 for k in ("idle_p95", "unthrottled_p95", "adaptive_p95",
+                                               "unthrottled_rate", "adaptive_rate"))
+        assert "clinicians p50" in result.stdout and "goal: p95 with back-off / idle" in result.stdout
     finally:
         delete_everything_of(fhir, figures)
 
