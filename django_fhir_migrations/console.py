@@ -131,6 +131,11 @@ class Console:
             exc = ConfigurationError(renames[exc.setting], exc.problem)
         return scrub(exc.render(dict(self.vocabulary.names)))
 
+    def report(self, exc: FhirMigrationError, renames: Mapping[str, str] | None = None) -> int:
+        """Say the error, once, as one paragraph on stderr; its exit status."""
+        self.line("error", f"Error: {self.error_text(exc, renames)}", 0)
+        return exc.exit_code
+
     # --- asking ------------------------------------------------------------------------------
 
     def confirm(self) -> Confirm | None:

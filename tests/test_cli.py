@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from django_fhir_migrations.arguments import SCRIPTS_FOLDER, option_strings
-from django_fhir_migrations.cli import COMMANDS, build_parser, main
+from django_fhir_migrations.arguments import option_strings
+from django_fhir_migrations.cli import build_parser, main
+from django_fhir_migrations.commands import VERBS
 
 from .support.helpers import add_patient_migrations as add_patients
 from .support.helpers import create_patient, run
@@ -254,12 +255,12 @@ def test_commands_take_the_same_flags_as_the_django_commands():
                     "downgrade": "fhirdowngrade", "reset": "fhirreset",
                     "showmigrations": "fhirshowmigrations", "history": "fhirhistory"}
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
-    for command in COMMANDS:
+    for command in VERBS.values():
         django_command = load_command_class("django_fhir_migrations", django_names[command.name])
         django_parser = django_command.create_parser("manage.py", django_names[command.name])
         django_flags = {s for a in django_parser._actions for s in a.option_strings}
         ours = {s for a in subparsers[command.name]._actions for s in a.option_strings}
-        shared = option_strings(a for a in command.args if a is not SCRIPTS_FOLDER)
+        shared = option_strings(command.arguments)
         assert shared <= ours and shared <= django_flags, command.name
         # Django-only: its own standard options and --app; CLI-only: configuration and --dir.
         missing = django_flags - ours - {"--app", "--settings", "--pythonpath", "--force-color",
