@@ -22,7 +22,7 @@ from .arguments import DOWNGRADE, HISTORY, MAKEMIGRATION, MIGRATE, RESET, SHOWMI
 from .console import Console
 from .engine import FhirMigrationError, Project, Settings
 from .engine.config import ScriptLocation
-from .engine.events import Listener
+from .engine.events import Listener, ResetQuestion
 from .engine.interrupts import exit_code_for, interrupt_text
 from .engine.redaction import scrubbed_traceback
 from .formatting import format_history, format_status, status_exit_code
@@ -92,13 +92,7 @@ def reset(project: Project, console: Console, options: Options) -> int:
     asks for confirmation."""
     confirm = console.confirm()
     settings = project.settings
-    migrate = console.vocabulary.command("migrate")
-    question = (f"This forgets which FHIR migrations are applied on state {settings.state_id!r} at "
-                f"{settings.base_url}. No resource data is changed, but the next `{migrate}` will "
-                "run every migration again, and ctx.undo() of migrations applied so far will not "
-                "be possible until they are applied again or re-adopted with "
-                f"`{migrate} --fake`.")
-    if confirm is not None and not confirm(question):
+    if confirm is not None and not confirm(ResetQuestion(settings.state_id, settings.base_url or "")):
         console.line("info", "Reset cancelled.")
         return 1
     return project.reset(lock_timeout=options.get("lock_timeout")).exit_code
