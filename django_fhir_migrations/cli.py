@@ -47,7 +47,7 @@ environment (the flags above win over it):
   FHIR_MIGRATIONS_<KEY>    any other setting:
 {textwrap.fill(", ".join(_other_settings()), 88, initial_indent=" " * 27, subsequent_indent=" " * 27)}
 
-exit status: 0 success; 1 an error, or unapplied migrations with `migrate --check`;
+exit status: 0 success; 1 an error, or unapplied migrations with `{PROG} migrate --check`;
   2 wrong usage; 3 timed out waiting for the migration lock.
 """
 
