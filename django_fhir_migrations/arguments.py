@@ -99,7 +99,9 @@ MAKEMIGRATION: tuple[Arg, ...] = (
     Arg(("-m", "--message"), "First line of the docstring.", default=""),
 )
 
-# Outside Django there are no apps to choose (--app); the CLI and Flask choose a folder.
+# Where makemigration puts the script: an app for manage.py; outside Django there are no apps
+# to choose, and the CLI and Flask choose one of the configured folders.
+APP_FOLDER = Arg(("--app",), "Put the script in this app's fhir_migrations/ folder.", metavar="APP")
 SCRIPTS_FOLDER = Arg(("--dir",), "Put the script in this one of the configured scripts folders.",
                      metavar="FOLDER")
 

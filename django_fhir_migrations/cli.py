@@ -21,23 +21,12 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
-from . import __version__, commands
-from .arguments import (
-    DOWNGRADE,
-    HISTORY,
-    MAKEMIGRATION,
-    MIGRATE,
-    RESET,
-    SCRIPTS_FOLDER,
-    SHOWMIGRATIONS,
-    VERBOSITY,
-    Arg,
-    add_arguments,
-)
+from . import __version__
+from .arguments import SCRIPTS_FOLDER, VERBOSITY, add_arguments
+from .commands import VERBS, run_verb
 from .console import CLI, Console, configure_logging, plain_console
-from .engine import FhirMigrationError, Project, Settings
+from .engine import FhirMigrationError, Settings
 from .engine.config import ENV_VARS, SCRIPTS_DIR_ENV
-from .engine.interrupts import exit_code_for, interrupt_text
 from .engine.redaction import scrubbed_traceback
 from .standalone import build_settings, require_scripts, scripts_folder
 
@@ -58,37 +47,13 @@ environment (the flags above win over it):
   FHIR_MIGRATIONS_<KEY>    any other setting:
 {textwrap.fill(", ".join(_other_settings()), 88, initial_indent=" " * 27, subsequent_indent=" " * 27)}
 
-exit status: 0 success; 1 an error, or unapplied migrations with `migrate --check`;
+exit status: 0 success; 1 an error, or unapplied migrations with `{PROG} migrate --check`;
   2 wrong usage; 3 timed out waiting for the migration lock.
 """
 
 
-class Command:
-    """One subcommand: its arguments; its body is commands.VERBS[name]."""
-
-    def __init__(self, name: str, help: str, args: Sequence[Arg], *, aliases: Sequence[str] = (),
-                 needs_scripts: Callable[[Mapping[str, Any]], bool] = lambda options: True):
-        self.name = name
-        self.help = help
-        self.args = tuple(args)
-        self.aliases = tuple(aliases)
-        self.needs_scripts = needs_scripts
-
-
-COMMANDS = (
-    Command("makemigration", "Create a new migration script whose down_revision is the current "
-            "head.", (*MAKEMIGRATION, SCRIPTS_FOLDER)),
-    Command("migrate", "Apply every unapplied migration, in order (or up to TARGET).", MIGRATE,
-            aliases=("upgrade",)),
-    Command("downgrade", "Revert migrations: the most recent one by default, --steps N, down to "
-            "TARGET (kept applied), or 'zero' for all.", DOWNGRADE),
-    Command("reset", "Forget the migration state (head := None). Runs no migration and changes no "
-            "data; asks for confirmation.", RESET, needs_scripts=lambda options: False),
-    Command("showmigrations", "List every migration in graph order: applied [X], not [ ], unknown "
-            "[?], when and by whom, the branches and any problem.", SHOWMIGRATIONS),
-    Command("history", "What happened to this migration state, newest first, from the server's "
-            "AuditEvents.", HISTORY, needs_scripts=lambda options: False),
-)
+# Alembic's name for migrate, accepted too.
+ALIASES = {"migrate": ("upgrade",)}
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -123,10 +88,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        sub = commands.add_parser(command.name, aliases=command.aliases, parents=[common],
-                                  help=command.help, description=command.help)
-        add_arguments(sub, command.args)
+    for verb in VERBS.values():
+        sub = commands.add_parser(verb.name, aliases=ALIASES.get(verb.name, ()), parents=[common],
+                                  help=verb.help, description=verb.help)
+        add_arguments(sub, (*verb.arguments, SCRIPTS_FOLDER) if verb.folder else verb.arguments)
     add_testserver_parser(commands)
     return parser
 
@@ -197,13 +162,6 @@ def ansi_styler(stream: IO[str], disabled: bool) -> Callable[[str, str], str] | 
     return style
 
 
-def run_command(name: str, project: Project, console: Console, options: Mapping[str, Any]) -> int:
-    if name == "makemigration":
-        location = scripts_folder(project.settings, options.get("dir"), "--dir")
-        return commands.makemigration(project, console, options, location=location)
-    return commands.VERBS[name](project, console, options)
-
-
 CHANGES_STATE = {"migrate", "downgrade", "reset"}
 
 
@@ -234,35 +192,23 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     stdout, stderr = sys.stdout, sys.stderr
     verbosity = options.setdefault("verbosity", 1)
-    name = next((c.name for c in COMMANDS if options["command"] in (c.name, *c.aliases)), options["command"])
-    command = next((c for c in COMMANDS if c.name == name), None)
     styler = ansi_styler(stdout, options.get("no_color", False))
     configure_logging(verbosity)
     console = plain_console(CLI, stdout=stdout, stderr=stderr, verbosity=verbosity, styler=styler,
                             interactive=options.get("interactive", True))
-    renames: dict[str, str] = {}
     try:
         if options["command"] == "testserver":
             return run_testserver(options, console)
-        settings, renames = settings_from(options, os.environ)
-        assert command is not None
-        if command.needs_scripts(options):
-            require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})")
-        warn_inside_django(name, settings, options, stderr)
-        project = Project(settings, listeners=[console.on_event], command=f"{PROG} {name}",
-                          source=f"{PROG} CLI", stdout=stdout)
-        try:
-            return run_command(name, project, console, options)
-        finally:
-            project.close()
-    except FhirMigrationError as exc:
-        if options.get("traceback"):
-            stderr.write(scrubbed_traceback(exc))
-        console.line("error", f"Error: {console.error_text(exc, renames)}", 0)
-        return exc.exit_code
-    except KeyboardInterrupt as exc:
-        stderr.write(f"Interrupted ({interrupt_text(exc)}).\n")
-        return exit_code_for(exc)
+        verb = next(v for v in VERBS.values() if options["command"] in (v.name, *ALIASES.get(v.name, ())))
+        return run_verb(
+            verb, options, console, settings=lambda: settings_from(options, os.environ),
+            command=CLI.command(verb.name), source=f"{PROG} CLI", stdout=stdout,
+            locate=lambda settings, options: scripts_folder(settings, options.get("dir"), "--dir"),
+            require_scripts=lambda settings: require_scripts(settings, f"--scripts-dir (or {SCRIPTS_DIR_ENV})"),
+            before=lambda settings: warn_inside_django(verb.name, settings, options, stderr),
+            traceback=options.get("traceback", False))
+    except FhirMigrationError as exc:  # testserver's (run_verb reports those of the verbs)
+        return console.report(exc)
     except Exception as exc:  # a bug: its traceback, scrubbed (a script's text may hold a token)
         stderr.write(scrubbed_traceback(exc))
         return 1

@@ -13,17 +13,62 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from .engine.errors import PLAIN_NAMES, ConfigurationError, FhirMigrationError
-from .engine.events import Event
+from .engine.errors import PLAIN_NAMES, ChecksumMismatchError, ConfigurationError, FhirMigrationError
+from .engine.events import (
+    Adopted,
+    ApplyFailed,
+    ApplyStart,
+    ApplySuccess,
+    BreakLockQuestion,
+    BulkJobForgotten,
+    BulkJobKept,
+    BundleFailures,
+    BundleIntercepted,
+    CancelKept,
+    Cancelled,
+    CancelQuestion,
+    ChecksumsAccepted,
+    ChecksumWarning,
+    Confirm,
+    DryRunDone,
+    DryRunScript,
+    DryRunStart,
+    Event,
+    ForgetBulkJobQuestion,
+    LockBroken,
+    LockFree,
+    LockKept,
+    LockTakenOver,
+    LockWait,
+    NothingRunning,
+    NothingToDo,
+    OutOfOrder,
+    Paused,
+    Plan,
+    Progress,
+    Question,
+    RecordsIgnored,
+    Reset,
+    Resumed,
+    RetryStart,
+    RunDone,
+    RunStart,
+    ScriptCreated,
+    StopPending,
+    StopRequested,
+    Throttle,
+    VerifyOnly,
+    VerifyStart,
+    WriteIntercepted,
+)
 from .engine.redaction import scrub
 
 Write = Callable[[str], None]
 Styler = Callable[[str, str], str]  # (kind, text) -> styled text
-Confirm = Callable[[str], bool]
 
 LOGGER = "django_fhir_migrations"
 PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines when there is no terminal
@@ -71,9 +116,9 @@ class DryRunSummary:
     groups: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # -> [count, ids]
     bundles: int = 0
 
-    def add(self, event: Event) -> None:
+    def add(self, event: WriteIntercepted) -> None:
         group = self.groups.setdefault((event.method, event.resource_type), [0, []])
-        group[0] += event.count or 0
+        group[0] += event.count
         if event.resource_id and len(group[1]) < self.EXAMPLES:
             group[1].append(f"{event.resource_type}/{event.resource_id}")
 
@@ -94,6 +139,12 @@ class DryRunSummary:
 
 def _label(script: Any) -> str:
     return f"{script.label}/{script.name} ({script.short})"
+
+
+def _listed(labels: Sequence[str], count: int) -> str:
+    """`a, b, c and 12 more`: the first few of `count` things."""
+    more = f" and {count - len(labels)} more" if count > len(labels) else ""
+    return f"{', '.join(labels)}{more}"
 
 
 @dataclass
@@ -131,134 +182,174 @@ class Console:
             exc = ConfigurationError(renames[exc.setting], exc.problem)
         return scrub(exc.render(dict(self.vocabulary.names)))
 
+    def report(self, exc: FhirMigrationError, renames: Mapping[str, str] | None = None) -> int:
+        """Say the error, once, as one paragraph on stderr; its exit status."""
+        self.line("error", f"Error: {self.error_text(exc, renames)}", 0)
+        return exc.exit_code
+
     # --- asking ------------------------------------------------------------------------------
 
     def confirm(self) -> Confirm | None:
-        """A yes/no prompt, or None (meaning yes) when not interactive (--noinput, --yes)."""
+        """A yes/no prompt for the engine's questions, or None (meaning yes) when not
+        interactive (--noinput, --yes)."""
         if not self.interactive:
             return None
 
-        def ask(question: str) -> bool:
-            self.out(question)
+        def ask(question: Question) -> bool:
+            self.out(self.question_text(question))
             try:
                 answer = self.ask(PROMPT)
             except (EOFError, OSError):
-                self.line("error", f"No answer (stdin closed); pass {self.vocabulary.command('noinput_flag')} "
+                self.line("error", f"No answer (stdin closed); pass {self.command('noinput_flag')} "
                                    "to confirm without asking.", 0)
                 return False
             return answer.strip().lower() == "yes"
 
         return ask
 
-    # --- engine events -------------------------------------------------------------------
+    def question_text(self, question: Question) -> str:
+        if isinstance(question, BreakLockQuestion):
+            return (f"The migration lock on state {question.state_id!r} is held by "
+                    f"{question.holder}: {question.condition}. Break it? If that process is still "
+                    "running, it will stop before recording anything more.")
+        if isinstance(question, CancelQuestion):
+            names = ", ".join(question.names) or "the running migration"
+            return (f"This stops {names} on state {question.state_id!r} and reverts every resource "
+                    "its unfinished application wrote. Cancel it?")
+        if isinstance(question, ForgetBulkJobQuestion):
+            return (f"An interrupted migration on state {question.state_id!r} started a bulk job on "
+                    f"the server, or may have ({question.jobs}). If it still runs, the next run "
+                    "would patch its resources a second time. Forget it?")
+        migrate = self.command("migrate")
+        return (f"This forgets which FHIR migrations are applied on state {question.state_id!r} at "
+                f"{question.base_url}. No resource data is changed, but the next `{migrate}` will "
+                "run every migration again, and ctx.undo() of migrations applied so far will not "
+                f"be possible until they are applied again or re-adopted with `{migrate} --fake`.")
+
+    def command(self, verb: str) -> str:
+        """The front door's name of a verb (`fhirmigrate`) or flag (PLAIN_NAMES' keys)."""
+        return self.vocabulary.command(verb)
+
+    # --- engine events: one handler per action (events.EVENTS) --------------------------------
 
     def on_event(self, event: Event) -> None:
-        handler = getattr(self, f"_on_{event.action}", None)
-        if handler is not None:
-            handler(event)
+        getattr(self, f"_on_{event.action}")(event)
 
-    def _on_nothing_to_do(self, event: Event) -> None:
+    def _on_nothing_to_do(self, event: NothingToDo) -> None:
         if event.direction == "downgrade":
             self.line("info", "No migrations to revert.")
-        elif event.detail == "another_process":
+        elif event.reason == "another_process":
             self.line("info", "No migrations to apply (another process applied them).")
-        elif event.detail == "below_head" and event.script is not None:
-            self.line("info", f"No migrations to apply: {event.script.label}/{event.script.name} "
-                              f"({event.script.short}) is below the head, so everything up to it is "
-                              f"applied. To go back to it, run `{self.vocabulary.command('downgrade')} "
-                              f"{event.script.name}`.")
+        elif event.reason == "below_head" and event.script is not None:
+            self.line("info", f"No migrations to apply: {_label(event.script)} is below the head, "
+                              "so everything up to it is applied. To go back to it, run "
+                              f"`{self.command('downgrade')} {event.script.name}`.")
         else:
             self.line("info", "No migrations to apply.")
 
-    def _on_plan(self, event: Event) -> None:
-        self.line("heading", "Unapplied migrations:" if event.detail == "check" else "Planned operations:")
+    def _on_plan(self, event: Plan) -> None:
+        self.line("heading", "Unapplied migrations:" if event.check else "Planned operations:")
         for script in event.scripts:
             doc = f": {script.doc}" if script.doc else ""
             self.line("info", f"  {event.direction} {script.label}/{script.name} ({script.revision}){doc}")
 
-    def _on_run_start(self, event: Event) -> None:
+    def _on_run_start(self, event: RunStart) -> None:
         verb = ({"upgrade": "Applying", "downgrade": "Reverting"} if not event.fake
                 else {"upgrade": "Faking", "downgrade": "Unfaking"})[event.direction]
-        self.line("heading", f"{verb} {len(event.scripts)} migration(s) on state {event.detail!r}:")
+        self.line("heading", f"{verb} {len(event.scripts)} migration(s) on state {event.state_id!r}:")
 
-    def _on_apply_start(self, event: Event) -> None:
+    def _on_apply_start(self, event: ApplyStart) -> None:
         verb = {"upgrade": "Applying", "downgrade": "Reverting"}[event.direction]
         self.line("info", f"  {verb} {_label(event.script)}...")
 
-    def _on_apply_success(self, event: Event) -> None:
-        failures = f", {event.count:,} failure{'' if event.count == 1 else 's'}" if event.count else ""
-        self.line("success", f"    {'FAKED' if event.fake else 'OK'} ({event.duration or 0:.2f}s{failures})")
-        if event.detail and event.direction == "upgrade" and not event.fake:
-            self.line("info", f"    {event.detail[:1].upper()}{event.detail[1:]}.")
-
-    def _on_throttle(self, event: Event) -> None:
-        self.line("warning", f"    {event.detail}")
-
-    def _on_stop_requested(self, event: Event) -> None:
-        action, _, holder = event.detail.partition("|")
-        self.line("info", f"Asked the migration run by {holder} to {action}; it stops at its next "
-                          "bundle (within a few seconds)...")
-
-    def _on_stop_pending(self, event: Event) -> None:
-        if event.detail == "finished":
-            self.line("info", "The run finished before it could pause: nothing is paused.")
-        else:
-            self.line("warning", f"The running migration has not stopped yet; it will {event.detail} "
-                                 "at its next bundle.")
-
-    def _on_nothing_running(self, event: Event) -> None:
-        self.line("info", f"No migration is running or unfinished on state {event.detail!r}: nothing "
-                          "to pause or cancel.")
-
-    def _on_paused(self, event: Event) -> None:
-        what = _label(event.script) if event.script is not None else "the migration"
-        asked = event.detail if event.detail.startswith("by ") else f"at the request of {event.detail}"
-        self.line("success", f"    Paused {what} {asked} after {event.count:,} resource(s). "
-                             f"`{self.vocabulary.command('migrate')}` continues it.")
-
-    def _on_cancelled(self, event: Event) -> None:
-        if (event.count or 0) < 0:
-            self.line("success", "Cancelled: the running migration reverted what it had written.")
+    def _on_apply_success(self, event: ApplySuccess) -> None:
+        failures = event.failures
+        counted = f", {failures:,} failure{'' if failures == 1 else 's'}" if failures else ""
+        self.line("success", f"    {'FAKED' if event.fake else 'OK'} ({event.duration:.2f}s{counted})")
+        if event.fake or event.direction != "upgrade":
             return
-        what = _label(event.script) if event.script is not None else "the migration"
-        self.line("success", f"    Cancelled {what}: {event.count:,} resource(s) it wrote were reverted; "
-                             "nothing is recorded as applied.")
+        if event.retried is not None:
+            accepted = (f"; its edited checksum {event.accepted_checksum} is accepted"
+                        if event.accepted_checksum else "")
+            self.line("info", f"    Retried {event.retried} failed resource(s): {failures} still "
+                              f"fail{accepted}.")
+        elif failures:
+            self.line("info", f"    With {failures} failure(s) within its budget.")
 
-    def _on_cancel_kept(self, event: Event) -> None:
-        self.line("info", "Cancel cancelled: nothing was changed.")
+    def _on_apply_failed(self, event: ApplyFailed) -> None:
+        """Nothing here: the error is raised to the front door, which says it once."""
 
-    def _on_retry_start(self, event: Event) -> None:
-        script = event.script
-        assert script is not None
-        edited = (" The script was edited since it was applied: its new checksum will be accepted "
-                  "and recorded." if event.detail == "edited" else "")
-        self.line("heading", f"Retrying {_label(script)} over the {event.count:,} resource(s) it "
-                             f"left as failures.{edited}")
+    def _on_verify_start(self, event: VerifyStart) -> None:
+        self.line("info", "    verifying...", 2)
 
-    def _on_run_done(self, event: Event) -> None:
+    def _on_verify_only(self, event: VerifyOnly) -> None:
+        self.line("info", "    upgrade() already ran with this script; running verify() again")
+
+    def _on_run_done(self, event: RunDone) -> None:
         verb = ({"upgrade": "Applied", "downgrade": "Reverted"} if not event.fake
                 else {"upgrade": "Faked", "downgrade": "Unfaked"})[event.direction]
         count = len(event.scripts)
         self.line("success", f"{verb} {count} migration{'' if count == 1 else 's'} in "
-                             f"{event.duration or 0:.1f} s.")
+                             f"{event.duration:.1f} s.")
 
-    def _on_dry_run_start(self, event: Event) -> None:
+    def _on_throttle(self, event: Throttle) -> None:
+        self.line("warning", f"    {event.change}")
+
+    def _on_stop_requested(self, event: StopRequested) -> None:
+        self.line("info", f"Asked the migration run by {event.holder} to {event.stop}; it stops at "
+                          "its next bundle (within a few seconds)...")
+
+    def _on_stop_pending(self, event: StopPending) -> None:
+        if event.stop == "finished":
+            self.line("info", "The run finished before it could pause: nothing is paused.")
+        else:
+            self.line("warning", f"The running migration has not stopped yet; it will {event.stop} "
+                                 "at its next bundle.")
+
+    def _on_nothing_running(self, event: NothingRunning) -> None:
+        self.line("info", f"No migration is running or unfinished on state {event.state_id!r}: "
+                          "nothing to pause or cancel.")
+
+    def _on_paused(self, event: Paused) -> None:
+        what = _label(event.script) if event.script is not None else "the migration"
+        asked = event.when or f"at the request of {event.by}"
+        self.line("success", f"    Paused {what} {asked} after {event.count:,} resource(s). "
+                             f"`{self.command('migrate')}` continues it.")
+
+    def _on_cancelled(self, event: Cancelled) -> None:
+        if event.by_running_process:
+            self.line("success", "Cancelled: the running migration reverted what it had written.")
+            return
+        what = _label(event.script) if event.script is not None else "the migration"
+        self.line("success", f"    Cancelled {what}: {event.count:,} resource(s) it wrote were "
+                             "reverted; nothing is recorded as applied.")
+
+    def _on_cancel_kept(self, event: CancelKept) -> None:
+        self.line("info", "Cancel cancelled: nothing was changed.")
+
+    def _on_retry_start(self, event: RetryStart) -> None:
+        edited = (" The script was edited since it was applied: its new checksum will be accepted "
+                  "and recorded." if event.edited else "")
+        self.line("heading", f"Retrying {_label(event.script)} over the {event.count:,} resource(s) "
+                             f"it left as failures.{edited}")
+
+    def _on_dry_run_start(self, event: DryRunStart) -> None:
         self.line("heading", f"Dry run: {len(event.scripts)} migration(s), writes are printed and "
                              "not sent, nothing is recorded:")
 
-    def _on_dry_run_script(self, event: Event) -> None:
+    def _on_dry_run_script(self, event: DryRunScript) -> None:
         self.line("info", f"  {event.direction} {_label(event.script)}")
         self._dry_run = DryRunSummary()
 
-    def _on_bundle_intercepted(self, event: Event) -> None:
+    def _on_bundle_intercepted(self, event: BundleIntercepted) -> None:
         self._dry_run.bundles += 1
-        self.line("info", f"  [dry-run] {event.detail} bundle of {event.count:,} entries:", 2)
+        self.line("info", f"  [dry-run] {event.kind} bundle of {event.count:,} entries:", 2)
 
-    def _on_write_intercepted(self, event: Event) -> None:
+    def _on_write_intercepted(self, event: WriteIntercepted) -> None:
         self._dry_run.add(event)
-        self.line("info", f"  [dry-run] {event.detail}", 2)
+        self.line("info", f"  [dry-run] {event.request}", 2)
 
-    def _on_dry_run_done(self, event: Event) -> None:
+    def _on_dry_run_done(self, event: DryRunDone) -> None:
         for line in self._dry_run.lines():
             self.line("info", f"    {line}")
         summary, self._dry_run = self._dry_run, DryRunSummary()
@@ -266,42 +357,46 @@ class Console:
         listed = "" if self.verbosity >= 2 or not summary.total else "; -v 2 lists each one"
         self.line("info", f"    {summary.total:,} write(s) intercepted{bundles}{listed}")
 
-    def _on_checksum_warning(self, event: Event) -> None:
-        self.line("warning", f"Warning: {event.detail}")
+    def _on_checksum_warning(self, event: ChecksumWarning) -> None:
+        if event.direction == "downgrade":
+            edited = ", ".join(f"{s.name} ({s.short})" for s in event.scripts)
+            self.line("warning", f"Warning: {edited} was edited since it was applied: its downgrade "
+                                 "runs as the file is now.")
+        else:
+            self.line("warning", f"Warning: {self.error_text(ChecksumMismatchError(event.scripts))}")
 
-    def _on_out_of_order(self, event: Event) -> None:
+    def _on_out_of_order(self, event: OutOfOrder) -> None:
         script = event.script
-        assert script is not None
         self.line("warning", f"Warning: {script.name} ({script.revision}) sits below migrations that "
                              "are already applied; it will be applied now, out of order.")
 
-    def _on_lock_wait(self, event: Event) -> None:
-        self.line("warning", f"Waiting up to {event.duration or 0:.0f}s for the migration lock held "
-                             f"by {event.detail}...")
+    def _on_lock_wait(self, event: LockWait) -> None:
+        self.line("warning", f"Waiting up to {event.timeout:.0f}s for the migration lock held by "
+                             f"{event.holder}...")
 
-    def _on_lock_free(self, event: Event) -> None:
-        self.line("info", f"No process holds the migration lock on state {event.detail!r}.")
+    def _on_lock_free(self, event: LockFree) -> None:
+        self.line("info", f"No process holds the migration lock on state {event.state_id!r}.")
 
-    def _on_lock_kept(self, event: Event) -> None:
+    def _on_lock_kept(self, event: LockKept) -> None:
         self.line("info", "Lock left in place.")
 
-    def _on_lock_taken_over(self, event: Event) -> None:
-        why = (f"its process (pid {event.count}) is no longer running on this host"
+    def _on_lock_taken_over(self, event: LockTakenOver) -> None:
+        why = (f"its process (pid {event.pid}) is no longer running on this host"
                if event.reason == "holder_gone" else "its lease expired")
-        self.line("warning", f"Took over the migration lock held by {event.detail}: {why}.")
+        self.line("warning", f"Took over the migration lock held by {event.holder}: {why}.")
 
-    def _on_lock_broken(self, event: Event) -> None:
-        self.line("success", f"Broke the migration lock held by {event.detail}.")
+    def _on_lock_broken(self, event: LockBroken) -> None:
+        self.line("success", f"Broke the migration lock held by {event.holder}.")
 
-    def _on_reset(self, event: Event) -> None:
-        self.line("success", f"Migration state {event.detail!r} reset: no migration is recorded as "
-                             "applied.")
+    def _on_reset(self, event: Reset) -> None:
+        self.line("success", f"Migration state {event.state_id!r} reset: no migration is recorded "
+                             "as applied.")
 
-    def _on_script_created(self, event: Event) -> None:
-        self.line("success", f"Created {event.detail} (revision {event.script_revision}, revises "
+    def _on_script_created(self, event: ScriptCreated) -> None:
+        self.line("success", f"Created {event.path} (revision {event.revision}, revises "
                              f"{', '.join(event.parents) or 'None'}).")
 
-    def _on_checksums_accepted(self, event: Event) -> None:
+    def _on_checksums_accepted(self, event: ChecksumsAccepted) -> None:
         if not event.scripts:
             self.line("info", "No applied migration was edited: there is no checksum to accept.")
             return
@@ -309,42 +404,51 @@ class Console:
             self.line("success", f"Accepted the edited {_label(script)}: its checksum is now "
                                  f"{script.checksum}.")
 
-    def _on_resumed(self, event: Event) -> None:
+    def _on_resumed(self, event: Resumed) -> None:
         self.line("warning", f"    Resuming an interrupted attempt: {event.count:,} resource(s) it "
                              "wrote are skipped.")
-        if event.detail:
-            self.line("warning", f"    Warning: {event.detail}.")
+        if event.ignored_count:
+            self.line("warning", f"    Warning: {event.ignored_count} record(s) tagged with the "
+                                 "interrupted attempt could not be verified as this tool's and were "
+                                 f"ignored: {_listed(event.ignored, event.ignored_count)}.")
 
-    def _on_bulk_job_forgotten(self, event: Event) -> None:
-        if not event.detail:
+    def _on_records_ignored(self, event: RecordsIgnored) -> None:
+        self.line("warning", f"    Warning: undo ignored {event.count} record(s) or target(s) it "
+                             "cannot prove this tool wrote for this migration: "
+                             f"{_listed(event.labels, event.count)}.")
+
+    def _on_adopted(self, event: Adopted) -> None:
+        name = event.script.name
+        if event.attempts:
+            self.line("info", f"    Adopted the recorded writes of {event.attempts} earlier "
+                              f"attempt(s) of {name} ({event.resources:,} resource(s), recorded "
+                              f"{event.first} to {event.last}): ctx.undo() can revert them.")
+        else:
+            self.line("info", f"    No earlier application of {name} to adopt ({event.why}): "
+                              "ctx.undo() cannot revert it.")
+
+    def _on_bulk_job_forgotten(self, event: BulkJobForgotten) -> None:
+        if not event.jobs:
             self.line("info", "No interrupted migration has a bulk job to forget.")
             return
-        self.line("success", f"Forgot the bulk job ({event.detail}); the next "
-                             f"`{self.vocabulary.command('migrate')}` starts a new one.")
+        self.line("success", f"Forgot the bulk job ({event.jobs}); the next "
+                             f"`{self.command('migrate')}` starts a new one.")
 
-    def _on_bulk_job_kept(self, event: Event) -> None:
+    def _on_bulk_job_kept(self, event: BulkJobKept) -> None:
         self.line("info", "Bulk job kept.")
 
-    def _on_verify_start(self, event: Event) -> None:
-        self.line("info", "    verifying...", 2)
+    def _on_bundle_failures(self, event: BundleFailures) -> None:
+        groups = "; ".join(f"{count} x {status} {message} ({', '.join(examples)})".replace("  ", " ")
+                           for status, count, message, examples in event.groups)
+        entries = f"{event.count} entr{'y' if event.count == 1 else 'ies'}"
+        self.line("warning", f"    Warning: {entries} refused, within the budget of {event.budget}"
+                             f"{': ' + groups if groups else ''}.")
 
-    def _on_verify_only(self, event: Event) -> None:
-        self.line("info", "    upgrade() already ran with this script; running verify() again")
-
-    def _on_records_ignored(self, event: Event) -> None:
-        self.line("warning", f"    Warning: {event.detail}.")
-
-    def _on_adopted(self, event: Event) -> None:
-        self.line("info", f"    {event.detail}.")
-
-    def _on_bundle_failures(self, event: Event) -> None:
-        self.line("warning", f"    Warning: {event.detail}.")
-
-    def _on_progress(self, event: Event) -> None:
+    def _on_progress(self, event: Progress) -> None:
         """A bar on a terminal when tqdm (the [progress] extra) is installed; otherwise a line
         every PROGRESS_LINE_EVERY seconds. Either way the end is one line with the count and
         the rate (the bar's own final state, or a line), however short the run was."""
-        key = event.detail
+        key = event.label
         if event.final:
             self._last_line.pop(key, None)
             if not self._close_bar(key, event.count):
@@ -363,7 +467,7 @@ class Console:
         isatty = getattr(self.stream, "isatty", None)
         return bool(self.verbosity >= 1 and isatty and isatty())
 
-    def _bar(self, event: Event, key: str) -> bool:
+    def _bar(self, event: Progress, key: str) -> bool:
         """Draw (or advance) the bar; False when tqdm is not installed."""
         try:
             from tqdm import tqdm
@@ -387,13 +491,13 @@ class Console:
         return True
 
 
-def progress_summary(event: Event) -> str:
+def progress_summary(event: Progress) -> str:
     """`MRN: 1,200/2,000 done (310/s, about 3 s left)` while running, `MRN: 2,000 done in 6.4s
     (312/s)` at the end;
     a progress without a count (a server's bulk job) says only what it is and how long."""
     elapsed = event.duration or 0.0
     if event.count is None or (not event.final and not event.count and event.total is None):
-        return f"{event.detail} in {elapsed:.1f}s" if event.final else f"{event.detail} ({elapsed:.0f}s)"
+        return f"{event.label} in {elapsed:.1f}s" if event.final else f"{event.label} ({elapsed:.0f}s)"
     of = f"/{event.total:,}" if event.total and not event.final else ""
     per_second = event.count / elapsed if elapsed > 0 else 0.0
     left = ""
@@ -401,7 +505,7 @@ def progress_summary(event: Event) -> str:
         left = f", about {format_seconds((event.total - event.count) / per_second)} left"
     rate = f" ({per_second:,.0f}/s{left})" if per_second > 0 else ""
     took = f" in {elapsed:.1f}s" if event.final else ""
-    return f"{event.detail}: {event.count:,}{of} done{took}{rate}"
+    return f"{event.label}: {event.count:,}{of} done{took}{rate}"
 
 
 def format_seconds(seconds: float) -> str:

@@ -38,9 +38,10 @@ from typing import Any
 from django.dispatch import Signal
 
 from .engine.config import Settings
-from .engine.events import Event
+from .engine.events import ApplyFailed, ApplyStart, ApplySuccess, Cancelled, Event, Paused, StopRequested
 from .engine.lock import current_user
 from .engine.redaction import ScrubbingFilter, scrub
+from .engine.script import MigrationScript
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -68,36 +69,34 @@ class SignalSender:
         self.asked_another = False
 
     def __call__(self, event: Event) -> None:
-        action = event.action
-        count = event.count or 0  # an event may carry no count (None); a signal says 0
-        if action == "stop_requested":
+        if isinstance(event, StopRequested):
             # From here on this process reports what the *running* one did (and signalled, if
             # it is a Django process): sending the same signal twice would post twice.
             self.asked_another = True
-        elif action == "apply_start":
-            self.send(migration_started, event)
-        elif action == "apply_success":
-            signal = migration_applied if event.direction == "upgrade" else migration_reverted
-            self.send(signal, event, duration=event.duration,
-                      count=count if event.direction == "upgrade" else 0)
-        elif action == "apply_failed":
-            self.send(migration_failed, event, error=event.detail)
-        elif action == "paused" and not self.asked_another:
-            self.send(migration_paused, event, count=count, by=event.detail)
-        elif action == "cancelled" and count >= 0 and event.script is not None:
-            # count -1: the running process reverted it (and sent the signal there).
-            self.send(migration_cancelled, event, count=count, by=event.detail)
+        elif isinstance(event, ApplyStart):
+            self.send(migration_started, event.script, direction=event.direction, fake=event.fake)
+        elif isinstance(event, ApplySuccess):
+            upgrade = event.direction == "upgrade"
+            self.send(migration_applied if upgrade else migration_reverted, event.script,
+                      direction=event.direction, fake=event.fake, duration=event.duration,
+                      count=event.failures if upgrade else 0)
+        elif isinstance(event, ApplyFailed):
+            self.send(migration_failed, event.script, direction=event.direction, error=event.error)
+        elif isinstance(event, Paused) and not self.asked_another:
+            self.send(migration_paused, event.script, count=event.count, by=event.by or event.when)
+        elif isinstance(event, Cancelled) and not event.by_running_process and event.script is not None:
+            # By the running process: it sent the signal there.
+            self.send(migration_cancelled, event.script, count=event.count, by=event.by)
 
-    def send(self, signal: Signal, event: Event, **extra: Any) -> None:
-        script = event.script
+    def send(self, signal: Signal, script: MigrationScript | None, **extra: Any) -> None:
         arguments: dict[str, Any] = {
             "revision": script.revision if script else "",
             "name": script.name if script else "",
             "label": script.label if script else "",
             "state_id": self.state_id,
             "base_url": self.base_url,
-            "direction": event.direction,
-            "fake": event.fake,
+            "direction": "upgrade",
+            "fake": False,
             "duration": None,
             "count": 0,
             "error": "",

@@ -35,7 +35,7 @@ from .conf import get_settings
 from .console import format_seconds
 from .engine import FhirMigrationError, Project
 from .engine.clock import parse_datetime
-from .engine.events import Event
+from .engine.events import Event, StopRequested
 from .engine.redaction import scrub
 from .engine.state import AttemptRecord
 from .engine.status import ProjectStatus, ScriptStatus
@@ -264,10 +264,10 @@ def pause_view(model_admin: ModelAdmin, request: HttpRequest) -> HttpResponse:
 
     def run(project: Project, events: list[Event]) -> str:
         project.request_pause(wait=0)
-        asked = next((e for e in events if e.action == "stop_requested"), None)
+        asked = next((e for e in events if isinstance(e, StopRequested)), None)
         if asked is None:
             return "No migration is running: there is nothing to pause."
-        holder = asked.detail.partition("|")[2]
+        holder = asked.holder
         return (f"Asked the running migration ({holder}) to pause: it stops at its next bundle, "
                 "within a few seconds, and Continue resumes it.")
 

@@ -9,8 +9,9 @@ import textwrap
 
 import pytest
 
-from django_fhir_migrations.arguments import SCRIPTS_FOLDER, option_strings
-from django_fhir_migrations.cli import COMMANDS, build_parser, main
+from django_fhir_migrations.arguments import option_strings
+from django_fhir_migrations.cli import build_parser, main
+from django_fhir_migrations.commands import VERBS
 
 from .support.helpers import add_patient_migrations as add_patients
 from .support.helpers import create_patient, run
@@ -44,18 +45,6 @@ def test_migrate_applies_everything_in_order_and_records_it(configured, fhir, sc
     assert again.returncode == 0 and "No migrations to apply" in again.stdout
 
 
-def test_check_plan_and_fake(configured, fhir, scripts, capsys):
-    first, _ = add_patients(scripts, fhir, "one", "two")
-    assert main(["migrate", "--check"]) == 1
-    assert "upgrade dir/one" in capsys.readouterr().out
-    assert main(["migrate", "--plan"]) == 0
-    assert fhir.state() is None  # --check and --plan write nothing
-    assert main(["migrate", first[:8], "--fake"]) == 0
-    assert "FAKED" in capsys.readouterr().out
-    assert values(fhir) == [] and fhir.applied() == [first]
-    assert main(["migrate"]) == 0
-    assert values(fhir) == ["two"]
-    assert main(["migrate", "--check"]) == 0
 
 
 def test_dry_run_prints_the_writes_and_sends_nothing(configured, fhir, scripts, capsys):
@@ -83,33 +72,8 @@ def test_flags_win_over_the_environment(configured, fhir, scripts, tmp_path):
     assert values(fhir) == ["one", "three", "two"]
 
 
-def test_downgrade_one_step_steps_target_and_zero(configured, fhir, scripts, capsys):
-    a, b, c, d = add_patients(scripts, fhir, "a", "b", "c", "d")
-    assert main(["migrate"]) == 0
-    assert main(["downgrade"]) == 0
-    assert fhir.applied() == [a, b, c] and values(fhir) == ["a", "b", "c"]
-    assert main(["downgrade", "--steps", "2"]) == 0
-    assert fhir.applied() == [a]
-    assert main(["migrate"]) == 0
-    assert main(["downgrade", "b"]) == 0
-    assert fhir.applied() == [a, b]
-    assert main(["downgrade", "zero"]) == 0
-    assert fhir.applied() == [] and fhir.state_head() == "None" and values(fhir) == []
 
 
-def test_reset_asks_and_then_forgets_without_running_anything(configured, fhir, scripts):
-    add_patients(scripts, fhir, "one", "two")
-    assert cli("migrate").returncode == 0
-    refused = cli("reset", stdin="no\n")
-    assert refused.returncode == 1 and "cancelled" in refused.stdout
-    assert fhir.state_id in refused.stdout  # the question names what would be forgotten
-    assert len(fhir.applied()) == 2
-    closed = cli("reset", stdin="")
-    assert closed.returncode == 1 and "--noinput" in closed.stderr
-    done = cli("reset", "--noinput")
-    assert done.returncode == 0, done.stderr
-    assert fhir.state_head() == "None" and fhir.applied() == []
-    assert values(fhir) == ["one", "two"]  # reset changes no data
 
 
 def test_reset_takes_yes_on_stdin(configured, fhir, scripts, monkeypatch):
@@ -120,16 +84,6 @@ def test_reset_takes_yes_on_stdin(configured, fhir, scripts, monkeypatch):
     assert fhir.state_head() == "None"
 
 
-def test_showmigrations_lists_applied_pending_and_head(configured, fhir, scripts, capsys):
-    a, _ = add_patients(scripts, fhir, "one", "two")
-    assert main(["migrate", a]) == 0
-    capsys.readouterr()
-    assert main(["showmigrations"]) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if "dir/" in line]
-    assert rows[0].startswith(" [X] dir/one") and "(head)" in rows[0] and "applied 20" in rows[0]
-    assert rows[1].startswith(" [ ] dir/two")
-    assert "1 unapplied" in out
 
 
 def test_showmigrations_offline_needs_no_server(fhir, scripts, clean_env, capsys):
@@ -194,28 +148,6 @@ def test_a_failing_migration_is_one_message_and_a_nonzero_exit(configured, fhir,
     assert shown.returncode == 1 and "Traceback" in shown.stderr and "bad data" in shown.stderr
 
 
-def test_lock_held_elsewhere_times_out_with_exit_3_naming_the_holder(configured, fhir, scripts):
-    from django_fhir_migrations.engine import Settings
-    from django_fhir_migrations.engine.fhir.client import FhirConnection
-    from django_fhir_migrations.engine.lock import MigrationLock
-    from django_fhir_migrations.engine.recorder import StateRecorder
-
-    add_patients(scripts, fhir, "one")
-    connection = FhirConnection(Settings.build({}))
-    recorder = StateRecorder(connection, fhir.state_id)
-    other = MigrationLock(recorder, ttl=30, command="another deploy", user="alice")
-    other.acquire(recorder.read(), timeout=5)
-    try:
-        done = cli("migrate", "--lock-timeout", "2")
-        assert done.returncode == 3
-        assert "alice@" in done.stderr and "another deploy" in done.stderr
-        assert "`fhir-migrations migrate --break-lock`" in done.stderr  # not the Django name
-        assert values(fhir) == []
-    finally:
-        other.release()
-        connection.close()
-    assert cli("migrate").returncode == 0
-    assert values(fhir) == ["one"]
 
 
 def test_configuration_mistakes_name_the_flag_or_variable(fhir, scripts, clean_env, tmp_path, capsys):
@@ -254,12 +186,12 @@ def test_commands_take_the_same_flags_as_the_django_commands():
                     "downgrade": "fhirdowngrade", "reset": "fhirreset",
                     "showmigrations": "fhirshowmigrations", "history": "fhirhistory"}
     subparsers = next(a for a in build_parser()._actions if a.dest == "command").choices
-    for command in COMMANDS:
+    for command in VERBS.values():
         django_command = load_command_class("django_fhir_migrations", django_names[command.name])
         django_parser = django_command.create_parser("manage.py", django_names[command.name])
         django_flags = {s for a in django_parser._actions for s in a.option_strings}
         ours = {s for a in subparsers[command.name]._actions for s in a.option_strings}
-        shared = option_strings(a for a in command.args if a is not SCRIPTS_FOLDER)
+        shared = option_strings(command.arguments)
         assert shared <= ours and shared <= django_flags, command.name
         # Django-only: its own standard options and --app; CLI-only: configuration and --dir.
         missing = django_flags - ours - {"--app", "--settings", "--pythonpath", "--force-color",

@@ -10,7 +10,7 @@ from flask import Flask
 
 from django_fhir_migrations.contrib.flask import create_blueprint, migration_blueprint
 
-from .support.helpers import REPO, create_patient, run
+from .support.helpers import REPO, run
 from .support.helpers import add_patient_migrations as add_patients
 from .support.helpers import patient_values as values
 
@@ -81,45 +81,14 @@ def test_upgrade_applies_everything_in_order_and_records_it(flask, fhir, scripts
     assert "No migrations to apply" in flask("upgrade").stdout
 
 
-def test_upgrade_plan_check_fake_and_dry_run(flask, fhir, scripts):
-    first, second = add_patients(scripts, fhir, "one", "two")
-    checked = flask("upgrade", "--check")
-    assert checked.exit_code == 1 and "upgrade dir/one" in checked.stdout
-    assert flask("upgrade", "--plan").exit_code == 0
-    dry = flask("upgrade", "--dry-run")
-    assert dry.exit_code == 0 and "[dry-run] POST Patient" in dry.stdout
-    assert fhir.state() is None and values(fhir) == []
-    faked = flask("upgrade", first[:8], "--fake")
-    assert faked.exit_code == 0 and "FAKED" in faked.stdout
-    assert values(fhir) == [] and fhir.applied() == [first]
-    assert flask("upgrade").exit_code == 0
-    assert values(fhir) == ["two"] and fhir.applied() == [first, second]
-    assert flask("upgrade", "--check").exit_code == 0
 
 
-def test_downgrade_one_step_steps_target_and_zero(flask, fhir, scripts):
-    a, b, c, d = add_patients(scripts, fhir, "a", "b", "c", "d")
-    assert flask("upgrade").exit_code == 0
-    result = flask("downgrade")
-    assert result.exit_code == 0, result.stderr
-    assert fhir.applied() == [a, b, c] and values(fhir) == ["a", "b", "c"]
-    assert flask("downgrade", "--steps", "2").exit_code == 0
-    assert fhir.applied() == [a]
-    assert flask("upgrade").exit_code == 0
-    assert flask("downgrade", "b").exit_code == 0
-    assert fhir.applied() == [a, b]
-    assert flask("downgrade", "zero").exit_code == 0
-    assert fhir.applied() == [] and fhir.state_head() == "None" and values(fhir) == []
 
 
-def test_reset_asks_and_then_forgets_without_running_anything(flask, fhir, scripts):
+def test_reset_takes_yes_on_stdin_or_the_seed_tools_yes_flag(flask, fhir, scripts):
+    """(Asking, and a "no", are the same in every front door: test_unit_front_doors.py.)"""
     add_patients(scripts, fhir, "one", "two")
     assert flask("upgrade").exit_code == 0
-    refused = flask("reset", input="no\n")
-    assert refused.exit_code == 1 and "cancelled" in refused.stdout
-    assert fhir.state_id in refused.stdout and len(fhir.applied()) == 2
-    closed = flask("reset", input="")
-    assert closed.exit_code == 1 and "--yes" in closed.stderr
     agreed = flask("reset", input="yes\n")
     assert agreed.exit_code == 0, agreed.stderr
     assert fhir.state_head() == "None" and fhir.applied() == []
@@ -159,62 +128,6 @@ def test_migrate_name_creates_a_script_after_the_head(flask, fhir, scripts):
     assert unnamed.exit_code == 1 and "flask migrate add_mrn" in unnamed.stderr
 
 
-def test_migrate_merge_joins_two_heads(flask, fhir, scripts):
-    base = scripts.add("base")
-    left = scripts.add("left", down=base)
-    right = scripts.add("right", down=base)
-    refused = flask("upgrade").stderr
-    assert "more than one head" in refused and "`flask migrate --merge NAME`" in refused
-    made = flask("migrate", "--merge", "--no-check")
-    assert made.exit_code == 0, made.stderr
-    merged = list(scripts.path.glob("*_merge_*.py"))
-    assert len(merged) == 1 and left in merged[0].read_text() and right in merged[0].read_text()
-    assert flask("upgrade").exit_code == 0 and len(fhir.applied()) == 4
-
-
-def test_showmigrations_lists_applied_pending_and_head(flask, fhir, scripts):
-    a, _ = add_patients(scripts, fhir, "one", "two")
-    assert flask("upgrade", a).exit_code == 0
-    result = flask("showmigrations")
-    assert result.exit_code == 0
-    rows = [line for line in result.stdout.splitlines() if "dir/" in line]
-    assert rows[0].startswith(" [X] dir/one") and "(head)" in rows[0]
-    assert rows[1].startswith(" [ ] dir/two")
-    assert "1 unapplied" in result.stdout
-
-
-def test_a_failing_migration_is_one_message_and_a_nonzero_exit(flask, fhir, scripts):
-    first = scripts.add("first", upgrade=create_patient(fhir, "first"))
-    second = scripts.add("second", upgrade="raise ValueError('bad data in second')")
-    result = flask("upgrade")
-    assert result.exit_code == 1
-    assert isinstance(result.exception, SystemExit)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and second in errors[0] and "ValueError: bad data in second" in errors[0]
-    assert "Traceback" not in result.stderr + result.stdout
-    assert fhir.applied() == [first] and values(fhir) == ["first"]
-
-
-def test_lock_held_elsewhere_times_out_with_exit_3(flask, fhir, scripts):
-    from django_fhir_migrations.engine import Settings
-    from django_fhir_migrations.engine.fhir.client import FhirConnection
-    from django_fhir_migrations.engine.lock import MigrationLock
-    from django_fhir_migrations.engine.recorder import StateRecorder
-
-    add_patients(scripts, fhir, "one")
-    connection = FhirConnection(Settings.build({"BASE_URL": fhir.base_url}, environ={}))
-    recorder = StateRecorder(connection, fhir.state_id)
-    other = MigrationLock(recorder, ttl=30, command="another deploy", user="alice")
-    other.acquire(recorder.read(), timeout=5)
-    try:
-        result = flask("upgrade", "--lock-timeout", "2")
-        assert result.exit_code == 3
-        assert "alice@" in result.stderr and "another deploy" in result.stderr
-        assert "`flask upgrade --break-lock`" in result.stderr  # the seed tool's command name
-    finally:
-        other.release()
-        connection.close()
-    assert flask("upgrade").exit_code == 0 and values(fhir) == ["one"]
 
 
 def test_the_fhir_migrations_dict_configures_everything_else(fhir, scripts, clean_env):

@@ -267,7 +267,7 @@ def progress_lines(*events, terminal: bool = False) -> list[str]:
     import io
 
     from django_fhir_migrations.console import DJANGO, Console
-    from django_fhir_migrations.engine.events import Event
+    from django_fhir_migrations.engine.events import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -276,13 +276,13 @@ def progress_lines(*events, terminal: bool = False) -> list[str]:
     lines: list[str] = []
     console = Console(DJANGO, out=lines.append, err=lines.append, stream=Terminal())
     for fields in events:
-        console.on_event(Event("progress", **fields))
+        console.on_event(Progress(**fields))
     return lines
 
 
 def test_a_bulk_job_without_a_count_says_no_count():
-    lines = progress_lines(dict(detail="bulk patch: job has started", count=0, duration=3.0),
-                           dict(detail="bulk patch: done", count=None, duration=10.1, final=True))
+    lines = progress_lines(dict(label="bulk patch: job has started", count=0, duration=3.0),
+                           dict(label="bulk patch: done", count=None, duration=10.1, final=True))
     assert lines == ["    bulk patch: done in 10.1s"]  # not "done: 0 done in 10.1s"
 
 
@@ -298,9 +298,9 @@ def test_a_short_loop_ends_with_its_count_and_rate_without_the_progress_extra(mo
 
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
     for terminal in (False, True):
-        lines = progress_lines(dict(detail="MRN", count=0, total=2000, duration=0.0),
-                               dict(detail="MRN", count=1200, total=2000, duration=2.0),
-                               dict(detail="MRN", count=2000, total=2000, duration=3.2, final=True),
+        lines = progress_lines(dict(label="MRN", count=0, total=2000, duration=0.0),
+                               dict(label="MRN", count=1200, total=2000, duration=2.0),
+                               dict(label="MRN", count=2000, total=2000, duration=3.2, final=True),
                                terminal=terminal)
         assert lines == ["    MRN: 2,000 done in 3.2s (625/s)"]  # a run under 10 s is not silent
 

@@ -10,7 +10,14 @@ import pytest
 
 from django_fhir_migrations import signals
 from django_fhir_migrations.engine.config import Settings
-from django_fhir_migrations.engine.events import Event
+from django_fhir_migrations.engine.events import (
+    ApplyFailed,
+    ApplyStart,
+    ApplySuccess,
+    Cancelled,
+    Paused,
+    StopRequested,
+)
 from django_fhir_migrations.engine.redaction import register_secret
 from django_fhir_migrations.engine.script import MigrationScript
 
@@ -52,13 +59,13 @@ def sender(**overrides) -> signals.SignalSender:
 
 def test_each_event_sends_its_signal_with_the_documented_arguments(received):
     listen, one = sender(), script()
-    listen(Event("apply_start", script=one))
-    listen(Event("apply_success", script=one, duration=2.5, count=3))
-    listen(Event("apply_start", direction="downgrade", script=one))
-    listen(Event("apply_success", direction="downgrade", script=one, duration=1.0))
-    listen(Event("apply_failed", script=one, detail="ValueError: no such code"))
-    listen(Event("paused", script=one, count=1200, detail="alice (Django admin)"))
-    listen(Event("cancelled", script=one, count=1200, detail="bob"))
+    listen(ApplyStart("upgrade", one))
+    listen(ApplySuccess("upgrade", one, 2.5, failures=3))
+    listen(ApplyStart("downgrade", one))
+    listen(ApplySuccess("downgrade", one, 1.0))
+    listen(ApplyFailed("upgrade", one, "ValueError: no such code"))
+    listen(Paused(one, 1200, by="alice (Django admin)"))
+    listen(Cancelled("bob", one, 1200))
     assert [name for name, _ in received] == [
         "migration_started", "migration_applied", "migration_started", "migration_reverted",
         "migration_failed", "migration_paused", "migration_cancelled"]
@@ -76,13 +83,13 @@ def test_each_event_sends_its_signal_with_the_documented_arguments(received):
 def test_a_process_that_only_asked_another_to_stop_sends_nothing_for_it(received):
     """`--pause` / `--cancel` report what the running process did; that process signals it."""
     listen, one = sender(), script()
-    listen(Event("stop_requested", detail="pause|deploy@web-1 (pid 7)"))
-    listen(Event("paused", script=one, count=40, detail="by deploy at 2026-01-01T00:00:00Z"))
-    listen(Event("cancelled", count=-1, detail="deploy"))
+    listen(StopRequested("pause", "deploy@web-1 (pid 7)"))
+    listen(Paused(one, 40, by="", when="by deploy at 2026-01-01T00:00:00Z"))
+    listen(Cancelled("deploy", by_running_process=True))
     assert received == []
     # A cancel that finds the migration paused (no process running) reverts it itself: sent.
     asker = sender()
-    asker(Event("cancelled", script=one, count=40, detail="deploy"))
+    asker(Cancelled("deploy", one, 40))
     assert [name for name, _ in received] == ["migration_cancelled"]
 
 
@@ -95,7 +102,7 @@ def test_a_receiver_that_raises_is_logged_and_the_others_still_run(received, cap
     try:
         listen = sender()
         with caplog.at_level(logging.ERROR, logger="django_fhir_migrations"):
-            listen(Event("apply_success", script=script(), duration=1.0))
+            listen(ApplySuccess("upgrade", script(), 1.0))
     finally:
         signals.migration_applied.disconnect(broken)
     assert [name for name, _ in received] == ["migration_applied"]

@@ -79,7 +79,8 @@ class World:
         self.connection.on("PUT", r"Basic/1", status(412), echo_write(first_version=4))
 
     def actions(self) -> list[str]:
-        return [e.action + (f" {e.script.name}" if e.script else "") for e in self.events]
+        return [e.action + (f" {script.name}" if (script := getattr(e, "script", None)) else "")
+                for e in self.events]
 
     def state_writes(self) -> list[dict]:
         """The bodies of the state writes after the lease was taken (proof and lease excluded)."""
@@ -259,7 +260,7 @@ def test_a_replica_that_waited_for_the_lock_finds_the_work_done_and_runs_nothing
     outcome = world.executor.migrate()
     assert outcome.done == [] and world.ran == []
     assert world.actions() == ["lock_wait", "nothing_to_do"]
-    assert world.events[-1].detail == "another_process"
+    assert world.events[-1].reason == "another_process"
     [release] = world.state_writes()
     assert head_of(release) == b
 
@@ -390,7 +391,7 @@ def test_a_dry_run_runs_the_scripts_with_every_write_intercepted_and_takes_no_lo
     assert world.ran == ["up first"]
     assert world.actions() == ["dry_run_start", "dry_run_script first", "write_intercepted first",
                                "dry_run_done first"]
-    assert world.events[2].detail.startswith("PUT Patient/p1")
+    assert world.events[2].request.startswith("PUT Patient/p1")
     assert world.connection.session.intercept is None  # handed back after the script
 
 
@@ -403,8 +404,8 @@ def test_fake_records_the_migrations_without_running_them(world):
     outcome = world.executor.migrate(fake=True)
     assert [s.name for s in outcome.done] == ["first", "second"] and world.ran == []
     adopted = [e for e in world.events if e.action == "adopted"]
-    assert [e.count for e in adopted] == [0, 0]
-    assert all("the server holds no record of its writes" in e.detail for e in adopted)
+    assert [e.attempts for e in adopted] == [0, 0]
+    assert all("the server holds no record of its writes" in e.why for e in adopted)
     _, recorded = world.state_writes()
     assert applied_in(recorded) == [a, b] and not lease_in(recorded)
     fakes = [p for e in recorded["extension"] if e["url"] == APPLIED_EXTENSION for p in e["extension"]

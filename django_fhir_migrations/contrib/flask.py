@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +33,12 @@ import click
 from flask import Blueprint, Flask, current_app
 from flask.cli import with_appcontext
 
-from .. import commands as verbs
-from ..arguments import (
-    DOWNGRADE,
-    HISTORY,
-    MAKEMIGRATION,
-    MIGRATE,
-    RESET,
-    SCRIPTS_FOLDER,
-    SHOWMIGRATIONS,
-    VERBOSITY,
-    Arg,
-    click_params,
-)
+from ..arguments import SCRIPTS_FOLDER, VERBOSITY, click_params
+from ..commands import VERBS, Verb, run_verb
 from ..console import FLASK, Console, configure_logging
-from ..engine import FhirMigrationError, Project, Settings
+from ..engine import FhirMigrationError, Settings
 from ..engine.config import SCRIPTS_DIR_ENV
 from ..engine.errors import ConfigurationError
-from ..engine.interrupts import exit_code_for, interrupt_text
 from ..standalone import build_settings, require_scripts, scripts_folder
 
 CONFIG = "FHIR_MIGRATIONS"
@@ -58,9 +46,6 @@ SOURCE = f"app.config[{CONFIG!r}]"
 # app.config key (the seed tool's, also its environment variable) -> settings key
 TOP_LEVEL_KEYS = {"FHIR_BASE_URL": "BASE_URL", "MIGRATION_RESOURCE_ID": "STATE_ID"}
 SCRIPTS_KEY = f"app.config[{SCRIPTS_DIR_ENV!r}]"
-
-Body = Callable[[Project, Console, dict[str, Any]], int]
-
 
 class CommandFailed(click.ClickException):
     """An engine error: click prints `Error: <message>` on stderr, no traceback."""
@@ -134,58 +119,35 @@ def _from_root(app: Flask, folders: Any) -> Any:
     return [str(Path(app.root_path, os.path.expanduser(str(f)))) for f in folders if str(f)]
 
 
-def _makemigration(project: Project, console: Console, options: dict[str, Any]) -> int:
-    location = scripts_folder(project.settings, options.get("dir"), "--dir")
-    return verbs.makemigration(project, console, options, location=location)
-
-
-def _command(name: str, help: str, args: Sequence[Arg], body: Body, *,
-             needs_scripts: Callable[[Mapping[str, Any]], bool] = lambda options: True
-             ) -> click.Command:
+def _command(verb: Verb) -> click.Command:
     @with_appcontext
     def callback(**options: Any) -> None:
         verbosity = options.pop("verbosity")
         configure_logging(verbosity)
-        console = click_console(verbosity, options.get("interactive", True))
-        renames: dict[str, str] = {}
-        try:
-            settings, renames = flask_settings(current_app)
-            if needs_scripts(options):
-                require_scripts(settings, SCRIPTS_KEY)
-            project = Project(settings, listeners=[console.on_event], command=f"flask {name}",
-                              source=current_app.name, stdout=sys.stdout)
-            try:
-                exit_code = body(project, console, options)
-            finally:
-                project.close()
-        except FhirMigrationError as exc:
-            raise CommandFailed(console.error_text(exc, renames), exc.exit_code) from None
-        except KeyboardInterrupt as exc:
-            click.echo(f"Interrupted ({interrupt_text(exc)}).", err=True)
-            click.get_current_context().exit(exit_code_for(exc))
+        exit_code = run_verb(
+            verb, options, click_console(verbosity, options.get("interactive", True)),
+            settings=lambda: flask_settings(current_app), command=FLASK.command(verb.name),
+            source=current_app.name, stdout=sys.stdout,
+            locate=lambda settings, options: scripts_folder(settings, options.get("dir"), "--dir"),
+            require_scripts=lambda settings: require_scripts(settings, SCRIPTS_KEY),
+            on_error=command_failed)
         if exit_code:
             click.get_current_context().exit(exit_code)
 
-    return click.Command(name, callback=callback, params=click_params([*args, VERBOSITY]),
-                         help=help, short_help=help.split(". ")[0].rstrip("."))
+    args = (*verb.arguments, SCRIPTS_FOLDER) if verb.folder else verb.arguments
+    return click.Command(FLASK.command(verb.name).removeprefix("flask "), callback=callback,
+                         params=click_params([*args, VERBOSITY]), help=verb.help,
+                         short_help=verb.short_help)
+
+
+def command_failed(error: FhirMigrationError, text: str) -> int:
+    """click prints a ClickException as `Error: <message>` on stderr, no traceback."""
+    raise CommandFailed(text, error.exit_code) from None
 
 
 def commands() -> list[click.Command]:
-    return [
-        _command("migrate", "Create a new migration script NNNN_NAME.py whose down_revision is the "
-                 "current head.", (*MAKEMIGRATION, SCRIPTS_FOLDER), _makemigration),
-        _command("upgrade", "Apply every unapplied FHIR migration, in order (or up to TARGET).",
-                 MIGRATE, verbs.migrate),
-        _command("downgrade", "Revert the most recent FHIR migration (or --steps N, down to "
-                 "TARGET, or 'zero' for all).", DOWNGRADE, verbs.downgrade),
-        _command("reset", "Forget the FHIR migration state (head := None). Runs no migration and "
-                 "changes no data; asks first.", RESET, verbs.reset,
-                 needs_scripts=lambda options: False),
-        _command("showmigrations", "List every FHIR migration: applied [X] or not [ ], when and "
-                 "by whom.", SHOWMIGRATIONS, verbs.showmigrations),
-        _command("history", "What happened to the FHIR migration state, newest first "
-                 "(AuditEvents).", HISTORY, verbs.history, needs_scripts=lambda options: False),
-    ]
+    """The seed tool's commands (`flask migrate NAME`, `flask upgrade`, ...), one per verb."""
+    return [_command(verb) for verb in VERBS.values()]
 
 
 def create_blueprint(name: str = "fhir_migrations", *, cli_group: str | None = None) -> Blueprint:

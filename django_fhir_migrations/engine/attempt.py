@@ -29,7 +29,7 @@ from .audit import Actor, error_text
 from .clock import isoformat, utcnow
 from .config import Settings
 from .control import CHECK_EVERY, StopRequested
-from .events import EventStream
+from .events import EventStream, Resumed
 from .fhir.client import FhirConnection
 from .journal import Journal
 from .provenance import Writer
@@ -158,8 +158,8 @@ class Attempt:
             # What the interrupted attempts wrote, from their own signed records: the count
             # said is what resume found, not what the last lease renewal managed to record.
             index = self.journal.index = ResumeIndex(connection, self.previous, writer.signer)
-            events.emit("resumed", direction=direction, script=script, count=index.found,
-                        detail=_ignored(index))
+            events.emit(Resumed(script, index.found, ignored=tuple(index.ignored),
+                                ignored_count=index.ignored_count))
 
     @property
     def started(self) -> bool:
@@ -258,12 +258,3 @@ class Attempt:
             return
         record = self.record(scrub(error_text(error))[:300])
         self.lock.parting = lambda state: state.with_attempt(record, self.script.revision)
-
-
-def _ignored(index: ResumeIndex) -> str:
-    """What resume would not trust, for the `resumed` event (empty when everything verified)."""
-    if not index.ignored_count:
-        return ""
-    more = f" and {index.ignored_count - len(index.ignored)} more" if index.ignored_count > len(index.ignored) else ""
-    return (f"{index.ignored_count} record(s) tagged with the interrupted attempt could not be "
-            f"verified as this tool's and were ignored: {', '.join(index.ignored)}{more}")

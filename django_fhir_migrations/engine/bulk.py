@@ -42,6 +42,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .clock import http_date, isoformat, utcnow
 from .errors import FhirMigrationError, FhirServerError, ServerUnreachableError
+from .events import Progress
 from .fhir.client import FhirConnection, checked_type, resource_path
 from .fhir.paging import search_entries
 from .fhir.retries import parse_retry_after
@@ -264,8 +265,7 @@ def _wait(ctx: ScriptContext, status_url: str, changed: Callable[[], int]) -> No
             raise BulkJobError(f"The server's bulk patch job did not finish within {limit:.0f} s; the "
                                f"run stops here. Its status is at {printable(status_url, 200)}; the "
                                "next run re-attaches.")
-        ctx.events.emit("progress", script=ctx.script, detail="bulk patch", count=max(count, 0),
-                        duration=now - started)
+        ctx.events.emit(Progress("bulk patch", max(count, 0), duration=now - started, script=ctx.script))
         after = parse_retry_after(reply.headers.get("Retry-After"))
         time.sleep(min(MAX_POLL_INTERVAL, after if after is not None else interval))
         interval = min(MAX_POLL_INTERVAL, interval * 1.5)
@@ -281,8 +281,8 @@ def _wait(ctx: ScriptContext, status_url: str, changed: Callable[[], int]) -> No
         raise BulkJobError(f"The server's bulk patch job failed ({printable(status, 60) or 'no status'}): "
                            f"{report or 'no report'}. Resources it patched before failing keep "
                            "the patch; their Provenance is written by the next run.")
-    ctx.events.emit("progress", script=ctx.script, detail="bulk patch", count=max(changed(), 0),
-                    duration=time.monotonic() - started, final=True)
+    ctx.events.emit(Progress("bulk patch", max(changed(), 0), duration=time.monotonic() - started,
+                             final=True, script=ctx.script))
 
 
 def _record_changes(ctx: ScriptContext, resource_type: str, query: Mapping[str, Any],

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import failure_budget
 from .errors import BundleError, FhirServerError
+from .events import BundleFailures
 from .fhir.cancel import cancellable
 from .journal import (
     TRANSACTION_SEMANTICS_HEADER,
@@ -232,8 +233,6 @@ class BundleWriter:
                 raise bundle_error(self.kind, self.failures, budget=self._budget() if self.max_failures else "")
             # Within the budget: the migration goes on, and is recorded "applied with N failures".
             self.ctx.journal.failures.extend(Failure.of(r) for r in self.failures)
-            summary = "; ".join(f"{count} x {status} {message} ({', '.join(examples)})"
-                                for status, count, message, examples in failure_summary(self.failures))
-            self.ctx.events.emit("bundle_failures", script=self.ctx.script, count=len(self.failures),
-                                 detail=f"{len(self.failures)} entr{'y' if len(self.failures) == 1 else 'ies'} "
-                                        f"refused, within the budget of {self._budget()}: {summary}")
+            groups = tuple((status, count, message, tuple(examples))
+                           for status, count, message, examples in failure_summary(self.failures))
+            self.ctx.events.emit(BundleFailures(self.ctx.script, len(self.failures), self._budget(), groups))

@@ -28,7 +28,7 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from .bulk import bulk_patch
 from .bundles import BundleWriter
 from .config import Settings
-from .events import Event, EventStream
+from .events import BundleIntercepted, Event, EventStream, Progress, WriteIntercepted
 from .fhir.client import FhirConnection, checked_id, checked_type, query_string, resource_path
 from .fhir.paging import FRESH, search_entries
 from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
@@ -422,8 +422,8 @@ class MigrationContext:
         return response
 
     def _print_intercepted(self, event: Event) -> None:
-        if event.action == "write_intercepted":
-            self.stdout.write(f"  [dry-run] {event.detail}\n")
+        if isinstance(event, WriteIntercepted):
+            self.stdout.write(f"  [dry-run] {event.request}\n")
 
     def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None:
         """Report one intercepted write as facts (method, type, id; `count` resources for a
@@ -433,13 +433,12 @@ class MigrationContext:
         path = printable(path, 300)
         resource_type, resource_id = resource_of(path)
         self.dry_run_writes.append((method, path))
-        self.events.emit("write_intercepted", script=self.script, detail=f"{method} {path}{summary}",
-                         method=method, resource_type=resource_type, resource_id=resource_id,
-                         count=count)
+        self.events.emit(WriteIntercepted(self.script, method, resource_type, resource_id,
+                                          f"{method} {path}{summary}", count))
 
     def show_bundle(self, kind: str, entries: int) -> None:
         """A bundle that would have been sent: its entries are reported as writes, one by one."""
-        self.events.emit("bundle_intercepted", script=self.script, detail=kind, count=entries)
+        self.events.emit(BundleIntercepted(self.script, kind, entries))
 
     def _summarize(self, method: str, path: str, body: Any) -> str:
         if not isinstance(body, Mapping):
@@ -469,20 +468,17 @@ class MigrationContext:
             self.attempt.total = total  # the state's attempt record carries it: rate and ETA anywhere
         started = last = time.monotonic()
         count = 0
-        self.events.emit("progress", script=self.script, detail=desc, count=0, total=total,
-                         duration=0.0)
+        self.events.emit(Progress(desc, 0, total, script=self.script))
         try:
             for count, item in enumerate(iterable, 1):
                 yield item
                 now = time.monotonic()
                 if now - last >= PROGRESS_INTERVAL:
                     last = now
-                    self.events.emit("progress", script=self.script, detail=desc, count=count,
-                                     total=total, duration=now - started)
+                    self.events.emit(Progress(desc, count, total, now - started, script=self.script))
         finally:
             elapsed = time.monotonic() - started
-            self.events.emit("progress", script=self.script, detail=desc, count=count, total=total,
-                             duration=elapsed, final=True)
+            self.events.emit(Progress(desc, count, total, elapsed, final=True, script=self.script))
             self.log.info("%s: %d done in %.1fs", desc, count, elapsed)
 
     # --- helpers --------------------------------------------------------------------------

@@ -23,10 +23,10 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO
 
+from . import events as ev
 from . import failures as failures_record
 from .adoption import latest_application
 from .attempt import Attempt, FirstOpening, Opening
@@ -48,7 +48,7 @@ from .errors import (
     VerificationError,
     VersionConflictError,
 )
-from .events import Direction, EventStream
+from .events import Confirm, Direction, EventStream
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
 from .history import History, recording_applied, recording_reverted
@@ -63,7 +63,6 @@ from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
 from .throttle import Throttle
 from .undo import undo
 
-Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")
 
 
@@ -105,7 +104,7 @@ class MigrationExecutor:
         # One per run: the server's normal latency, learnt by the first sends, holds for all.
         self.throttle = Throttle(max_rate=settings.max_rate, adaptive=settings.adaptive_backoff,
                                  workers=settings.workers,
-                                 notify=lambda text: events.emit("throttle", detail=text))
+                                 notify=lambda text: events.emit(ev.Throttle(text)))
         connection.observers.append(self.throttle.on_response)
 
     # --- upgrade -------------------------------------------------------------------------
@@ -122,15 +121,15 @@ class MigrationExecutor:
         if not plan:
             below = target_rev is not None and target_rev in history.applied and any(
                 r not in graph.ancestors(target_rev) for r in history.applied)
-            self.events.emit("nothing_to_do", detail="below_head" if below else "",
-                             script=graph.script(target_rev) if below and target_rev else None)
+            self.events.emit(ev.NothingToDo(reason="below_head" if below else "",
+                                            script=graph.script(target_rev) if below and target_rev else None))
             return Outcome()
         self._warn_out_of_order(history, plan)
         if check:
-            self.events.emit("plan", scripts=tuple(plan), detail="check")
+            self.events.emit(ev.Plan(tuple(plan), check=True))
             return Outcome(pending=plan, exit_code=1)
         if plan_only:
-            self.events.emit("plan", scripts=tuple(plan), detail="plan")
+            self.events.emit(ev.Plan(tuple(plan)))
             return Outcome(pending=plan)
         if dry_run:
             return self._dry_run(plan, "upgrade")
@@ -149,7 +148,7 @@ class MigrationExecutor:
                 # Re-plan from the state as it is now: another replica may have migrated meanwhile.
                 plan = planned(lock.held)
                 if not plan:
-                    self.events.emit("nothing_to_do", detail="another_process")
+                    self.events.emit(ev.NothingToDo(reason="another_process"))
                     return Outcome()
                 return self._run_all(graph, lock, plan, "upgrade", fake,
                                      opened=opening.opening if opening else None)
@@ -172,7 +171,7 @@ class MigrationExecutor:
         state = self.recorder.read()
         plan = self._backwards(History(state, graph), target, steps)
         if not plan:
-            self.events.emit("nothing_to_do", direction="downgrade")
+            self.events.emit(ev.NothingToDo(direction="downgrade"))
             return Outcome()
         irreversible = [s for s in plan if s.irreversible]
         if irreversible and not fake:
@@ -180,11 +179,9 @@ class MigrationExecutor:
         edited = [s for s in History(state, graph).drifted() if s in plan]
         if edited and not fake:
             # Its downgrade runs as the file is now, not as it was when it was applied.
-            self.events.emit("checksum_warning", scripts=tuple(edited), detail=(
-                f"{', '.join(f'{s.name} ({s.short})' for s in edited)} was edited since it was "
-                "applied: its downgrade runs as the file is now."))
+            self.events.emit(ev.ChecksumWarning(tuple(edited), direction="downgrade"))
         if plan_only:
-            self.events.emit("plan", direction="downgrade", scripts=tuple(plan), detail="plan")
+            self.events.emit(ev.Plan(tuple(plan), direction="downgrade"))
             return Outcome(pending=plan)
         if dry_run:
             return self._dry_run(plan, "downgrade")
@@ -241,21 +238,19 @@ class MigrationExecutor:
                 self.audit.record("reset", state=state, detail="head set to None")
             finally:
                 lock.release()
-        self.events.emit("reset", detail=self.settings.state_id)
+        self.events.emit(ev.Reset(self.settings.state_id))
         return Outcome()
 
     def break_lock(self, confirm: Confirm | None) -> Outcome:
         """Remove a lease on purpose (its holder died and you will not wait for expiry)."""
         state = self.recorder.read()
         if state.lock is None:
-            self.events.emit("lock_free", detail=self.settings.state_id)
+            self.events.emit(ev.LockFree(self.settings.state_id))
             return Outcome()
         held: LockInfo = state.lock
-        question = (f"The migration lock on state {self.settings.state_id!r} is held by "
-                    f"{held.describe()}: {lease_condition(state)}. Break it? If that process is "
-                    "still running, it will stop before recording anything more.")
+        question = ev.BreakLockQuestion(self.settings.state_id, held.describe(), lease_condition(state))
         if confirm is not None and not confirm(question):
-            self.events.emit("lock_kept", detail=held.describe())
+            self.events.emit(ev.LockKept(held.describe()))
             return Outcome(exit_code=1)
         for _ in range(5):
             if state.lock is None or state.lock.token != held.token:
@@ -269,7 +264,7 @@ class MigrationExecutor:
         else:
             raise LockError("The lock holder kept renewing while breaking it; try again.")
         self.audit.record("lock-broken", state=state, detail=f"lock of {held.describe()}")
-        self.events.emit("lock_broken", detail=held.describe())
+        self.events.emit(ev.LockBroken(held.describe()))
         return Outcome()
 
     def forget_bulk_job(self, confirm: Confirm | None, *, lock_timeout: float | None = None) -> Outcome:
@@ -278,14 +273,11 @@ class MigrationExecutor:
         state = self.recorder.read()
         jobs = [a for a in state.attempts if a.job]
         if not jobs:
-            self.events.emit("bulk_job_forgotten")
+            self.events.emit(ev.BulkJobForgotten())
             return Outcome()
         described = "; ".join(f"migration {a.revision}: {a.job}" for a in jobs)
-        question = (f"An interrupted migration on state {self.settings.state_id!r} started a bulk "
-                    f"job on the server, or may have ({described}). If it still runs, the next run "
-                    "would patch its resources a second time. Forget it?")
-        if confirm is not None and not confirm(question):
-            self.events.emit("bulk_job_kept", detail=described)
+        if confirm is not None and not confirm(ev.ForgetBulkJobQuestion(self.settings.state_id, described)):
+            self.events.emit(ev.BulkJobKept(described))
             return Outcome(exit_code=1)
         with signals_interrupt():
             lock = self._new_lock(lock_timeout)
@@ -296,7 +288,7 @@ class MigrationExecutor:
                 self.audit.record("bulk-job-forgotten", state=state, detail=described)
             finally:
                 lock.release()
-        self.events.emit("bulk_job_forgotten", detail=described)
+        self.events.emit(ev.BulkJobForgotten(described))
         return Outcome()
 
     def accept_checksums(self, *, lock_timeout: float | None = None) -> Outcome:
@@ -305,7 +297,7 @@ class MigrationExecutor:
         graph = self.loader.valid_graph()
         state = self.recorder.read()
         if not History(state, graph).drifted():
-            self.events.emit("checksums_accepted")
+            self.events.emit(ev.ChecksumsAccepted())
             return Outcome()
         with signals_interrupt():
             lock = self._new_lock(lock_timeout)
@@ -322,7 +314,7 @@ class MigrationExecutor:
                                           detail=f"checksum now {script.checksum}")
             finally:
                 lock.release()
-        self.events.emit("checksums_accepted", scripts=tuple(drifted))
+        self.events.emit(ev.ChecksumsAccepted(tuple(drifted)))
         return Outcome(done=drifted)
 
     # --- pieces --------------------------------------------------------------------------
@@ -342,8 +334,7 @@ class MigrationExecutor:
         return MigrationLock(
             self.recorder, ttl=self.settings.lock_ttl, command=self.actor.command,
             user=self.actor.user,
-            on_wait=lambda held: self.events.emit("lock_wait", detail=held.describe(),
-                                                  duration=timeout),
+            on_wait=lambda held: self.events.emit(ev.LockWait(held.describe(), timeout)),
             on_takeover=self._took_over,
         )
 
@@ -356,15 +347,14 @@ class MigrationExecutor:
         """The lease was taken from a holder that died (its pid is gone from this host) or whose
         lease expired: said and audited."""
         self.audit.record("lock-taken-over", state=state, detail=f"lock of {held.describe()} ({reason})")
-        self.events.emit("lock_taken_over", detail=held.describe(), reason=reason, count=held.pid)
+        self.events.emit(ev.LockTakenOver(held.describe(), held.pid, reason))
 
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
                  direction: Direction, fake: bool, opened: Opening | None = None) -> Outcome:
         """Run the plan; `opened`: the first migration's attempt, recorded with the lease."""
         state_path = f"Basic/{lock.held.resource_id}"
         self.throttle.probe = lambda: self.connection.get(state_path)  # a read as clinicians make
-        self.events.emit("run_start", direction=direction, scripts=tuple(plan), fake=fake,
-                         detail=self.settings.state_id)
+        self.events.emit(ev.RunStart(direction, tuple(plan), self.settings.state_id, fake=fake))
         started = time.monotonic()
         done: list[MigrationScript] = []
         for index, script in enumerate(plan):
@@ -375,8 +365,7 @@ class MigrationExecutor:
             except RunStopped as stopped:  # an operator's pause or cancel: the rest waits
                 return Outcome(done=done, pending=plan[len(done):], exit_code=stopped.exit_code)
             done.append(script)
-        self.events.emit("run_done", direction=direction, scripts=tuple(done), fake=fake,
-                         duration=time.monotonic() - started)
+        self.events.emit(ev.RunDone(direction, tuple(done), time.monotonic() - started, fake=fake))
         return Outcome(done=done)
 
     def _run_one(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
@@ -387,7 +376,7 @@ class MigrationExecutor:
         recorded by the state write before it; `following`: the next migration of the plan
         (None: this is the last, and its record releases the lease). Returns the attempt its
         record opened for `following`."""
-        self.events.emit("apply_start", direction=direction, script=script, fake=fake)
+        self.events.emit(ev.ApplyStart(direction, script, fake=fake))
         lock.check()
         started = time.monotonic()
         attempts: tuple[str, ...] = ()
@@ -413,7 +402,7 @@ class MigrationExecutor:
                 self._refuse_while_cancelling(lock.held, script)
             try:
                 if attempt.verify_only:
-                    self.events.emit("verify_only", script=script)
+                    self.events.emit(ev.VerifyOnly(script))
                 else:
                     self._run_script(lock, script, direction, ctx)
                 if direction == "upgrade" and script.has_verify:
@@ -426,15 +415,13 @@ class MigrationExecutor:
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
-                self.events.emit("apply_failed", direction=direction, script=script,
-                                 detail=scrub(error_text(exc)))
+                self.events.emit(ev.ApplyFailed(direction, script, scrub(error_text(exc))))
                 raise
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in a script is a failure too
                 lock.renewal = None
                 attempt.stopped(exc)
                 self.audit.record("failed", script=script, state=lock.state, error=exc)
-                self.events.emit("apply_failed", direction=direction, script=script,
-                                 detail=scrub(error_text(exc)))
+                self.events.emit(ev.ApplyFailed(direction, script, scrub(error_text(exc))))
                 if isinstance(exc, VerificationError):
                     raise
                 raise self._failed(script, direction, exc) from exc
@@ -447,6 +434,7 @@ class MigrationExecutor:
             recorded, failed = bool(attempts), []
         duration = time.monotonic() - started
         detail = ""
+        before: AppliedMigration | None = None
         if resumed_from:  # the applied record covers every attempt, not only this one's part
             duration = seconds_since(resumed_from, duration)
         if direction == "upgrade":
@@ -478,9 +466,11 @@ class MigrationExecutor:
         self._record(lock, _then(change, following_opening), event, script, duration, detail=detail,
                      last=following is None)
         lock.parting = following_opening.revert if following_opening else None
-        self.events.emit("apply_success", direction=direction, script=script, fake=fake,
-                         duration=duration, count=len(failed) if direction == "upgrade" else 0,
-                         detail=detail)
+        self.events.emit(ev.ApplySuccess(
+            direction, script, duration, fake=fake, failures=len(failed) if direction == "upgrade" else 0,
+            retried=len(retry or []) if before is not None else None,
+            accepted_checksum=script.checksum if before is not None and before.checksum != script.checksum
+            else ""))
         return following_opening
 
     def _record(self, lock: MigrationLock, change: Mutation, event: str, script: MigrationScript,
@@ -529,10 +519,10 @@ class MigrationExecutor:
             attempt.pause(request)
             self.audit.record("paused", script=script, state=lock.state,
                               detail=f"at the request of {request.requested_by}, after {written} resource(s)")
-            self.events.emit("paused", script=script, count=written, detail=request.requested_by)
+            self.events.emit(ev.Paused(script, written, by=request.requested_by))
             raise RunStopped(0)
         reverted = self._revert_partial(graph, lock, script, attempt.ids, request.requested_by)
-        self.events.emit("cancelled", script=script, count=reverted, detail=request.requested_by)
+        self.events.emit(ev.Cancelled(request.requested_by, script, reverted))
         raise RunStopped(1)
 
     def _revert_partial(self, graph: RevisionGraph, lock: MigrationLock, script: MigrationScript,
@@ -578,10 +568,10 @@ class MigrationExecutor:
         """`fhirmigrate --pause`: ask the running migration to pause, and wait until it has."""
         state, request = request_stop(self.recorder, "pause", self.actor.describe())
         if request is None:
-            self.events.emit("nothing_running", detail=self.settings.state_id)
+            self.events.emit(ev.NothingRunning(self.settings.state_id))
             return Outcome()
         assert state.lock is not None
-        self.events.emit("stop_requested", detail=f"pause|{state.lock.describe()}")
+        self.events.emit(ev.StopRequested("pause", state.lock.describe()))
         after = wait_for_stop(self.recorder, request, self._timeout(wait))
         self._report_stop(request, after)
         return Outcome()
@@ -595,19 +585,18 @@ class MigrationExecutor:
         unfinished = [a for a in state.attempts if (a.direction == "upgrade" or a.reverts)
                       and a.revision in graph]
         if not running and not unfinished:
-            self.events.emit("nothing_running", detail=self.settings.state_id)
+            self.events.emit(ev.NothingRunning(self.settings.state_id))
             return Outcome()
-        names = ", ".join(graph.script(a.revision).name for a in unfinished) or "the running migration"
-        question = (f"This stops {names} on state {self.settings.state_id!r} and reverts every "
-                    "resource its unfinished application wrote. Cancel it?")
+        names = tuple(graph.script(a.revision).name for a in unfinished)
+        question = ev.CancelQuestion(self.settings.state_id, names)
         if confirm is not None and not confirm(question):
-            self.events.emit("cancel_kept")
+            self.events.emit(ev.CancelKept())
             return Outcome(exit_code=1)
         if running:
             state, request = request_stop(self.recorder, "cancel", self.actor.describe())
             if request is not None:
                 assert state.lock is not None
-                self.events.emit("stop_requested", detail=f"cancel|{state.lock.describe()}")
+                self.events.emit(ev.StopRequested("cancel", state.lock.describe()))
                 after = wait_for_stop(self.recorder, request, self._timeout(lock_timeout))
                 if after is None:
                     self._report_stop(request, None)
@@ -616,7 +605,7 @@ class MigrationExecutor:
         unfinished = [a for a in state.attempts if (a.direction == "upgrade" or a.reverts)
                       and a.revision in graph]
         if not unfinished:  # the running process reverted them itself
-            self.events.emit("cancelled", count=-1, detail=self.actor.describe())
+            self.events.emit(ev.Cancelled(self.actor.describe(), by_running_process=True))
             return Outcome()
         self._require_signing_key()
         with signals_interrupt():
@@ -628,23 +617,23 @@ class MigrationExecutor:
                     script = graph.script(record.revision)
                     reverted = self._revert_partial(graph, lock, script, record.reverts or record.attempts,
                                                     self.actor.describe())
-                    self.events.emit("cancelled", script=script, count=reverted, detail=self.actor.describe())
+                    self.events.emit(ev.Cancelled(self.actor.describe(), script, reverted))
             finally:
                 lock.release()
         return Outcome()
 
     def _report_stop(self, request: ControlRequest, state: MigrationState | None) -> None:
         if state is None:
-            self.events.emit("stop_pending", detail=request.action)
+            self.events.emit(ev.StopPending(request.action))
             return
         paused = [a for a in state.attempts if a.paused]
         if request.action == "pause" and paused:
             for record in paused:
-                self.events.emit("paused", count=record.written, detail=record.paused,
-                                 script=self.loader.valid_graph().script(record.revision)
-                                 if record.revision in self.loader.valid_graph() else None)
+                graph = self.loader.valid_graph()
+                self.events.emit(ev.Paused(graph.script(record.revision) if record.revision in graph
+                                           else None, record.written, by="", when=record.paused))
         elif request.action == "pause":
-            self.events.emit("stop_pending", detail="finished")
+            self.events.emit(ev.StopPending("finished"))
 
     def retry_failed(self, target: str, *, lock_timeout: float | None = None) -> Outcome:
         """`fhirmigrate --retry-failed NAME`: run the migration's upgrade again over exactly the
@@ -668,8 +657,7 @@ class MigrationExecutor:
             lock = self._new_lock(lock_timeout)
             try:
                 lock.acquire(self.recorder.read(), self._timeout(lock_timeout))
-                self.events.emit("retry_start", script=script, count=len(failed),
-                                 detail="edited" if entry.checksum != script.checksum else "")
+                self.events.emit(ev.RetryStart(script, len(failed), edited=entry.checksum != script.checksum))
                 self._run_one(graph, lock, script, "upgrade", fake=False, retry=failed)
             finally:
                 lock.release()
@@ -681,14 +669,8 @@ class MigrationExecutor:
         if not self.settings.provenance or not self.settings.signing_keys:
             return ()
         found = latest_application(self.connection, script.revision, self.settings.signer)
-        if found.attempts:
-            detail = (f"Adopted the recorded writes of {len(found.attempts)} earlier attempt(s) of "
-                      f"{script.name} ({found.resources:,} resource(s), recorded {found.first} to "
-                      f"{found.last}): ctx.undo() can revert them")
-        else:
-            detail = (f"No earlier application of {script.name} to adopt ({found.why}): ctx.undo() "
-                      "cannot revert it")
-        self.events.emit("adopted", script=script, count=len(found.attempts), detail=detail)
+        self.events.emit(ev.Adopted(script, len(found.attempts), resources=found.resources,
+                                    first=found.first, last=found.last, why=found.why))
         return found.attempts
 
     def _verify(self, lock: MigrationLock, script: MigrationScript, attempt: Attempt,
@@ -697,7 +679,7 @@ class MigrationExecutor:
         the upgrade is recorded as done first, so a failed verify is all a rerun repeats."""
         if not attempt.verify_only:
             attempt.mark_upgraded(script.checksum)
-        self.events.emit("verify_start", script=script)
+        self.events.emit(ev.VerifyStart(script))
         try:
             self._run_script(lock, script, "verify", ctx)
         except KeyboardInterrupt:
@@ -739,10 +721,10 @@ class MigrationExecutor:
         return MigrationFailedError(script, direction, exc, text=text)
 
     def _dry_run(self, plan: list[MigrationScript], direction: Direction) -> Outcome:
-        self.events.emit("dry_run_start", direction=direction, scripts=tuple(plan))
+        self.events.emit(ev.DryRunStart(direction, tuple(plan)))
         session = self.connection.session
         for script in plan:
-            self.events.emit("dry_run_script", direction=direction, script=script)
+            self.events.emit(ev.DryRunScript(direction, script))
             ctx = MigrationContext(self.connection, self.settings, dry_run=True, script=script,
                                    direction=direction, events=self.events, stdout=self.stdout)
             # Writes made through ctx.server / fhirclient models, or the session itself, are
@@ -756,8 +738,7 @@ class MigrationExecutor:
                 raise self._failed(script, f"{direction} (dry run)", exc) from exc
             finally:
                 session.intercept = None
-            self.events.emit("dry_run_done", direction=direction, script=script,
-                             count=len(ctx.dry_run_writes))
+            self.events.emit(ev.DryRunDone(direction, script, len(ctx.dry_run_writes)))
         return Outcome(pending=plan)
 
     def _check_drift(self, history: History, *, fatal: bool) -> None:
@@ -769,13 +750,13 @@ class MigrationExecutor:
         logger.warning("%s", error)
         if fatal:
             raise error
-        self.events.emit("checksum_warning", scripts=tuple(drifted), detail=str(error))
+        self.events.emit(ev.ChecksumWarning(tuple(drifted)))
 
     def _warn_out_of_order(self, history: History, plan: list[MigrationScript]) -> None:
         late = {s.revision for s in history.out_of_order()}
         for script in plan:
             if script.revision in late:
-                self.events.emit("out_of_order", script=script)
+                self.events.emit(ev.OutOfOrder(script))
 
 
 def _then(change: Mutation, opening: Opening | None) -> Mutation:

@@ -16,8 +16,8 @@ from typing import IO
 from .audit import Actor, HistoryReport, attempt_record, read_history
 from .config import ScriptLocation, Settings
 from .errors import ConfigurationError, FhirServerError, WriterError
-from .events import EventStream, Listener
-from .executor import Confirm, MigrationExecutor, Outcome
+from .events import Confirm, EventStream, Listener, ScriptCreated
+from .executor import MigrationExecutor, Outcome
 from .fhir.client import FhirConnection
 from .history import History
 from .loader import MigrationLoader
@@ -139,8 +139,7 @@ class Project:
         down = tuple(h.revision for h in heads)
         new = write_script(location, name, down, message,
                            number=self.next_number() if numbered else None)
-        self.events.emit("script_created", detail=str(new.path), script_revision=new.revision,
-                         parents=down)
+        self.events.emit(ScriptCreated(str(new.path), new.revision, down))
         return new
 
     def next_number(self) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UndoConflictError, UndoError
+from .events import Progress, RecordsIgnored
 from .journal import Write, bundle_error
 from .provenance import Recorded, Target, bound_creates, recorded_by
 from .state import RECORD_IDENTIFIER, STATE_SYSTEM
@@ -77,10 +78,6 @@ class _Ignored:
         if len(self.labels) < SHOWN:
             self.labels.append(label)
 
-    def text(self) -> str:
-        more = f" and {self.count - len(self.labels)} more" if self.count > len(self.labels) else ""
-        return (f"undo ignored {self.count} record(s) or target(s) it cannot prove this tool wrote "
-                f"for this migration: {', '.join(self.labels)}{more}")
 
 
 def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = False) -> int:
@@ -110,7 +107,7 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
     todo = _trusted_only(ctx, todo, ignored)
     conflicts = _changed_since(ctx, todo, ignored)
     if ignored.count:
-        ctx.events.emit("records_ignored", script=ctx.script, count=ignored.count, detail=ignored.text())
+        ctx.events.emit(RecordsIgnored(ctx.script, ignored.count, tuple(ignored.labels)))
     if conflicts and not force:
         raise UndoConflictError(name, revision, conflicts[:SHOWN], len(conflicts))
     blocked = {ref for ref, _ in conflicts}
@@ -128,8 +125,7 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
         if failed:
             raise bundle_error("batch", failed)
         reverted += len(results)
-        ctx.events.emit("progress", script=ctx.script, detail=f"undo {name}", count=reverted,
-                        total=len(todo))
+        ctx.events.emit(Progress(f"undo {name}", reverted, total=len(todo), script=ctx.script))
     return reverted
 
 

@@ -1,10 +1,11 @@
-"""What every fhir* management command shares: settings, the console, errors, exit codes.
+"""The fhir* management commands, built from the verb table (commands.VERBS).
 
-Commands are shells (as Django's own `migrate`): each names its verb and its arguments, and
-`FhirCommand` builds the engine's Project, listened to by a Console speaking Django's command
-names and by the signals (signals.py), calls the verb's body in commands.py, and turns an
-engine error into a CommandError: Django prints its one-paragraph message and exits non-zero,
-and shows the traceback only with --traceback (scrubbed of credentials, as every other text).
+Commands are shells (as Django's own `migrate`): each module in commands/ is one line naming its
+verb, and `FhirCommand` takes the help and the arguments from the verb and runs it through
+`commands.run_verb`, with a Console speaking Django's command names and the signals
+(signals.py) listening. An engine error becomes a CommandError: Django prints its one-paragraph
+message and exits non-zero, and shows the traceback only with --traceback (scrubbed of
+credentials, as every other text).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from .. import commands
-from ..arguments import Arg, add_arguments
-from ..conf import get_settings
+from ..arguments import APP_FOLDER, add_arguments
+from ..conf import app_script_folder, get_settings
 from ..console import DJANGO, Console, configure_logging
-from ..engine import FhirMigrationError, Project
+from ..engine import FhirMigrationError
 from ..engine.config import ScriptLocation, Settings
-from ..engine.interrupts import exit_code_for, interrupt_text
 from ..engine.redaction import scrub, scrubbed_traceback
 from ..signals import SignalSender
 
@@ -29,15 +29,15 @@ class FhirCommand(BaseCommand):
     # Our own checks would stop a command with a less specific message; commands validate
     # what they need themselves and explain it.
     requires_system_checks: list[str] = []
-    verb = ""  # the key of commands.VERBS this command runs
-    arguments: tuple[Arg, ...] = ()
+    verb: commands.Verb
 
     @property
     def command_name(self) -> str:
-        return DJANGO.command(self.verb)
+        return DJANGO.command(self.verb.name)
 
     def add_arguments(self, parser) -> None:
-        add_arguments(parser, self.arguments)
+        add_arguments(parser, (*self.verb.arguments, APP_FOLDER) if self.verb.folder
+                      else self.verb.arguments)
 
     def execute(self, *args: Any, **options: Any) -> Any:
         configure_logging(options.get("verbosity", 1))
@@ -57,33 +57,15 @@ class FhirCommand(BaseCommand):
                        interactive=options.get("interactive", True), stream=self.stdout._out)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        console = self.console(options)
-        try:
-            settings = self.settings(options)
-            project = Project(settings, listeners=[console.on_event, SignalSender(settings)],
-                              command=f"manage.py {self.command_name}", source=self.source(),
-                              stdout=self.stdout._out)
-            try:
-                exit_code = self.run(project, console, options)
-            finally:
-                project.close()
-        except FhirMigrationError as exc:
-            raise CommandError(console.error_text(exc), returncode=exc.exit_code) from exc
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the run already cleaned up
-            self.stderr.write(f"Interrupted ({interrupt_text(exc)}); the lock was released and "
-                              "nothing more was recorded.")
-            sys.exit(exit_code_for(exc))
+        exit_code = commands.run_verb(
+            self.verb, options, self.console(options),
+            settings=lambda: (get_settings(), {}), command=f"manage.py {self.command_name}",
+            source=self.source(), stdout=self.stdout._out,
+            listeners=lambda settings: [SignalSender(settings)], locate=app_folder,
+            on_error=command_error,
+        )
         if exit_code:
             sys.exit(exit_code)
-
-    def run(self, project: Project, console: Console, options: dict[str, Any]) -> int:
-        return commands.VERBS[self.verb](project, console, options)
-
-    def settings(self, options: dict[str, Any]) -> Settings:
-        return get_settings()
-
-    def location(self, options: dict[str, Any]) -> ScriptLocation | None:
-        return None
 
     @staticmethod
     def source() -> str:
@@ -103,4 +85,29 @@ class FhirCommand(BaseCommand):
             sys.exit(getattr(exc, "returncode", 1))
 
 
-__all__ = ["CommandError", "FhirCommand", "scrub"]
+def command_error(error: FhirMigrationError, text: str) -> int:
+    """Django prints a CommandError as one paragraph and exits with its returncode."""
+    raise CommandError(text, returncode=error.exit_code) from error
+
+
+def app_folder(settings: Settings, options: commands.Options) -> ScriptLocation | None:
+    """--app: that app's fhir_migrations/ folder (None: the engine chooses)."""
+    label = options.get("app")
+    if not label:
+        return None
+    try:
+        return app_script_folder(label)
+    except LookupError:
+        raise commands.UsageError(f"No installed app with label {label!r}.") from None
+    except ValueError as exc:
+        raise commands.UsageError(f"Cannot put a migration script in {exc}") from None
+
+
+def verb_command(name: str) -> type[FhirCommand]:
+    """The management command class of verb `name` (commands.VERBS' key)."""
+    verb = commands.VERBS[name]
+    return type("Command", (FhirCommand,), {"verb": verb, "help": verb.help,
+                                            "__module__": f"{__package__}.commands.{DJANGO.command(name)}"})
+
+
+__all__ = ["CommandError", "FhirCommand", "scrub", "verb_command"]

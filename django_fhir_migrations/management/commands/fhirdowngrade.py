@@ -1,9 +1,5 @@
-from ...arguments import DOWNGRADE
-from ..base import FhirCommand
+"""`manage.py fhirdowngrade`: the verb downgrade of commands.VERBS."""
 
+from ..base import verb_command
 
-class Command(FhirCommand):
-    help = ("Revert FHIR data migrations: the most recent one by default, --steps N, down to "
-            "TARGET (kept applied), a relative -N, or 'zero' for all.")
-    verb = "downgrade"
-    arguments = DOWNGRADE
+Command = verb_command("downgrade")

@@ -1,9 +1,5 @@
-from ...arguments import HISTORY
-from ..base import FhirCommand
+"""`manage.py fhirhistory`: the verb history of commands.VERBS."""
 
+from ..base import verb_command
 
-class Command(FhirCommand):
-    help = ("What happened to this migration state, newest first, from the server's AuditEvents: "
-            "applied, reverted, faked, failed, reset; when, by whom, how long, the outcome.")
-    verb = "history"
-    arguments = HISTORY
+Command = verb_command("history")

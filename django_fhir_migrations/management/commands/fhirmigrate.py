@@ -1,8 +1,5 @@
-from ...arguments import MIGRATE
-from ..base import FhirCommand
+"""`manage.py fhirmigrate`: the verb migrate of commands.VERBS."""
 
+from ..base import verb_command
 
-class Command(FhirCommand):
-    help = "Apply every unapplied FHIR data migration, in order (or up to TARGET)."
-    verb = "migrate"
-    arguments = MIGRATE
+Command = verb_command("migrate")

@@ -1,9 +1,5 @@
-from ...arguments import RESET
-from ..base import FhirCommand
+"""`manage.py fhirreset`: the verb reset of commands.VERBS."""
 
+from ..base import verb_command
 
-class Command(FhirCommand):
-    help = ("Forget the migration state (head := None). Runs no migration and changes no data; "
-            "asks for confirmation.")
-    verb = "reset"
-    arguments = RESET
+Command = verb_command("reset")

@@ -1,9 +1,5 @@
-from ...arguments import SHOWMIGRATIONS
-from ..base import FhirCommand
+"""`manage.py fhirshowmigrations`: the verb showmigrations of commands.VERBS."""
 
+from ..base import verb_command
 
-class Command(FhirCommand):
-    help = ("List every FHIR data migration in graph order: applied [X], not [ ], unknown [?], "
-            "when and by whom, the branches and any problem.")
-    verb = "showmigrations"
-    arguments = SHOWMIGRATIONS
+Command = verb_command("showmigrations")
