@@ -121,12 +121,13 @@ class Throughput:
                 self.sets[(number, slot)] = self.bench.new_set(f"{slot.key}-{number + 1}", self.config.n)
 
     def warm(self, warmup: PatientSet) -> None:
-        """Warm the paths the earlier warm-up did not take: the bulk job (and the proxy)."""
+        """Warm the paths the earlier warm-up did not take: the bulk job where the server has
+        one, else patch bundles (and the proxy)."""
         if not self.config.bulk:
             return
         self._start_proxy()
         warm = PatientSet(warmup.name, warmup.tag_system, f"{warmup.tag_system}:warm-bulk", warmup.size)
-        self.bench.tool(warm, self.config.size, kind="bulk-job", label="-warm-bulk",
+        self.bench.tool(warm, self.config.size, kind="bulk-job" if self.job else "bulk", label="-warm-bulk",
                         workers=self.config.default_workers)
         verify_migrated(self.bench.server, warm, "warm-up of bulk_patch")
 

@@ -65,8 +65,12 @@ def test_apply_returns_at_once_and_the_page_follows_the_run_until_applied(
     assert "Applied 1 migration" in done  # the run's last line, from its log
     assert fhir.applied() == [revision]
     assert all(len(appended(p)) == 1 for p in fhir.patients())
-    applied = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied"]
-    assert [e["agent"][0]["who"]["display"] for e in applied] == ["admin (Django admin)"]
+    if fhir.keeps_audit_events:
+        applied = [e for e in fhir.audit_events() if e["subtype"][0]["code"] == "applied"]
+        assert [e["agent"][0]["who"]["display"] for e in applied] == ["admin (Django admin)"]
+    else:  # the state names who applied it (Helios keeps no AuditEvents from clients)
+        [by] = fhir.applied_by()
+        assert by.startswith("admin (Django admin)@")
 
 
 def test_pause_from_the_page_then_continue_changes_each_resource_once(
@@ -96,8 +100,9 @@ def test_pause_from_the_page_then_continue_changes_each_resource_once(
     poll(admin_client, lambda h: states(h) == ["applied"] and launch_phase(h) == "finished", "applied")
     assert fhir.applied() == [revision]
     assert all(len(appended(p)) == 1 and p["meta"]["versionId"] == "2" for p in fhir.patients())
-    events = [e["subtype"][0]["code"] for e in fhir.audit_events()]
-    assert "paused" in events and "applied" in events
+    if fhir.keeps_audit_events:
+        events = [e["subtype"][0]["code"] for e in fhir.audit_events()]
+        assert "paused" in events and "applied" in events
 
 
 def test_cancel_from_the_page_reverts_everything_and_records_nothing(
@@ -125,4 +130,5 @@ def test_cancel_from_the_page_reverts_everything_and_records_nothing(
         assert appended(patient) == []
         assert {k: v for k, v in patient.items() if k != "meta"} == \
             {k: v for k, v in before[patient["id"]].items() if k != "meta"}
-    assert "cancelled" in [e["subtype"][0]["code"] for e in fhir.audit_events()]
+    if fhir.keeps_audit_events:
+        assert "cancelled" in [e["subtype"][0]["code"] for e in fhir.audit_events()]

@@ -29,11 +29,12 @@ from .support.helpers import call
 
 def answered(seen) -> bool:
     """Succeeded, or was the If-Match proof (a state update with a stale version, refused), or
-    an AuditEvent a server refuses by policy (Helios: 405)."""
+    an AuditEvent a server refuses by policy (Helios: 405), alone or in the transaction of a
+    record that carries one."""
     return (seen.status < 400
             or (seen.method == "PUT" and re.search(r"/Basic/[^/?]+$", seen.path) is not None
                 and seen.status in (409, 412))
-            or (seen.method == "POST" and re.search(r"/AuditEvent$", seen.path) is not None
+            or (seen.method == "POST" and re.search(r"(/AuditEvent|/)$", seen.path) is not None
                 and seen.status == 405))
 
 

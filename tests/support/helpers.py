@@ -114,6 +114,13 @@ class FhirNamespace:
                                                if e["url"] == "appliedAt"), ""))
         return [e["valueString"] for ext in entries for e in ext["extension"] if e["url"] == "revision"]
 
+    def applied_by(self) -> list[str]:
+        """Who applied each migration, as the state records it (appliedBy): what names the
+        person where the server keeps no AuditEvents."""
+        state = self.state() or {}
+        return [e["valueString"] for ext in state.get("extension", []) if ext["url"].endswith("/applied-migration")
+                for e in ext["extension"] if e["url"] == "appliedBy"]
+
     def patients(self) -> list[dict[str, Any]]:
         return self.search("Patient", identifier=f"{self.system}|")
 
