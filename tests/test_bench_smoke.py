@@ -74,9 +74,12 @@ def test_benchmark_migrates_every_set_and_ends_with_the_result_line(fhir, tmp_pa
         assert per_migration == sum(steps.values()) == len(figures["requests"]["one_calls"])
         for step in ("read the state", "take the lock", "record the migration and release the lock"):
             assert steps.get(step, 0) >= 1, steps
-        # A migration creating one resource: at most 7 requests on a new state, 6 on an existing one.
-        assert 0 < figures["requests"]["creating"] <= 7, figures["requests"]["creating_calls"]
-        assert 0 < figures["requests"]["creating_next"] <= 6, figures["requests"]["creating_next_calls"]
+        # A migration creating one resource: at most 7 requests on a new state, 6 on an existing
+        # one; one more where the server refuses the AuditEvent in the record's transaction (Helios:
+        # 405, then the record alone).
+        refused = 0 if fhir.keeps_audit_events else 1
+        assert 0 < figures["requests"]["creating"] <= 7 + refused, figures["requests"]["creating_calls"]
+        assert 0 < figures["requests"]["creating_next"] <= 6 + refused, figures["requests"]["creating_next_calls"]
 
         # Every way changed all N Patients of its own set, as the server (not the benchmark) counts.
         # The server-job rows exist where the server has the job (HAPI's $hapi.fhir.bulk-patch).
