@@ -14,8 +14,8 @@ from django_fhir_migrations.engine import script as script_module
 from django_fhir_migrations.engine.config import ScriptLocation
 from django_fhir_migrations.engine.errors import ScriptError
 from django_fhir_migrations.engine.loader import MigrationLoader, script_files
+from django_fhir_migrations.engine.scaffold import render
 from django_fhir_migrations.engine.script import load_script, read_script, source_checksum
-from django_fhir_migrations.engine.writer import render
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 FUNCTIONS = "\n\ndef upgrade(ctx):\n    pass\n\n\ndef downgrade(ctx):\n    pass\n"

@@ -29,6 +29,7 @@ from typing import IO
 
 from . import failures as failures_record
 from .adoption import latest_application
+from .applied import History, recording_applied, recording_reverted
 from .attempt import Attempt, FirstOpening, Opening
 from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, seconds_since, utcnow
@@ -51,7 +52,6 @@ from .errors import (
 from .events import Direction, EventStream
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
-from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
 from .journal import Failure
 from .loader import MigrationLoader
