@@ -34,15 +34,8 @@ from typing import TYPE_CHECKING, Any
 from .config import failure_budget
 from .errors import BundleError, FhirServerError
 from .fhir.cancel import cancellable
-from .journal import (
-    TRANSACTION_SEMANTICS_HEADER,
-    TRY_AS_TRANSACTION_FIRST,
-    Failure,
-    Result,
-    Write,
-    bundle_error,
-    failure_summary,
-)
+from .journal import TRANSACTION_SEMANTICS_HEADER, TRY_AS_TRANSACTION_FIRST
+from .writes import Failure, Result, Write, bundle_error, failure_summary
 
 if TYPE_CHECKING:
     from .protocols import ScriptContext

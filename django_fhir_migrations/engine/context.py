@@ -31,10 +31,11 @@ from .config import Settings
 from .events import Event, EventStream
 from .fhir.client import FhirConnection, checked_id, checked_type, query_string, resource_path
 from .fhir.paging import FRESH, search_entries
-from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
+from .journal import Journal
 from .redaction import printable
 from .state import AppliedMigration
 from .undo import undo
+from .writes import EXISTS, SKIPPED, Write, identifier_key
 
 if TYPE_CHECKING:
     from .attempt import Attempt

@@ -53,7 +53,6 @@ from .events import Direction, EventStream
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
 from .interrupts import signals_interrupt
-from .journal import Failure
 from .loader import MigrationLoader
 from .lock import MigrationLock, Mutation, lease_condition
 from .recorder import StateRecorder
@@ -62,6 +61,7 @@ from .script import MigrationScript
 from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
 from .throttle import Throttle
 from .undo import undo
+from .writes import Failure
 
 Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from .config import Settings
     from .events import EventStream
     from .fhir.client import FhirConnection
-    from .journal import Journal, Write
+    from .journal import Journal
     from .script import MigrationScript
     from .state import AppliedMigration
+    from .writes import Write
 
 
 class ScriptContext(Protocol):

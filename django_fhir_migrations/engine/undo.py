@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UndoConflictError, UndoError
-from .journal import Write, bundle_error
 from .provenance import Recorded, Target, bound_creates, recorded_by
 from .state import RECORD_IDENTIFIER, STATE_SYSTEM
+from .writes import Write, bundle_error
 
 if TYPE_CHECKING:
     from .protocols import ScriptContext
