@@ -439,7 +439,7 @@ class MigrationExecutor:
                     raise
                 raise self._failed(script, direction, exc) from exc
             lock.renewal = None
-            attempts, recorded = attempt.ids, attempt.journal.writer is not None
+            attempts, recorded = attempt.ids, attempt.journal.mode.records
             failed = attempt.journal.failures
             resumed_from = attempt.started_at if attempt.previous else None
         elif direction == "upgrade":

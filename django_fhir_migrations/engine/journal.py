@@ -21,9 +21,15 @@ migrations"):
 * **Counts.** `written` (resources written by this attempt) feeds progress and the state's
   "partially applied" note.
 
-With PROVENANCE off the journal sends writes as before: plain requests, batch bundles tried
-as a transaction first by HAPI (`X-Transaction-Semantics`), transactions as they are; nothing
-is skipped and nothing can be undone.
+How writes leave is the journal's **mode**, chosen once, when the attempt's journal is made, so
+that ctx, its bundles, undo and bulk patch only call the journal and never ask which it is:
+
+* `JOURNALED` (PROVENANCE on, the default): as above.
+* `PLAIN` (PROVENANCE off): writes are sent as before: a single write as a plain request,
+  batch bundles tried as a transaction first by HAPI (`X-Transaction-Semantics`), transactions
+  as they are, conditional writes resolved by the server; nothing is skipped and nothing can
+  be undone.
+* `DRY_RUN` (`--dry-run`): nothing is sent; each write is reported (dryrun.py).
 """
 
 from __future__ import annotations
@@ -32,19 +38,29 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
 from . import jsonpatch
+from .dryrun import DryRun
 from .errors import FhirMigrationError, FhirServerError, ServerUnreachableError
-from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
+from .fhir.client import (
+    FhirConnection,
+    Reply,
+    checked_id,
+    outcome_text,
+    resource_path,
+    validated_results,
+    version_from_location,
+)
 from .provenance import Target, Writer
 from .redaction import printable
 from .resume import ResumeIndex
 from .throttle import Throttle
-from .writes import EXISTS, SKIPPED, Failure, Result, Write, create_key
+from .writes import EXISTS, INTERCEPTED, SKIPPED, Failure, Result, Write, create_key, update_of
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -69,11 +85,26 @@ class ProvenanceNotRecordedError(FhirMigrationError):
             "them.", "Check the resources named above before running the migration again.")
 
 
+class Mode(Enum):
+    """How a journal's writes leave (see the module docstring): chosen once, when it is made."""
+
+    JOURNALED = "journaled"  # in transactions with their Provenance: resumable, undoable
+    PLAIN = "plain"  # PROVENANCE off: plain requests and bundles, nothing recorded
+    DRY_RUN = "dry run"  # nothing leaves: each write is reported
+
+    @property
+    def records(self) -> bool:
+        """Whether writes are recorded as Provenance (what undo and a server's job need)."""
+        return self is Mode.JOURNALED
+
+
 @dataclass
 class Journal:
     """The writes of one migration attempt (see the module docstring).
 
-    `writer` names the attempt in Provenance and signs it (None: PROVENANCE off); `previous`
+    `writer` names the attempt in Provenance and signs it (None: PROVENANCE off); `dry_run`
+    reports the writes instead of sending them (`--dry-run`); together they choose the `mode`.
+    `previous`
     are the interrupted attempts this one continues, and `index` what they wrote (resume.py);
     `on_start` is called once, before the first write is sent (the executor records the
     attempt in the state there, so a resume can always find it: no write, from any worker,
@@ -83,6 +114,7 @@ class Journal:
 
     connection: FhirConnection
     writer: Writer | None = None
+    dry_run: DryRun | None = None
     previous: tuple[str, ...] = ()
     on_start: Callable[[], None] | None = None
     integer_versions: bool = True
@@ -101,12 +133,21 @@ class Journal:
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
+    mode: Mode = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.dry_run is not None:
+            if self.writer is not None:
+                raise ValueError("a dry run records nothing: a journal takes a writer or a dry run, not both")
+            self.mode = Mode.DRY_RUN
+        else:
+            self.mode = Mode.PLAIN if self.writer is None else Mode.JOURNALED
 
     # --- resume ------------------------------------------------------------------------------
 
     @property
     def resuming(self) -> bool:
-        return self.writer is not None and bool(self.previous)
+        return self.mode.records and bool(self.previous)
 
     def written_before(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` ("Type/id") the interrupted attempts already wrote."""
@@ -116,6 +157,78 @@ class Journal:
             assert self.writer is not None
             self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
         return self.index.written(keys)
+
+    # --- what ctx calls ----------------------------------------------------------------------
+
+    def send_one(self, write: Write) -> dict[str, Any] | None:
+        """One write as a call of its own (ctx.create, update, patch, delete): the resource as
+        the server answered it, or None when none came back (skipped, found existing, a dry
+        run, an answer without a resource)."""
+        if self.mode is Mode.DRY_RUN:
+            self._report(write)
+            return None
+        if self.mode is Mode.PLAIN:
+            return self._send_one_plain(write)
+        [result] = self.send([write], atomic=True, representation=True)
+        if result.status in (SKIPPED, EXISTS):
+            return None
+        return result.resource
+
+    def by_id(self, write: Write) -> list[Write]:
+        """A conditional write (`write.url`: `Type?query`) as the writes this journal sends.
+
+        Recorded as Provenance, a write names its resource by id: the match is looked up first
+        and written by id (version-aware), an update of the one match or, when none matches, a
+        create keyed by the query (more than one match is an error); a delete, one of each
+        match. Otherwise the write as it is, for the server to resolve (or a dry run to report).
+        """
+        if not self.mode.records or write.url is None:
+            return [write]
+        matches = list(self._matches(write.resource_type, write.url))
+        if write.method == "DELETE":
+            return [Write("DELETE", write.resource_type, found["id"], check_version=False)
+                    for found in matches]
+        if len(matches) > 1:
+            raise ValueError(f"conditional update of {write.url}: {len(matches)} resources match; "
+                             "it must find at most one")
+        if not matches:
+            return [Write("POST", write.resource_type, body=write.body, key=write.url.partition("?")[2])]
+        found = matches[0]
+        body = dict(write.body, id=found["id"], meta=dict(write.body.get("meta") or {},
+                                                          versionId=(found.get("meta") or {}).get("versionId")))
+        return [update_of(body)]
+
+    def send_conditional(self, write: Write) -> None:
+        """A conditional delete (`write.url`): what `by_id` makes of it, in one transaction;
+        PROVENANCE off, one request the server resolves."""
+        writes = self.by_id(write)
+        if writes == [write]:
+            self.send_one(write)
+        elif writes:
+            self.send(writes, atomic=True)
+
+    def remember(self, resource: Mapping[str, Any]) -> None:
+        """A resource the script read: a dry run compares an update of it with it."""
+        if self.dry_run is not None:
+            self.dry_run.remember(resource)
+
+    def parallel(self, workers: int) -> int:
+        """How many bundles a block may send at once: a dry run reports them in order, one by
+        one."""
+        return 1 if self.mode is Mode.DRY_RUN else max(1, workers)
+
+    def _report(self, write: Write) -> None:
+        assert self.dry_run is not None
+        request = write.request()
+        self.dry_run.show_write(request["method"], request["url"], write.body)
+
+    def _matches(self, resource_type: str, url: str) -> Iterator[dict[str, Any]]:
+        reply = self.connection.get(url, {"_count": 1000})
+        for entry in (reply.body or {}).get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
+                checked_id(resource_type, resource.get("id"))
+                yield resource
 
     # --- sending -----------------------------------------------------------------------------
 
@@ -128,11 +241,18 @@ class Journal:
         representation: the caller wants the written resources back (`Result.resource`; a single
         ctx.create/update returns it). Bundles do not ask for them: the server would serialize
         every resource it just stored into the answer for nothing.
+        A dry run reports them (a bundle's header, then each write) and answers "intercepted".
         """
+        if self.mode is Mode.DRY_RUN:
+            assert self.dry_run is not None
+            self.dry_run.show_bundle("transaction" if atomic else "batch", len(writes))
+            for write in writes:
+                self._report(write)
+            return [Result(write, INTERCEPTED) for write in writes]
         if self.on_boundary is not None:
             self.on_boundary()  # may raise StopRequested: an operator asked the run to stop
         results: dict[int, Result] = {}
-        if self.writer is None:
+        if self.mode is Mode.PLAIN:
             pending = list(enumerate(writes))
         else:
             pending = self._skip_resumed(writes, results)
@@ -197,7 +317,7 @@ class Journal:
         if not pending:
             return []
         writes = [w for _, w in pending]
-        if self.writer is None:
+        if self.mode is Mode.PLAIN:
             return self._send_plain(writes, atomic=atomic, headers=headers)
         if atomic:
             return self._commit(pending, representation=representation)
@@ -506,6 +626,22 @@ class Journal:
         return self.connection.request("POST", "", json=bundle, headers=headers, idempotent=False)
 
     # --- PROVENANCE off -----------------------------------------------------------------
+
+    def _send_one_plain(self, write: Write) -> dict[str, Any] | None:
+        """The write as a plain request, as the seed tool's scripts would send it."""
+        request = write.request()
+        headers = {}
+        if request.get("ifMatch"):
+            headers["If-Match"] = request["ifMatch"]
+        if request.get("ifNoneExist"):
+            headers["If-None-Exist"] = request["ifNoneExist"]
+        if write.method == "PATCH":
+            headers["Content-Type"] = ("application/json-patch+json" if isinstance(write.body, list)
+                                       else "application/fhir+json")
+        reply = self.connection.request(write.method, request["url"], json=write.body, headers=headers)
+        if not reply.body or reply.body.get("resourceType") in (None, "OperationOutcome"):
+            return None
+        return reply.body
 
     def _send_plain(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str]
                     ) -> list[Result]:

@@ -26,17 +26,12 @@ class ScriptContext(Protocol):
     connection: FhirConnection
     journal: Journal
     events: EventStream
-    dry_run: bool
     script: MigrationScript | None
     attempt: Attempt | None
     applied: AppliedMigration | None
 
     @property
     def revision(self) -> str | None: ...
-
-    def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None: ...
-
-    def show_bundle(self, kind: str, entries: int) -> None: ...
 
     def search(self, resource_type: str, *, as_dict: bool = False, read_ahead: bool = True,
                params: Mapping[str, Any] | None = None, **search: Any) -> Iterator[Any]: ...

@@ -22,6 +22,7 @@ from .errors import BundleError
 from .fhir.client import resource_path
 
 SKIPPED, EXISTS = "skipped", "exists"
+INTERCEPTED = "intercepted"  # a dry run's answer: reported, not sent
 
 
 @dataclass
@@ -82,18 +83,36 @@ class Result:
     """What became of one Write."""
 
     write: Write
-    status: str  # the server's ("201 Created", "412 ..."), or SKIPPED / EXISTS
+    status: str  # the server's ("201 Created", "412 ..."), or SKIPPED / EXISTS / INTERCEPTED
     diagnostics: str = ""
     location: str | None = None
     resource: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status in (SKIPPED, EXISTS) or self.status[:1] in ("2", "3")
+        return self.status in (SKIPPED, EXISTS, INTERCEPTED) or self.status[:1] in ("2", "3")
+
+    @property
+    def landed(self) -> bool:
+        """On the server now: written, or found written already (not a dry run's)."""
+        return self.ok and self.status != INTERCEPTED
 
     @property
     def code(self) -> str:
         return self.status.split(" ", 1)[0]
+
+
+def update_of(data: dict[str, Any], *, check_version: bool = True) -> Write:
+    """The Write that PUTs `data` (a resource with its id), If-Match its meta.versionId."""
+    resource_path(data["resourceType"], data.get("id"))
+    version = (data.get("meta") or {}).get("versionId")
+    if check_version and not version:
+        raise ValueError(
+            f"{data['resourceType']}/{data.get('id')}: a version-aware update needs "
+            "meta.versionId from a read; pass check_version=False to overwrite whatever is there"
+        )
+    return Write("PUT", data["resourceType"], data["id"], body=data,
+                 version=version if isinstance(version, str) else None, check_version=check_version)
 
 
 def create_key(write: Write) -> str | None:
