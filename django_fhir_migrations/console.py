@@ -19,11 +19,11 @@ from typing import IO, Any
 
 from .engine.errors import PLAIN_NAMES, ConfigurationError, FhirMigrationError
 from .engine.events import Event
+from .engine.protocols import Confirm
 from .engine.redaction import scrub
 
-Write = Callable[[str], None]
+Output = Callable[[str], None]  # writes one line
 Styler = Callable[[str, str], str]  # (kind, text) -> styled text
-Confirm = Callable[[str], bool]
 
 LOGGER = "django_fhir_migrations"
 PROGRESS_LINE_EVERY = 10.0  # seconds between progress lines when there is no terminal
@@ -101,8 +101,8 @@ class Console:
     """Lines to stdout/stderr at a verbosity (Django's meaning: 0 errors only ... 3 debug)."""
 
     vocabulary: Vocabulary
-    out: Write
-    err: Write
+    out: Output
+    err: Output
     verbosity: int = 1
     styler: Styler | None = None
     interactive: bool = True
@@ -427,8 +427,8 @@ def configure_logging(verbosity: int, stream: IO[str] | None = None) -> None:
     logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.INFO)
 
 
-def stream_writer(stream: IO[str]) -> Write:
-    """A Write for a plain text stream: one line, flushed (so progress shows in CI logs)."""
+def stream_writer(stream: IO[str]) -> Output:
+    """An Output for a plain text stream: one line, flushed (so progress shows in CI logs)."""
 
     def write(text: str) -> None:
         stream.write(text + "\n")

@@ -23,7 +23,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import IO
 
@@ -55,6 +54,7 @@ from .graph import RevisionGraph
 from .interrupts import signals_interrupt
 from .loader import MigrationLoader
 from .lock import MigrationLock, Mutation, lease_condition
+from .protocols import Confirm
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
@@ -63,7 +63,6 @@ from .throttle import Throttle
 from .undo import undo
 from .writes import Failure
 
-Confirm = Callable[[str], bool]
 logger = logging.getLogger("django_fhir_migrations")
 
 

@@ -18,10 +18,11 @@ from .audit import Actor, HistoryReport, attempt_record, read_history
 from .config import ScriptLocation, Settings
 from .errors import ConfigurationError, FhirServerError, WriterError
 from .events import EventStream, Listener
-from .executor import Confirm, MigrationExecutor, Outcome
+from .executor import MigrationExecutor, Outcome
 from .fhir.client import FhirConnection
 from .loader import MigrationLoader
 from .lock import current_user, holder_is_gone
+from .protocols import Confirm
 from .recorder import StateRecorder
 from .scaffold import NewScript, validate_name, write_script
 from .script import file_number

@@ -3,11 +3,12 @@
 `MigrationContext` builds a BundleWriter, calls undo() and bulk_patch(), and those call back
 into it. Naming the part of ctx they use here, below all of them, keeps the imports one way:
 context.py imports bundles.py, undo.py and bulk.py; they import this, never context.py.
+`Confirm`, the one question the engine asks a person, is named here for the same reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
     from .script import MigrationScript
     from .state import AppliedMigration
     from .writes import Write
+
+# Asks a person a yes/no question (the front door's prompt); the engine calls it before an
+# action that cannot be taken back (breaking a lock, forgetting a bulk job, a cancel).
+Confirm = Callable[[str], bool]
 
 
 class ScriptContext(Protocol):
