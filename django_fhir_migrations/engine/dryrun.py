@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
 
 import requests
 
 from .events import Event, EventStream
 from .redaction import printable
+from .writes import INTERCEPTED, Result, Write
 
 SEEN = 1000  # resources remembered for the "changes ..." of a dry-run update
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
@@ -38,6 +39,23 @@ class DryRun:
         self.base_url = base_url
         self.writes: list[tuple[str, str]] = []  # (method, path) of every write reported
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    # --- the journal's sender in a dry run (journal.py) -------------------------------------
+
+    def one(self, write: Write) -> None:
+        """A single write: reported; nothing comes back."""
+        request = write.request()
+        self.show_write(request["method"], request["url"], write.body)
+
+    def bundle(self, writes: Sequence[Write], *, atomic: bool, headers: Any = None,
+               representation: bool = False) -> list[Result]:
+        """A bundle: its header, then each write, in order; every entry "intercepted"."""
+        self.show_bundle("transaction" if atomic else "batch", len(writes))
+        for write in writes:
+            self.one(write)
+        return [Result(write, INTERCEPTED) for write in writes]
+
+    # --- reports ----------------------------------------------------------------------------
 
     def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None:
         """Report one intercepted write as facts (method, type, id; `count` resources for a

@@ -30,6 +30,9 @@ that ctx, its bundles, undo and bulk patch only call the journal and never ask w
   as they are, conditional writes resolved by the server; nothing is skipped and nothing can
   be undone.
 * `DRY_RUN` (`--dry-run`): nothing is sent; each write is reported (dryrun.py).
+
+The choice is made in `__post_init__`: it sets `mode` and the two senders every write goes
+through (`send_one` for a call of its own, `send` for a bundle), the dry run's or the wire's.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from .provenance import Target, Writer
 from .redaction import printable
 from .resume import ResumeIndex
 from .throttle import Throttle
-from .writes import EXISTS, INTERCEPTED, SKIPPED, Failure, Result, Write, create_key, update_of
+from .writes import EXISTS, SKIPPED, Failure, Result, Write, create_key, update_of
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -134,14 +137,18 @@ class Journal:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
     mode: Mode = field(init=False)
+    _one: Callable[[Write], dict[str, Any] | None] = field(init=False, repr=False)
+    _bundle: Callable[..., list[Result]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dry_run is not None:
             if self.writer is not None:
                 raise ValueError("a dry run records nothing: a journal takes a writer or a dry run, not both")
             self.mode = Mode.DRY_RUN
+            self._one, self._bundle = self.dry_run.one, self.dry_run.bundle
         else:
             self.mode = Mode.PLAIN if self.writer is None else Mode.JOURNALED
+            self._one, self._bundle = self._one_on_wire, self._bundle_on_wire
 
     # --- resume ------------------------------------------------------------------------------
 
@@ -164,15 +171,20 @@ class Journal:
         """One write as a call of its own (ctx.create, update, patch, delete): the resource as
         the server answered it, or None when none came back (skipped, found existing, a dry
         run, an answer without a resource)."""
-        if self.mode is Mode.DRY_RUN:
-            self._report(write)
-            return None
-        if self.mode is Mode.PLAIN:
-            return self._send_one_plain(write)
-        [result] = self.send([write], atomic=True, representation=True)
-        if result.status in (SKIPPED, EXISTS):
-            return None
-        return result.resource
+        return self._one(write)
+
+    def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None,
+             representation: bool = False) -> list[Result]:
+        """Send `writes`; one Result each, in order.
+
+        atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
+        write, the server's error). Otherwise batch semantics: each write on its own.
+        representation: the caller wants the written resources back (`Result.resource`; a single
+        ctx.create/update returns it). Bundles do not ask for them: the server would serialize
+        every resource it just stored into the answer for nothing.
+        A dry run reports them (a bundle's header, then each write) and answers "intercepted".
+        """
+        return self._bundle(writes, atomic=atomic, headers=headers, representation=representation)
 
     def by_id(self, write: Write) -> list[Write]:
         """A conditional write (`write.url`: `Type?query`) as the writes this journal sends.
@@ -217,11 +229,6 @@ class Journal:
         one."""
         return 1 if self.mode is Mode.DRY_RUN else max(1, workers)
 
-    def _report(self, write: Write) -> None:
-        assert self.dry_run is not None
-        request = write.request()
-        self.dry_run.show_write(request["method"], request["url"], write.body)
-
     def _matches(self, resource_type: str, url: str) -> Iterator[dict[str, Any]]:
         reply = self.connection.get(url, {"_count": 1000})
         for entry in (reply.body or {}).get("entry") or []:
@@ -232,23 +239,16 @@ class Journal:
 
     # --- sending -----------------------------------------------------------------------------
 
-    def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None,
-             representation: bool = False) -> list[Result]:
-        """Send `writes`; one Result each, in order.
+    def _one_on_wire(self, write: Write) -> dict[str, Any] | None:
+        if self.mode is Mode.PLAIN:
+            return self._send_one_plain(write)
+        [result] = self._bundle_on_wire([write], atomic=True, representation=True)
+        if result.status in (SKIPPED, EXISTS):
+            return None
+        return result.resource
 
-        atomic: all or nothing (a transaction); a refusal raises BundleError (or, for a single
-        write, the server's error). Otherwise batch semantics: each write on its own.
-        representation: the caller wants the written resources back (`Result.resource`; a single
-        ctx.create/update returns it). Bundles do not ask for them: the server would serialize
-        every resource it just stored into the answer for nothing.
-        A dry run reports them (a bundle's header, then each write) and answers "intercepted".
-        """
-        if self.mode is Mode.DRY_RUN:
-            assert self.dry_run is not None
-            self.dry_run.show_bundle("transaction" if atomic else "batch", len(writes))
-            for write in writes:
-                self._report(write)
-            return [Result(write, INTERCEPTED) for write in writes]
+    def _bundle_on_wire(self, writes: Sequence[Write], *, atomic: bool,
+                        headers: Mapping[str, str] | None = None, representation: bool = False) -> list[Result]:
         if self.on_boundary is not None:
             self.on_boundary()  # may raise StopRequested: an operator asked the run to stop
         results: dict[int, Result] = {}
