@@ -95,10 +95,10 @@ def _compile_all(folder: Path) -> float:
 def _load_and_plan(folder: Path) -> tuple[float, int, float, float, float]:
     """Seconds to read and plan (metadata only), then to validate every script, the plan's
     length; and two parts of the load, alone."""
+    from django_fhir_migrations.engine.checksum import source_checksum
     from django_fhir_migrations.engine.config import ScriptLocation
     from django_fhir_migrations.engine.graph import RevisionGraph
     from django_fhir_migrations.engine.loader import MigrationLoader
-    from django_fhir_migrations.engine.script import source_checksum
 
     started = time.perf_counter()
     loader = MigrationLoader([ScriptLocation(path=folder, label="bench")])

@@ -67,7 +67,7 @@ from .engine.events import (
 )
 from .engine.redaction import scrub
 
-Write = Callable[[str], None]
+Output = Callable[[str], None]  # writes one line
 Styler = Callable[[str, str], str]  # (kind, text) -> styled text
 
 LOGGER = "django_fhir_migrations"
@@ -152,8 +152,8 @@ class Console:
     """Lines to stdout/stderr at a verbosity (Django's meaning: 0 errors only ... 3 debug)."""
 
     vocabulary: Vocabulary
-    out: Write
-    err: Write
+    out: Output
+    err: Output
     verbosity: int = 1
     styler: Styler | None = None
     interactive: bool = True
@@ -531,8 +531,8 @@ def configure_logging(verbosity: int, stream: IO[str] | None = None) -> None:
     logger.setLevel(logging.DEBUG if verbosity >= 3 else logging.INFO)
 
 
-def stream_writer(stream: IO[str]) -> Write:
-    """A Write for a plain text stream: one line, flushed (so progress shows in CI logs)."""
+def stream_writer(stream: IO[str]) -> Output:
+    """An Output for a plain text stream: one line, flushed (so progress shows in CI logs)."""
 
     def write(text: str) -> None:
         stream.write(text + "\n")

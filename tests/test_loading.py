@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from django_fhir_migrations.engine import checksum as checksum_module
 from django_fhir_migrations.engine import script as script_module
+from django_fhir_migrations.engine.checksum import source_checksum
 from django_fhir_migrations.engine.config import ScriptLocation
 from django_fhir_migrations.engine.errors import ScriptError
 from django_fhir_migrations.engine.loader import MigrationLoader, script_files
-from django_fhir_migrations.engine.script import load_script, read_script, source_checksum
-from django_fhir_migrations.engine.writer import render
+from django_fhir_migrations.engine.scaffold import render
+from django_fhir_migrations.engine.script import load_script, read_script
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 FUNCTIONS = "\n\ndef upgrade(ctx):\n    pass\n\n\ndef downgrade(ctx):\n    pass\n"
@@ -271,8 +273,8 @@ def test_script_files_lists_python_files_in_name_order(tmp_path):
 def test_the_checksum_is_computed_when_asked_and_matches_the_source(scripts, monkeypatch):
     path = scripts.write("summed", 'revision = "r1"\ndown_revision = None  # note' + FUNCTIONS)
     calls = []
-    real = script_module.source_checksum
-    monkeypatch.setattr(script_module, "source_checksum", lambda source: calls.append(1) or real(source))
+    real = checksum_module.source_checksum
+    monkeypatch.setattr(checksum_module, "source_checksum", lambda source: calls.append(1) or real(source))
     script = read_script(path)
     loader_of(scripts.path).valid_graph()
     assert calls == []
@@ -286,13 +288,13 @@ def test_checksums_are_cached_in_pycache_keyed_by_path_size_and_mtime(scripts, m
     age(path)
     expected = source_checksum(path.read_bytes())
     assert read_script(path, "first").checksum == expected
-    cache = script_module._cache_file(path)
+    cache = checksum_module._cache_file(path)
     assert cache is not None and cache.parent.name == "__pycache__" and cache.exists()
 
     def refuse(source):
         raise AssertionError("the cache should have answered")
 
-    monkeypatch.setattr(script_module, "source_checksum", refuse)
+    monkeypatch.setattr(checksum_module, "source_checksum", refuse)
     assert read_script(path, "second").checksum == expected
 
     # Same size, different content and mtime: the entry does not match, it is computed again.
@@ -306,7 +308,7 @@ def test_a_file_modified_just_now_is_not_cached(scripts, monkeypatch):
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     path = scripts.write("fresh", 'revision = "r1"\ndown_revision = None' + FUNCTIONS)
     assert read_script(path).checksum == source_checksum(path.read_bytes())
-    assert not script_module._cache_file(path).exists()
+    assert not checksum_module._cache_file(path).exists()
 
 
 def test_a_cache_entry_for_other_bytes_is_never_served(scripts, monkeypatch):
@@ -314,7 +316,7 @@ def test_a_cache_entry_for_other_bytes_is_never_served(scripts, monkeypatch):
     path = scripts.write("forged", 'revision = "r1"\ndown_revision = None' + FUNCTIONS)
     age(path)
     assert read_script(path, "first").checksum
-    cache = script_module._cache_file(path)
+    cache = checksum_module._cache_file(path)
     stat = path.stat()
     # Same size and an entry claiming the new mtime, but written for another path: ignored.
     text = cache.read_text().replace(str(path), str(path.with_name("elsewhere.py")))
@@ -328,7 +330,7 @@ def test_no_cache_is_written_when_bytecode_writing_is_off_or_impossible(scripts,
     path = scripts.write("nowrite", 'revision = "r1"\ndown_revision = None' + FUNCTIONS)
     age(path)
     assert read_script(path).checksum == source_checksum(path.read_bytes())
-    assert not script_module._cache_file(path).exists()
+    assert not checksum_module._cache_file(path).exists()
 
     monkeypatch.setattr(sys, "dont_write_bytecode", False)
     (scripts.path / "__pycache__").write_text("not a folder")  # cannot be created: no cache, no error

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from django_fhir_migrations.engine.script import load_script, source_checksum
+from django_fhir_migrations.engine.checksum import source_checksum
+from django_fhir_migrations.engine.script import load_script
 
 
 def test_seed_style_script_loads(scripts):

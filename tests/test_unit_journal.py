@@ -17,14 +17,7 @@ from django_fhir_migrations.engine.errors import (
     ServerUnreachableError,
     UntrustedResponseError,
 )
-from django_fhir_migrations.engine.journal import (
-    EXISTS,
-    SKIPPED,
-    TRANSACTION_SEMANTICS_HEADER,
-    Journal,
-    MissingKeyError,
-    Write,
-)
+from django_fhir_migrations.engine.journal import TRANSACTION_SEMANTICS_HEADER, Journal, MissingKeyError
 from django_fhir_migrations.engine.provenance import (
     ATTEMPT_TAG,
     PREVIOUS_VERSION,
@@ -36,6 +29,7 @@ from django_fhir_migrations.engine.provenance import (
     signed_content,
 )
 from django_fhir_migrations.engine.signing import Signer
+from django_fhir_migrations.engine.writes import EXISTS, SKIPPED, Write
 from tests.support.fake_connection import (
     BASE_URL,
     Call,

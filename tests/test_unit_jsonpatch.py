@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from django_fhir_migrations.engine import jsonpatch
-from django_fhir_migrations.engine.journal import JSON_PATCH_IN_BUNDLE, Journal, Write
+from django_fhir_migrations.engine.journal import JSON_PATCH_IN_BUNDLE, Journal
 from django_fhir_migrations.engine.provenance import Writer
 from django_fhir_migrations.engine.signing import Signer
+from django_fhir_migrations.engine.writes import Write
 from tests.support.fake_connection import FakeConnection, each_entry, status
 
 PATIENT = {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "3"},

@@ -161,9 +161,10 @@ def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: 
     checked_type(resource_type)
     patch = patch_parameters(operations)
     query = dict(search)
-    if ctx.dry_run:
+    preview = ctx.journal.dry_run
+    if preview is not None:  # one write of every match, reported without reading them
         count = ctx.count(resource_type, **query)
-        ctx.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch, count=count)
+        preview.show_write("PATCH", f"{resource_type}?... ({count} matches)", patch, count=count)
         return count
     attempt = ctx.attempt
     call = 0
@@ -178,7 +179,7 @@ def bulk_patch(ctx: ScriptContext, resource_type: str, operations: Any, search: 
             # patch twice.
             return _server_job(ctx, resource_type, patch, query, call)
     if server_job:
-        if attempt is None or ctx.journal.writer is None:
+        if attempt is None or not ctx.journal.mode.records:
             raise BulkJobUnavailableError("the server's job needs PROVENANCE: what it changed is "
                                           "recorded as Provenance after it, and a killed run "
                                           "re-attaches to it from its attempt's record.")

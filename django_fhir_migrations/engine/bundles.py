@@ -35,15 +35,8 @@ from .config import failure_budget
 from .errors import BundleError, FhirServerError
 from .events import BundleFailures
 from .fhir.cancel import cancellable
-from .journal import (
-    TRANSACTION_SEMANTICS_HEADER,
-    TRY_AS_TRANSACTION_FIRST,
-    Failure,
-    Result,
-    Write,
-    bundle_error,
-    failure_summary,
-)
+from .journal import TRANSACTION_SEMANTICS_HEADER, TRY_AS_TRANSACTION_FIRST
+from .writes import Failure, Result, Write, bundle_error, failure_summary
 
 if TYPE_CHECKING:
     from .protocols import ScriptContext
@@ -71,7 +64,7 @@ class BundleWriter:
         self.headers = ({TRANSACTION_SEMANTICS_HEADER: TRY_AS_TRANSACTION_FIRST}
                         if kind == "batch" and transaction_first else {})
         self.size = size or ctx.settings.bundle_size
-        self.workers = max(1, workers if workers is not None else ctx.settings.workers)
+        self.workers = ctx.journal.parallel(workers if workers is not None else ctx.settings.workers)
         self.raise_errors = raise_errors
         # Refused entries the block may leave behind: a count, or a fraction of what it sent.
         self.max_failures = (ctx.settings.max_failures if max_failures is None
@@ -135,12 +128,6 @@ class BundleWriter:
         if not self.entries:
             return
         writes, self.entries = self.entries, []
-        if self.ctx.dry_run:
-            self.ctx.show_bundle(self.kind, len(writes))  # a header, not a write
-            for write in writes:
-                request = write.request()
-                self.ctx.show_write(request["method"], request["url"], write.body)
-            return
         if self.workers == 1 or not updates_only(writes):
             # A bundle that creates or deletes is sent alone, after every earlier bundle of the
             # block has committed: later entries may reference what it creates, and what it
@@ -173,7 +160,7 @@ class BundleWriter:
         failed = [r for r in results if not r.ok]
         with self._mutex:
             self.sent_bundles += 1
-            self.committed += sum(1 for r in results if r.ok)
+            self.committed += sum(1 for r in results if r.landed)
             self.failures.extend(failed)
             failures = len(self.failures)
         for status, count, message, examples in failure_summary(failed):

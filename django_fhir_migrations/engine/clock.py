@@ -1,6 +1,6 @@
 """Time as the state, the lease and the AuditEvents write it: UTC, FHIR dateTime strings.
 
-Kept apart so that modules needing a timestamp (writer, audit, lock, recorder) do not import
+Kept apart so that modules needing a timestamp (scaffold, audit, lock, recorder) do not import
 the state's format to get one.
 """
 

@@ -5,20 +5,19 @@ follows `link[next]` page by page (constant memory), `count`, `read`, version-aw
 `create`/`delete`/`patch`, conditional create/update/delete, `batch()`/`transaction()` bundles,
 `undo()`, `bulk_patch()`, a logger, a progress bar and `dry_run`.
 
-Every write goes through the attempt's journal (journal.py): with Provenance, resumable after
-a crash, undoable by `ctx.undo()`. With `--dry-run` nothing is sent: each write is printed
-(method, URL and which fields change; never the data) instead.
+Every write is built here as a `Write` (writes.py) and handed to the attempt's journal
+(journal.py), which sends it the way the attempt was started: with Provenance, resumable after a
+crash and undoable by `ctx.undo()`; as plain requests with PROVENANCE off; or, with
+`--dry-run`, not at all: each write is reported instead (dryrun.py: method, URL and which fields
+change, never the data). Nothing here asks which.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import sys
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -28,19 +27,19 @@ from fhirclient.models.fhirelementfactory import FHIRElementFactory
 from .bulk import bulk_patch
 from .bundles import BundleWriter
 from .config import Settings
-from .events import BundleIntercepted, Event, EventStream, Progress, WriteIntercepted
-from .fhir.client import FhirConnection, checked_id, checked_type, query_string, resource_path
+from .dryrun import DryRun, printer
+from .events import EventStream, Progress
+from .fhir.client import FhirConnection, checked_type, query_string, resource_path
 from .fhir.paging import FRESH, search_entries
-from .journal import EXISTS, SKIPPED, Journal, Write, identifier_key
-from .redaction import printable
+from .journal import Journal, Mode
 from .state import AppliedMigration
 from .undo import undo
+from .writes import Write, identifier_key, update_of
 
 if TYPE_CHECKING:
     from .attempt import Attempt
 
 T = TypeVar("T")
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{0,63}")
 PROGRESS_INTERVAL = 0.25  # seconds between progress events (a bar redraws no faster)
 
 script_logger = logging.getLogger("django_fhir_migrations.scripts")
@@ -50,7 +49,7 @@ class MigrationContext:
     """What a migration script works with; one per script run (see the module docstring).
 
     Built by the executor with the attempt's `journal`; a ctx built on its own (tests, a
-    notebook) writes without Provenance and prints its dry-run writes to `stdout`.
+    notebook) writes without Provenance (or, `dry_run=True`, prints its writes to `stdout`).
     """
 
     def __init__(self, connection: FhirConnection, settings: Settings, *, dry_run: bool = False,
@@ -58,24 +57,22 @@ class MigrationContext:
                  stdout: IO[str] | None = None, attempt: Attempt | None = None,
                  applied: AppliedMigration | None = None,
                  only: Mapping[str, Collection[str]] | None = None):
+        if dry_run and attempt is not None:
+            raise ValueError("a dry run has no attempt: it records nothing")
         self.connection = connection
         self.settings = settings
-        self.dry_run = dry_run
         self.script = script
         self.direction = direction
         self.stdout = stdout or sys.stdout
         # A ctx made on its own has no front end listening: it prints its intercepted writes.
-        self.events = events or EventStream([self._print_intercepted])
+        self.events = events or EventStream([printer(self.stdout)])
         self.attempt = attempt
-        self.journal = attempt.journal if attempt is not None else Journal(connection)
+        self.journal = attempt.journal if attempt is not None else Journal(
+            connection, dry_run=DryRun(self.events, script, connection.base_url) if dry_run else None)
         self.applied = applied  # in a downgrade, the application ctx.undo() reverts
         # --retry-failed: ctx.search yields only these resources (type -> ids), nothing else.
         self.only = {t: sorted(ids) for t, ids in only.items()} if only is not None else None
         self.log = script_logger
-        self.dry_run_writes: list[tuple[str, str]] = []
-        # Last version of resources this migration has seen, for dry-run diffs. Bounded: memory
-        # must not grow with the number of resources a migration walks through.
-        self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     # --- the SMART on FHIR client --------------------------------------------------------
 
@@ -90,6 +87,16 @@ class MigrationContext:
         Writes made this way are intercepted by --dry-run but have no Provenance and cannot
         be resumed or undone: prefer ctx's own methods."""
         return self.connection.server
+
+    @property
+    def dry_run(self) -> bool:
+        """Whether this is a dry run (`--dry-run`): writes are reported, none is sent."""
+        return self.journal.mode is Mode.DRY_RUN
+
+    @property
+    def dry_run_writes(self) -> list[tuple[str, str]]:
+        """(method, path) of every write a dry run reported."""
+        return self.journal.dry_run.writes if self.journal.dry_run is not None else []
 
     @property
     def revision(self) -> str | None:
@@ -226,16 +233,8 @@ class MigrationContext:
     def conditional_delete(self, resource_type: str, query: str | Mapping[str, str]) -> None:
         """Delete every resource of `resource_type` that `query` finds (one transaction; with
         PROVENANCE each is looked up and deleted by id, so the deletes can be undone)."""
-        if self.journal.writer is None or self.dry_run:
-            if self.dry_run:
-                self.show_write("DELETE", f"{resource_path(resource_type)}?{query_string(query)}", None)
-                return
-            self.connection.request("DELETE", f"{resource_path(resource_type)}?{query_string(query)}")
-            return
-        writes = [self.delete_write(resource_type, found["id"], where="ctx.conditional_delete")
-                  for found in self._matches(resource_type, query)]
-        if writes:
-            self.journal.send(writes, atomic=True)
+        self.journal.send_conditional(Write("DELETE", resource_type, check_version=False,
+                                            url=f"{resource_path(resource_type)}?{query_string(query)}"))
 
     # --- writing: bundles ----------------------------------------------------------------
 
@@ -306,34 +305,16 @@ class MigrationContext:
                      full_url=full_url)
 
     def update_write(self, resource: Any, *, check_version: bool = True) -> Write:
-        data = self.as_json(resource)
-        resource_path(data["resourceType"], data.get("id"))
-        version = (data.get("meta") or {}).get("versionId")
-        if check_version and not version:
-            raise ValueError(
-                f"{data['resourceType']}/{data.get('id')}: a version-aware update needs "
-                "meta.versionId from a read; pass check_version=False to overwrite whatever is there"
-            )
-        return Write("PUT", data["resourceType"], data["id"], body=data,
-                     version=version if isinstance(version, str) else None, check_version=check_version)
+        return update_of(self.as_json(resource), check_version=check_version)
 
     def conditional_update_writes(self, resource: Any, query: str | Mapping[str, str]) -> list[Write]:
+        """The update the journal sends for a conditional update (by id, when it records
+        Provenance: Journal.by_id)."""
         data = self.as_json(resource)
         checked_type(data["resourceType"])
-        if self.journal.writer is None:  # the server resolves it (no Provenance to write)
-            body = {k: v for k, v in data.items() if k != "id"}
-            return [Write("PUT", data["resourceType"], body=body, check_version=False,
-                          url=f"{resource_path(data['resourceType'])}?{query_string(query)}")]
-        matches = list(self._matches(data["resourceType"], query))
-        if len(matches) > 1:
-            raise ValueError(f"conditional update of {data['resourceType']}?{query_string(query)}: "
-                             f"{len(matches)} resources match; it must find at most one")
-        if not matches:
-            return [self.create_write({k: v for k, v in data.items() if k != "id"}, key=query)]
-        found = matches[0]
-        body = dict(data, id=found["id"], meta=dict(data.get("meta") or {},
-                                                    versionId=(found.get("meta") or {}).get("versionId")))
-        return [self.update_write(body)]
+        body = {k: v for k, v in data.items() if k != "id"}
+        return self.journal.by_id(Write("PUT", data["resourceType"], body=body, check_version=False,
+                                        url=f"{resource_path(data['resourceType'])}?{query_string(query)}"))
 
     def patch_write(self, resource_type: str, resource_id: str, operations: Any, *,
                     version: str | None = None) -> Write:
@@ -360,101 +341,21 @@ class MigrationContext:
         return Write("DELETE", resource_or_type, resource_id,
                      version=version if isinstance(version, str) else None, check_version=False)
 
-    def _matches(self, resource_type: str, query: str | Mapping[str, str]) -> Iterator[dict[str, Any]]:
-        text = query_string(query)
-        reply = self.connection.get(f"{resource_path(resource_type)}?{text}", {"_count": 1000})
-        for entry in (reply.body or {}).get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            if isinstance(resource, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
-                checked_id(resource_type, resource.get("id"))
-                yield resource
-
     def _one(self, write: Write, original: Any) -> Any:
-        """Send one write (a transaction with its Provenance); its result as a model or dict."""
-        if self.dry_run:
-            request = write.request()
-            self.show_write(request["method"], request["url"], write.body)
+        """Send one write; the resource as the server answered it (a model or a dict, as
+        `original`), else `original`."""
+        resource = self.journal.send_one(write)
+        if resource is None:
             return original
-        if self.journal.writer is None:
-            return self._plain(write, original)
-        [result] = self.journal.send([write], atomic=True, representation=True)
-        if result.status in (SKIPPED, EXISTS) or result.resource is None:
-            return original
-        return self._result(result.resource, isinstance(original, Mapping) or original is None)
-
-    def _plain(self, write: Write, original: Any) -> Any:
-        """PROVENANCE off: the write as a plain request, as the seed tool's scripts would."""
-        request = write.request()
-        headers = {}
-        if request.get("ifMatch"):
-            headers["If-Match"] = request["ifMatch"]
-        if request.get("ifNoneExist"):
-            headers["If-None-Exist"] = request["ifNoneExist"]
-        body = write.body
-        if write.method == "PATCH":
-            headers["Content-Type"] = ("application/json-patch+json" if isinstance(body, list)
-                                       else "application/fhir+json")
-        reply = self.connection.request(write.method, request["url"], json=body, headers=headers)
-        if not reply.body or reply.body.get("resourceType") in (None, "OperationOutcome"):
-            return original
-        return self._result(reply.body, isinstance(original, Mapping) or original is None)
+        return self._result(resource, isinstance(original, Mapping) or original is None)
 
     # --- dry runs ------------------------------------------------------------------------
 
     def intercept_request(self, request: requests.PreparedRequest) -> requests.Response:
-        """A write sent through the session itself (fhirclient models, ctx.server): printed as
-        any other intercepted write, answered with an empty 200, never sent."""
-        url = request.url or ""
-        path = url[len(self.connection.base_url):] if url.startswith(self.connection.base_url) else url
-        body: Any = None
-        if request.body:
-            try:
-                body = json.loads(request.body)
-            except (TypeError, ValueError):
-                body = None
-        self.show_write(request.method or "?", path, body)
-        response = requests.Response()
-        response.status_code = 200
-        response.reason = "OK (dry run: not sent)"
-        response.url = url
-        response.request = request
-        response._content = b""
-        return response
-
-    def _print_intercepted(self, event: Event) -> None:
-        if isinstance(event, WriteIntercepted):
-            self.stdout.write(f"  [dry-run] {event.request}\n")
-
-    def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None:
-        """Report one intercepted write as facts (method, type, id; `count` resources for a
-        bulk patch) and a detail line (URL and which fields change: names, never data); the
-        front end prints the detail at -v 2 and sums the facts up at `dry_run_done`."""
-        summary = self._summarize(method, path, body)
-        path = printable(path, 300)
-        resource_type, resource_id = resource_of(path)
-        self.dry_run_writes.append((method, path))
-        self.events.emit(WriteIntercepted(self.script, method, resource_type, resource_id,
-                                          f"{method} {path}{summary}", count))
-
-    def show_bundle(self, kind: str, entries: int) -> None:
-        """A bundle that would have been sent: its entries are reported as writes, one by one."""
-        self.events.emit(BundleIntercepted(self.script, kind, entries))
-
-    def _summarize(self, method: str, path: str, body: Any) -> str:
-        if not isinstance(body, Mapping):
-            return f" ({len(body)} patch operations)" if isinstance(body, list) else ""
-        if body.get("resourceType") == "Parameters":
-            return f" ({len(body.get('parameter') or [])} patch operations)"
-        key = f"{body.get('resourceType')}/{body.get('id')}"
-        before = self._seen.get(key)
-        if method == "PUT" and before is not None:
-            changed = sorted(
-                k for k in set(before) | set(body)
-                if k != "meta" and before.get(k) != body.get(k)
-            )
-            return f": changes {', '.join(changed)}" if changed else ": no changes"
-        fields = [k for k in body if k not in ("resourceType", "id", "meta")]
-        return f": {body.get('resourceType', 'resource')} with {', '.join(fields)}" if fields else ""
+        """A write sent through the session itself (fhirclient models, ctx.server) in a dry run:
+        reported as any other, never sent (DryRun.intercept)."""
+        assert self.journal.dry_run is not None, "only a dry run intercepts requests"
+        return self.journal.dry_run.intercept(request)
 
     # --- progress and output ---------------------------------------------------------------
 
@@ -511,20 +412,4 @@ class MigrationContext:
         return data if as_dict else self.to_model(data)
 
     def _remember(self, resource: Mapping[str, Any]) -> None:
-        if not self.dry_run:
-            return
-        key = f"{resource.get('resourceType')}/{resource.get('id')}"
-        self._seen[key] = dict(resource)
-        self._seen.move_to_end(key)
-        while len(self._seen) > 1000:
-            self._seen.popitem(last=False)
-
-
-def resource_of(path: str) -> tuple[str, str]:
-    """('Patient', '123') for 'Patient/123' (or '/Patient/123/_history/2', 'Patient/123?x'),
-    ('Patient', '') for 'Patient' or 'Patient?identifier=...', ('', '') for the base URL."""
-    parts = path.split("?", 1)[0].strip("/").split("/")
-    if not _RESOURCE_TYPE.fullmatch(parts[0]):
-        return "", ""
-    resource_id = parts[1] if len(parts) > 1 and not parts[1].startswith(("$", "_")) else ""
-    return parts[0], resource_id
+        self.journal.remember(resource)

@@ -29,6 +29,7 @@ from typing import IO
 from . import events as ev
 from . import failures as failures_record
 from .adoption import latest_application
+from .applied import History, recording_applied, recording_reverted
 from .attempt import Attempt, FirstOpening, Opening
 from .audit import Actor, AuditTrail, error_text
 from .clock import isoformat, seconds_since, utcnow
@@ -51,9 +52,7 @@ from .errors import (
 from .events import Confirm, Direction, EventStream
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
-from .history import History, recording_applied, recording_reverted
 from .interrupts import signals_interrupt
-from .journal import Failure
 from .loader import MigrationLoader
 from .lock import MigrationLock, Mutation, lease_condition
 from .recorder import StateRecorder
@@ -62,6 +61,7 @@ from .script import MigrationScript
 from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
 from .throttle import Throttle
 from .undo import undo
+from .writes import Failure
 
 logger = logging.getLogger("django_fhir_migrations")
 
@@ -426,7 +426,7 @@ class MigrationExecutor:
                     raise
                 raise self._failed(script, direction, exc) from exc
             lock.renewal = None
-            attempts, recorded = attempt.ids, attempt.journal.writer is not None
+            attempts, recorded = attempt.ids, attempt.journal.mode.records
             failed = attempt.journal.failures
             resumed_from = attempt.started_at if attempt.previous else None
         elif direction == "upgrade":

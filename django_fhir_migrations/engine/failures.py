@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .fhir.client import FhirConnection
-from .journal import Failure
 from .redaction import printable
 from .state import RECORD_SYSTEM
+from .writes import Failure
 
 FAILURES_CODE = "migration-failures"
 FAILURES_IDENTIFIER = "http://fhir.migration.system/failures"

@@ -21,37 +21,55 @@ migrations"):
 * **Counts.** `written` (resources written by this attempt) feeds progress and the state's
   "partially applied" note.
 
-With PROVENANCE off the journal sends writes as before: plain requests, batch bundles tried
-as a transaction first by HAPI (`X-Transaction-Semantics`), transactions as they are; nothing
-is skipped and nothing can be undone.
+How writes leave is the journal's **mode**, chosen once, when the attempt's journal is made, so
+that ctx, its bundles, undo and bulk patch only call the journal and never ask which it is:
+
+* `JOURNALED` (PROVENANCE on, the default): as above.
+* `PLAIN` (PROVENANCE off): writes are sent as before: a single write as a plain request,
+  batch bundles tried as a transaction first by HAPI (`X-Transaction-Semantics`), transactions
+  as they are, conditional writes resolved by the server; nothing is skipped and nothing can
+  be undone.
+* `DRY_RUN` (`--dry-run`): nothing is sent; each write is reported (dryrun.py).
+
+The choice is made in `__post_init__`: it sets `mode` and the two senders every write goes
+through (`send_one` for a call of its own, `send` for a bundle), the dry run's or the wire's.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import unquote
 
 from . import jsonpatch
-from .errors import BundleError, FhirMigrationError, FhirServerError, ServerUnreachableError
-from .fhir.client import FhirConnection, Reply, outcome_text, resource_path, validated_results, version_from_location
+from .dryrun import DryRun
+from .errors import FhirMigrationError, FhirServerError, ServerUnreachableError
+from .fhir.client import (
+    FhirConnection,
+    Reply,
+    checked_id,
+    outcome_text,
+    resource_path,
+    validated_results,
+    version_from_location,
+)
 from .provenance import Target, Writer
 from .redaction import printable
 from .resume import ResumeIndex
 from .throttle import Throttle
+from .writes import EXISTS, SKIPPED, Failure, Result, Write, create_key, update_of
 
 logger = logging.getLogger("django_fhir_migrations")
 
 # HAPI FHIR's TransactionSemanticsHeader: one retry, which is the plain batch.
 TRANSACTION_SEMANTICS_HEADER = "X-Transaction-Semantics"
 TRY_AS_TRANSACTION_FIRST = "retryCount=1; tryBatchAsTransactionFirst=true"
-SKIPPED, EXISTS = "skipped", "exists"
 JSON_PATCH_IN_BUNDLE = "json_patch_in_bundle"
 
 
@@ -70,86 +88,26 @@ class ProvenanceNotRecordedError(FhirMigrationError):
             "them.", "Check the resources named above before running the migration again.")
 
 
-@dataclass
-class Write:
-    """One write asked for through ctx (a single call or a bundle entry)."""
+class Mode(Enum):
+    """How a journal's writes leave (see the module docstring): chosen once, when it is made."""
 
-    method: str  # POST (create), PUT (update), DELETE, PATCH
-    resource_type: str
-    resource_id: str | None = None
-    body: Any = None  # the resource; for PATCH the patch (a JSON Patch list or FHIRPath Parameters)
-    version: str | None = None  # the version the script read: If-Match, and what Provenance replaces
-    check_version: bool = True
-    key: str | None = None  # creates: If-None-Exist query (the idempotency key)
-    url: str | None = None  # a conditional URL (`Patient?identifier=...`), PROVENANCE off only
-    full_url: str | None = None  # creates: the urn:uuid other entries' references use for it
+    JOURNALED = "journaled"  # in transactions with their Provenance: resumable, undoable
+    PLAIN = "plain"  # PROVENANCE off: plain requests and bundles, nothing recorded
+    DRY_RUN = "dry run"  # nothing leaves: each write is reported
 
     @property
-    def activity(self) -> str:
-        return {"POST": "CREATE", "DELETE": "DELETE"}.get(self.method, "UPDATE")
-
-    @property
-    def ref(self) -> str | None:
-        return f"{self.resource_type}/{self.resource_id}" if self.resource_id else None
-
-    @property
-    def label(self) -> str:
-        """How a message names it: `Type/id` only, never anything from its body (not even the
-        key of a create: an identifier can be a medical record number)."""
-        return self.ref or f"{self.resource_type} (new)"
-
-    def request(self) -> dict[str, Any]:
-        url = self.url or (resource_path(self.resource_type, self.resource_id) if self.resource_id
-                           else resource_path(self.resource_type))
-        request: dict[str, Any] = {"method": self.method, "url": url}
-        if self.method == "POST" and self.key:
-            request["ifNoneExist"] = self.key
-        if self.method in ("PUT", "PATCH", "DELETE") and self.check_version and self.version:
-            request["ifMatch"] = f'W/"{self.version}"'
-        return request
-
-    def entry(self, full_url: str | None = None) -> dict[str, Any]:
-        entry: dict[str, Any] = {"request": self.request()}
-        if full_url:
-            entry["fullUrl"] = full_url
-        if self.method == "PATCH":
-            if isinstance(self.body, list):  # JSON Patch travels as a Binary in a bundle
-                import base64
-                import json
-
-                entry["resource"] = {"resourceType": "Binary", "contentType": "application/json-patch+json",
-                                     "data": base64.b64encode(json.dumps(self.body).encode()).decode()}
-            else:
-                entry["resource"] = self.body
-        elif self.body is not None:
-            entry["resource"] = self.body
-        return entry
-
-
-@dataclass
-class Result:
-    """What became of one Write."""
-
-    write: Write
-    status: str  # the server's ("201 Created", "412 ..."), or SKIPPED / EXISTS
-    diagnostics: str = ""
-    location: str | None = None
-    resource: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status in (SKIPPED, EXISTS) or self.status[:1] in ("2", "3")
-
-    @property
-    def code(self) -> str:
-        return self.status.split(" ", 1)[0]
+    def records(self) -> bool:
+        """Whether writes are recorded as Provenance (what undo and a server's job need)."""
+        return self is Mode.JOURNALED
 
 
 @dataclass
 class Journal:
     """The writes of one migration attempt (see the module docstring).
 
-    `writer` names the attempt in Provenance and signs it (None: PROVENANCE off); `previous`
+    `writer` names the attempt in Provenance and signs it (None: PROVENANCE off); `dry_run`
+    reports the writes instead of sending them (`--dry-run`); together they choose the `mode`.
+    `previous`
     are the interrupted attempts this one continues, and `index` what they wrote (resume.py);
     `on_start` is called once, before the first write is sent (the executor records the
     attempt in the state there, so a resume can always find it: no write, from any worker,
@@ -159,6 +117,7 @@ class Journal:
 
     connection: FhirConnection
     writer: Writer | None = None
+    dry_run: DryRun | None = None
     previous: tuple[str, ...] = ()
     on_start: Callable[[], None] | None = None
     integer_versions: bool = True
@@ -177,12 +136,25 @@ class Journal:
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _start_lock: threading.Lock = field(default_factory=threading.Lock)
+    mode: Mode = field(init=False)
+    _one: Callable[[Write], dict[str, Any] | None] = field(init=False, repr=False)
+    _bundle: Callable[..., list[Result]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dry_run is not None:
+            if self.writer is not None:
+                raise ValueError("a dry run records nothing: a journal takes a writer or a dry run, not both")
+            self.mode = Mode.DRY_RUN
+            self._one, self._bundle = self.dry_run.one, self.dry_run.bundle
+        else:
+            self.mode = Mode.PLAIN if self.writer is None else Mode.JOURNALED
+            self._one, self._bundle = self._one_on_wire, self._bundle_on_wire
 
     # --- resume ------------------------------------------------------------------------------
 
     @property
     def resuming(self) -> bool:
-        return self.writer is not None and bool(self.previous)
+        return self.mode.records and bool(self.previous)
 
     def written_before(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` ("Type/id") the interrupted attempts already wrote."""
@@ -202,7 +174,13 @@ class Journal:
             self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
         return self.index.written_at(versions)
 
-    # --- sending -----------------------------------------------------------------------------
+    # --- what ctx calls ----------------------------------------------------------------------
+
+    def send_one(self, write: Write) -> dict[str, Any] | None:
+        """One write as a call of its own (ctx.create, update, patch, delete): the resource as
+        the server answered it, or None when none came back (skipped, found existing, a dry
+        run, an answer without a resource)."""
+        return self._one(write)
 
     def send(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str] | None = None,
              representation: bool = False) -> list[Result]:
@@ -213,11 +191,77 @@ class Journal:
         representation: the caller wants the written resources back (`Result.resource`; a single
         ctx.create/update returns it). Bundles do not ask for them: the server would serialize
         every resource it just stored into the answer for nothing.
+        A dry run reports them (a bundle's header, then each write) and answers "intercepted".
         """
+        return self._bundle(writes, atomic=atomic, headers=headers, representation=representation)
+
+    def by_id(self, write: Write) -> list[Write]:
+        """A conditional write (`write.url`: `Type?query`) as the writes this journal sends.
+
+        Recorded as Provenance, a write names its resource by id: the match is looked up first
+        and written by id (version-aware), an update of the one match or, when none matches, a
+        create keyed by the query (more than one match is an error); a delete, one of each
+        match. Otherwise the write as it is, for the server to resolve (or a dry run to report).
+        """
+        if not self.mode.records or write.url is None:
+            return [write]
+        matches = list(self._matches(write.resource_type, write.url))
+        if write.method == "DELETE":
+            return [Write("DELETE", write.resource_type, found["id"], check_version=False)
+                    for found in matches]
+        if len(matches) > 1:
+            raise ValueError(f"conditional update of {write.url}: {len(matches)} resources match; "
+                             "it must find at most one")
+        if not matches:
+            return [Write("POST", write.resource_type, body=write.body, key=write.url.partition("?")[2])]
+        found = matches[0]
+        body = dict(write.body, id=found["id"], meta=dict(write.body.get("meta") or {},
+                                                          versionId=(found.get("meta") or {}).get("versionId")))
+        return [update_of(body)]
+
+    def send_conditional(self, write: Write) -> None:
+        """A conditional delete (`write.url`): what `by_id` makes of it, in one transaction;
+        PROVENANCE off, one request the server resolves."""
+        writes = self.by_id(write)
+        if writes == [write]:
+            self.send_one(write)
+        elif writes:
+            self.send(writes, atomic=True)
+
+    def remember(self, resource: Mapping[str, Any]) -> None:
+        """A resource the script read: a dry run compares an update of it with it."""
+        if self.dry_run is not None:
+            self.dry_run.remember(resource)
+
+    def parallel(self, workers: int) -> int:
+        """How many bundles a block may send at once: a dry run reports them in order, one by
+        one."""
+        return 1 if self.mode is Mode.DRY_RUN else max(1, workers)
+
+    def _matches(self, resource_type: str, url: str) -> Iterator[dict[str, Any]]:
+        reply = self.connection.get(url, {"_count": 1000})
+        for entry in (reply.body or {}).get("entry") or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and (entry.get("search") or {}).get("mode", "match") == "match":
+                checked_id(resource_type, resource.get("id"))
+                yield resource
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def _one_on_wire(self, write: Write) -> dict[str, Any] | None:
+        if self.mode is Mode.PLAIN:
+            return self._send_one_plain(write)
+        [result] = self._bundle_on_wire([write], atomic=True, representation=True)
+        if result.status in (SKIPPED, EXISTS):
+            return None
+        return result.resource
+
+    def _bundle_on_wire(self, writes: Sequence[Write], *, atomic: bool,
+                        headers: Mapping[str, str] | None = None, representation: bool = False) -> list[Result]:
         if self.on_boundary is not None:
             self.on_boundary()  # may raise StopRequested: an operator asked the run to stop
         results: dict[int, Result] = {}
-        if self.writer is None:
+        if self.mode is Mode.PLAIN:
             pending = list(enumerate(writes))
         else:
             pending = self._skip_resumed(writes, results)
@@ -282,7 +326,7 @@ class Journal:
         if not pending:
             return []
         writes = [w for _, w in pending]
-        if self.writer is None:
+        if self.mode is Mode.PLAIN:
             return self._send_plain(writes, atomic=atomic, headers=headers)
         if atomic:
             return self._commit(pending, representation=representation)
@@ -389,7 +433,7 @@ class Journal:
         for write in creates:
             name, _, value = (write.key or "").partition("=")
             if name == "identifier" and "&" not in value and "," not in value and "|" in value:
-                by_type.setdefault(write.resource_type, {})[_unquote(value)] = write.key or ""
+                by_type.setdefault(write.resource_type, {})[unquote(value)] = write.key or ""
             else:
                 others.append(write)
         for resource_type, tokens in by_type.items():
@@ -592,6 +636,22 @@ class Journal:
 
     # --- PROVENANCE off -----------------------------------------------------------------
 
+    def _send_one_plain(self, write: Write) -> dict[str, Any] | None:
+        """The write as a plain request, as the seed tool's scripts would send it."""
+        request = write.request()
+        headers = {}
+        if request.get("ifMatch"):
+            headers["If-Match"] = request["ifMatch"]
+        if request.get("ifNoneExist"):
+            headers["If-None-Exist"] = request["ifNoneExist"]
+        if write.method == "PATCH":
+            headers["Content-Type"] = ("application/json-patch+json" if isinstance(write.body, list)
+                                       else "application/fhir+json")
+        reply = self.connection.request(write.method, request["url"], json=write.body, headers=headers)
+        if not reply.body or reply.body.get("resourceType") in (None, "OperationOutcome"):
+            return None
+        return reply.body
+
     def _send_plain(self, writes: Sequence[Write], *, atomic: bool, headers: Mapping[str, str]
                     ) -> list[Result]:
         kind = "transaction" if atomic else "batch"
@@ -656,61 +716,3 @@ def _resources(reply: Reply) -> list[dict[str, Any]]:
 def _escape(token: str) -> str:
     """A search token with FHIR's escapes for the characters that separate values."""
     return token.replace("\\", "\\\\").replace(",", "\\,").replace("$", "\\$")
-
-
-def _unquote(value: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(value)
-
-
-def create_key(write: Write) -> str | None:
-    """A create's key as its Provenance target carries it: "Type?query"."""
-    return f"{write.resource_type}?{write.key}" if write.key else None
-
-
-def identifier_key(resource: Mapping[str, Any]) -> str | None:
-    """The default idempotency key of a create: its first identifier with system and value."""
-    for identifier in resource.get("identifier") or []:
-        if isinstance(identifier, Mapping) and identifier.get("system") and identifier.get("value"):
-            token = f"{identifier['system']}|{identifier['value']}"
-            return "identifier=" + quote(token, safe="|:/")
-    return None
-
-
-# A reference in a server's message (HAPI-1094 "Resource Patient/p7 not found"): grouped as
-# `Patient/…`, so that 300 entries failing for the same reason are one line, not 300.
-REFERENCE = re.compile(r"\b([A-Z][A-Za-z]{1,63})/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
-
-
-def failure_summary(results: Sequence[Result], *, examples: int = 3) -> list[tuple[str, int, str, list[str]]]:
-    """Failed results grouped by (status, message): (status, count, message, first examples).
-
-    Only `Type/id` (or `Type (new, key ...)`) names an entry: never a resource body.
-    """
-    groups: dict[tuple[str, str], list[str]] = {}
-    for result in results:
-        if not result.ok:
-            message = REFERENCE.sub(r"\1/…", result.diagnostics[:300])
-            groups.setdefault((result.code, message), []).append(result.write.label)
-    return [(status, len(labels), message, labels[:examples])
-            for (status, message), labels in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
-
-
-def bundle_error(kind: str, results: Sequence[Result], committed: int = 0, bundles: int = 0,
-                 budget: str = "") -> BundleError:
-    return BundleError(kind, failure_summary(results), committed=committed, bundles=bundles, budget=budget)
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A refused entry a migration was allowed to leave behind (its failure budget): `Type/id`,
-    the server's status and its grouped message; never anything from the resource's body."""
-
-    ref: str
-    status: str
-    message: str
-
-    @classmethod
-    def of(cls, result: Result) -> Failure:
-        return cls(result.write.label, result.code, REFERENCE.sub(r"\1/…", result.diagnostics[:300]))

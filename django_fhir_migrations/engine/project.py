@@ -13,19 +13,19 @@ import sys
 from functools import cached_property
 from typing import IO
 
+from .applied import History
 from .audit import Actor, HistoryReport, attempt_record, read_history
 from .config import ScriptLocation, Settings
 from .errors import ConfigurationError, FhirServerError, WriterError
 from .events import Confirm, EventStream, Listener, ScriptCreated
 from .executor import MigrationExecutor, Outcome
 from .fhir.client import FhirConnection
-from .history import History
 from .loader import MigrationLoader
 from .lock import current_user, holder_is_gone
 from .recorder import StateRecorder
+from .scaffold import NewScript, validate_name, write_script
 from .script import file_number
 from .status import ProjectStatus, build_status
-from .writer import NewScript, validate_name, write_script
 
 
 class Project:

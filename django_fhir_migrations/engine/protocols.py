@@ -15,27 +15,22 @@ if TYPE_CHECKING:
     from .config import Settings
     from .events import EventStream
     from .fhir.client import FhirConnection
-    from .journal import Journal, Write
+    from .journal import Journal
     from .script import MigrationScript
     from .state import AppliedMigration
-
+    from .writes import Write
 
 class ScriptContext(Protocol):
     settings: Settings
     connection: FhirConnection
     journal: Journal
     events: EventStream
-    dry_run: bool
     script: MigrationScript | None
     attempt: Attempt | None
     applied: AppliedMigration | None
 
     @property
     def revision(self) -> str | None: ...
-
-    def show_write(self, method: str, path: str, body: Any, *, count: int = 1) -> None: ...
-
-    def show_bundle(self, kind: str, entries: int) -> None: ...
 
     def search(self, resource_type: str, *, as_dict: bool = False, read_ahead: bool = True,
                params: Mapping[str, Any] | None = None, **search: Any) -> Iterator[Any]: ...

@@ -1,9 +1,9 @@
 """The only code that reads or writes the migration state on the FHIR server.
 
-The format is in state.py; this module is the I/O: one search reads the state and, for a long
-history, its applied records (`_revinclude`; beyond the server's include limit they are read
-page by page, checked against the state's applied-count), and every write is version-aware
-(`If-Match`).
+The format, both ways (writing it and parsing what was read), is in state.py; this module is
+the I/O: one search reads the state and, for a long history, its applied records
+(`_revinclude`; beyond the server's include limit they are read page by page, checked against
+the state's applied-count), and every write is version-aware (`If-Match`).
 A write that adds, changes or removes records is one transaction with the state update, so a
 process that lost its lease (a stale version) can record nothing at all, and a write whose
 answer was lost can be sent again safely (the state's If-Match refuses the repeat; record
@@ -18,30 +18,23 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from fhirclient.models.basic import Basic
-from fhirclient.models.fhirabstractbase import FHIRValidationError
-
-from .clock import http_date, parse_datetime
+from .clock import http_date
 from .errors import CorruptStateError
-from .fhir.client import FhirConnection, Reply, checked_id, validated_results, version_from_location
+from .fhir.client import FhirConnection, Reply, validated_results, version_from_location
 from .fhir.paging import search_entries
 from .redaction import printable
 from .state import (
-    APPLIED_EXTENSION,
-    ATTEMPT_EXTENSION,
-    CONTROL_EXTENSION,
-    COUNT_EXTENSION,
-    LOCK_EXTENSION,
-    NO_HEAD,
     RECORD_CODE,
     RECORD_IDENTIFIER,
     RECORD_SYSTEM,
     STATE_SYSTEM,
     AppliedMigration,
-    AttemptRecord,
-    ControlRequest,
-    LockInfo,
     MigrationState,
+    applied_count,
+    is_record,
+    is_state,
+    parse_state,
+    with_records,
 )
 
 RECORDS_PER_PAGE = 1000
@@ -79,7 +72,7 @@ class StateRecorder:
             e["resource"] for e in entries
             if (e.get("search") or {}).get("mode", "match") == "match"
             and (e.get("resource") or {}).get("resourceType") == "Basic"
-            and _is_state(e.get("resource") or {}, self.state_id)
+            and is_state(e.get("resource") or {}, self.state_id)
         ]
         if len(matches) > 1:
             ids = ", ".join(f"Basic/{printable(m.get('id'), 64)}" for m in matches)
@@ -97,38 +90,16 @@ class StateRecorder:
 
     def _with_records(self, state: MigrationState, included: list[dict[str, Any]],
                       data: dict[str, Any]) -> MigrationState:
-        expected = _applied_count(data)
-        records = [r for r in included if _is_record(r, state.resource_id or "")]
+        expected = applied_count(data)
+        records = [r for r in included if is_record(r, state.resource_id or "")]
         if expected is not None and len(records) < expected - len(state.applied):
             # The server capped the included resources: read the records page by page.
             records = [e.get("resource") or {} for e in search_entries(
                 self.connection, "Basic",
                 {"subject": f"Basic/{state.resource_id}", "code": f"{RECORD_SYSTEM}|{RECORD_CODE}",
                  "_count": RECORDS_PER_PAGE}, read_ahead=False)]
-            records = [r for r in records if _is_record(r, state.resource_id or "")]
-        location = state.describe_location()
-        applied = list(state.applied)  # inline (written before records existed)
-        ids: dict[str, str] = {}
-        for record in records:
-            try:
-                entry = next(AppliedMigration.from_extension(ext) for ext in record.get("extension") or []
-                             if isinstance(ext, dict) and ext.get("url") == APPLIED_EXTENSION)
-                record_id = checked_id("Basic", record.get("id"))
-            except (StopIteration, ValueError, TypeError) as exc:
-                raise CorruptStateError(
-                    self.state_id, f"its applied record Basic/{printable(record.get('id'), 64)} "
-                    f"cannot be read ({exc or 'no applied-migration extension'})", location) from None
-            if entry.revision in ids or any(a.revision == entry.revision for a in applied):
-                raise CorruptStateError(
-                    self.state_id, f"revision {entry.revision} is listed as applied twice", location)
-            ids[entry.revision] = record_id
-            applied.append(entry)
-        if expected is not None and len(applied) != expected:
-            raise CorruptStateError(
-                self.state_id, f"it counts {expected} applied migration(s) but {len(applied)} of them "
-                "were found", location)
-        applied.sort(key=lambda a: (a.applied_at or "", a.revision) if a.revision in ids else ("", ""))
-        return replace(state, applied=applied, records=ids)
+            records = [r for r in records if is_record(r, state.resource_id or "")]
+        return with_records(state, records, expected)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -238,7 +209,7 @@ class StateRecorder:
         )
         return reply.status in (409, 412)
 
-    # --- parsing ---------------------------------------------------------------------------
+    # --- parsing (the format is state.py's) ------------------------------------------------
 
     def _written(self, state: MigrationState, body: dict[str, Any], reply: Reply,
                  records: dict[str, str]) -> MigrationState:
@@ -252,93 +223,8 @@ class StateRecorder:
                        inline=state.applied_inline and bool(state.applied))
 
     def _parse(self, data: dict[str, Any], reply: Reply) -> MigrationState:
-        location = f"Basic/{printable(data.get('id'), 64)}"
-        try:
-            checked_id("Basic", data.get("id"))
-        except ValueError as exc:
-            raise CorruptStateError(self.state_id, f"its id is unusable ({exc})", location) from None
-        try:
-            resource = Basic(data)
-        except (FHIRValidationError, Exception) as exc:  # fhirclient raises bare Exception too
-            raise CorruptStateError(
-                self.state_id, f"it is not a valid FHIR Basic resource ({_first_line(exc)})", location
-            ) from None
-        head = None
-        codings = (data.get("code") or {}).get("coding") or []
-        if codings:
-            code = codings[0].get("code")
-            if not isinstance(code, str) or not code.strip():
-                raise CorruptStateError(self.state_id, "code.coding[0] has no code", location)
-            if code != printable(code, 200) or any(c.isspace() for c in code):
-                raise CorruptStateError(
-                    self.state_id, f"code.coding[0] ({printable(repr(code), 60)}) is not a revision id",
-                    location)
-            head = None if code == NO_HEAD else code
-        else:
-            raise CorruptStateError(self.state_id, "it has no code.coding[0] naming the head", location)
-        applied: list[AppliedMigration] = []
-        attempts: list[AttemptRecord] = []
-        lock = None
-        control = None
-        try:
-            for ext in data.get("extension", []):
-                if ext.get("url") == APPLIED_EXTENSION:
-                    applied.append(AppliedMigration.from_extension(ext))
-                elif ext.get("url") == LOCK_EXTENSION:
-                    lock = LockInfo.from_extension(ext)
-                elif ext.get("url") == ATTEMPT_EXTENSION:
-                    attempts.append(AttemptRecord.from_extension(ext))
-                elif ext.get("url") == CONTROL_EXTENSION:
-                    control = ControlRequest.from_extension(ext)
-            _applied_count(data)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise CorruptStateError(self.state_id, str(exc), location) from None
-        seen: set[str] = set()
-        for entry in applied:
-            if entry.revision in seen:
-                raise CorruptStateError(
-                    self.state_id, f"revision {entry.revision} is listed as applied twice", location
-                )
-            seen.add(entry.revision)
-        meta = data.get("meta") or {}
-        return MigrationState(
-            state_id=self.state_id,
-            resource=resource,
-            version_id=reply.version_id if reply.body is data else meta.get("versionId"),
-            head=head,
-            applied=applied,
-            lock=lock,
-            attempts=attempts,
-            control=control,
-            inline=bool(applied),
-            last_updated=parse_datetime(meta.get("lastUpdated")),
-            server_time=_server_time(reply),
-        )
-
-
-def _is_state(resource: dict[str, Any], state_id: str) -> bool:
-    return any(isinstance(i, dict) and i.get("system") == STATE_SYSTEM and i.get("value") == state_id
-               for i in resource.get("identifier") or [])
-
-
-def _is_record(resource: dict[str, Any], state_resource_id: str) -> bool:
-    if resource.get("resourceType") != "Basic":
-        return False
-    codings = (resource.get("code") or {}).get("coding") or []
-    subject = (resource.get("subject") or {}).get("reference") or ""
-    return (any(isinstance(c, dict) and c.get("system") == RECORD_SYSTEM and c.get("code") == RECORD_CODE
-                for c in codings)
-            and subject.split("/_history")[0] == f"Basic/{state_resource_id}")
-
-
-def _applied_count(data: dict[str, Any]) -> int | None:
-    for ext in data.get("extension") or []:
-        if isinstance(ext, dict) and ext.get("url") == COUNT_EXTENSION:
-            value = ext.get("valueInteger")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"the applied-count extension is {printable(repr(value), 40)}")
-            return value
-    return None
+        version = reply.version_id if reply.body is data else (data.get("meta") or {}).get("versionId")
+        return parse_state(self.state_id, data, version_id=version, server_time=_server_time(reply))
 
 
 def stale_version(current: str) -> str:
@@ -350,8 +236,3 @@ def stale_version(current: str) -> str:
 
 def _server_time(reply: Reply) -> datetime | None:
     return http_date(reply.headers.get("Date"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return printable(text[0], 200) if text else type(exc).__name__

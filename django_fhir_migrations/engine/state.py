@@ -27,7 +27,8 @@ record write is still fenced by the state's If-Match. The recorder moves entries
 two forms (in one transaction) when the count crosses the limit.
 
 Everything read here is server data: parsed with type checks (a wrong type is a
-CorruptStateError naming the field), texts made printable.
+CorruptStateError naming the field), texts made printable. recorder.py does the I/O: it finds
+the state and its records, and hands them to `parse_state` and `with_records`.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ from functools import cached_property
 from typing import Any
 
 from fhirclient.models.basic import Basic
+from fhirclient.models.fhirabstractbase import FHIRValidationError
 
 from .clock import isoformat, parse_datetime, utcnow
+from .errors import CorruptStateError
+from .fhir.client import checked_id
 from .redaction import printable
 
 STATE_SYSTEM = "http://fhir.migration.system"
@@ -539,7 +543,139 @@ class MigrationState:
         return Basic(data).as_json()
 
 
+
+# --- reading it back (server data) ----------------------------------------------------------------
+
+
+def parse_state(state_id: str, data: dict[str, Any], *, version_id: str | None,
+                server_time: datetime | None) -> MigrationState:
+    """The state from its Basic resource (server data: every field checked, CorruptStateError
+    naming the one that is wrong); `version_id` as the server reported it, `server_time` from
+    its Date header. Records of its own come after, through `with_records`."""
+    location = f"Basic/{printable(data.get('id'), 64)}"
+    try:
+        checked_id("Basic", data.get("id"))
+    except ValueError as exc:
+        raise CorruptStateError(state_id, f"its id is unusable ({exc})", location) from None
+    try:
+        resource = Basic(data)
+    except (FHIRValidationError, Exception) as exc:  # fhirclient raises bare Exception too
+        raise CorruptStateError(
+            state_id, f"it is not a valid FHIR Basic resource ({_first_line(exc)})", location
+        ) from None
+    head = None
+    codings = (data.get("code") or {}).get("coding") or []
+    if codings:
+        code = codings[0].get("code")
+        if not isinstance(code, str) or not code.strip():
+            raise CorruptStateError(state_id, "code.coding[0] has no code", location)
+        if code != printable(code, 200) or any(c.isspace() for c in code):
+            raise CorruptStateError(
+                state_id, f"code.coding[0] ({printable(repr(code), 60)}) is not a revision id",
+                location)
+        head = None if code == NO_HEAD else code
+    else:
+        raise CorruptStateError(state_id, "it has no code.coding[0] naming the head", location)
+    applied: list[AppliedMigration] = []
+    attempts: list[AttemptRecord] = []
+    lock = None
+    control = None
+    try:
+        for ext in data.get("extension", []):
+            if ext.get("url") == APPLIED_EXTENSION:
+                applied.append(AppliedMigration.from_extension(ext))
+            elif ext.get("url") == LOCK_EXTENSION:
+                lock = LockInfo.from_extension(ext)
+            elif ext.get("url") == ATTEMPT_EXTENSION:
+                attempts.append(AttemptRecord.from_extension(ext))
+            elif ext.get("url") == CONTROL_EXTENSION:
+                control = ControlRequest.from_extension(ext)
+        applied_count(data)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CorruptStateError(state_id, str(exc), location) from None
+    seen: set[str] = set()
+    for entry in applied:
+        if entry.revision in seen:
+            raise CorruptStateError(
+                state_id, f"revision {entry.revision} is listed as applied twice", location
+            )
+        seen.add(entry.revision)
+    meta = data.get("meta") or {}
+    return MigrationState(
+        state_id=state_id,
+        resource=resource,
+        version_id=version_id,
+        head=head,
+        applied=applied,
+        lock=lock,
+        attempts=attempts,
+        control=control,
+        inline=bool(applied),
+        last_updated=parse_datetime(meta.get("lastUpdated")),
+        server_time=server_time,
+    )
+
+
+def with_records(state: MigrationState, records: list[dict[str, Any]], expected: int | None
+                 ) -> MigrationState:
+    """`state` with the applied migrations its records hold (`expected`: its applied-count)."""
+    state_id = state.state_id
+    location = state.describe_location()
+    applied = list(state.applied)  # inline (written before records existed)
+    ids: dict[str, str] = {}
+    for record in records:
+        try:
+            entry = next(AppliedMigration.from_extension(ext) for ext in record.get("extension") or []
+                         if isinstance(ext, dict) and ext.get("url") == APPLIED_EXTENSION)
+            record_id = checked_id("Basic", record.get("id"))
+        except (StopIteration, ValueError, TypeError) as exc:
+            raise CorruptStateError(
+                state_id, f"its applied record Basic/{printable(record.get('id'), 64)} "
+                f"cannot be read ({exc or 'no applied-migration extension'})", location) from None
+        if entry.revision in ids or any(a.revision == entry.revision for a in applied):
+            raise CorruptStateError(
+                state_id, f"revision {entry.revision} is listed as applied twice", location)
+        ids[entry.revision] = record_id
+        applied.append(entry)
+    if expected is not None and len(applied) != expected:
+        raise CorruptStateError(
+            state_id, f"it counts {expected} applied migration(s) but {len(applied)} of them "
+            "were found", location)
+    applied.sort(key=lambda a: (a.applied_at or "", a.revision) if a.revision in ids else ("", ""))
+    return replace(state, applied=applied, records=ids)
+
+
+def is_state(resource: dict[str, Any], state_id: str) -> bool:
+    return any(isinstance(i, dict) and i.get("system") == STATE_SYSTEM and i.get("value") == state_id
+               for i in resource.get("identifier") or [])
+
+
+def is_record(resource: dict[str, Any], state_resource_id: str) -> bool:
+    if resource.get("resourceType") != "Basic":
+        return False
+    codings = (resource.get("code") or {}).get("coding") or []
+    subject = (resource.get("subject") or {}).get("reference") or ""
+    return (any(isinstance(c, dict) and c.get("system") == RECORD_SYSTEM and c.get("code") == RECORD_CODE
+                for c in codings)
+            and subject.split("/_history")[0] == f"Basic/{state_resource_id}")
+
+
+def applied_count(data: dict[str, Any]) -> int | None:
+    for ext in data.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == COUNT_EXTENSION:
+            value = ext.get("valueInteger")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"the applied-count extension is {printable(repr(value), 40)}")
+            return value
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return printable(text[0], 200) if text else type(exc).__name__
+
+
 __all__ = [
     "APPLIED_EXTENSION", "ATTEMPT_EXTENSION", "AppliedMigration", "AttemptRecord", "ControlRequest", "LockInfo",
-    "MigrationState", "RECORD_CODE", "RECORD_SYSTEM", "STATE_SYSTEM",
+    "MigrationState", "RECORD_CODE", "RECORD_SYSTEM", "STATE_SYSTEM", "parse_state", "with_records",
 ]

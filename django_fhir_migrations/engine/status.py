@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .applied import History
 from .audit import AuditRecord, attempt_record, newest_first, read_history
 from .errors import (
     DanglingRevisionError,
@@ -24,7 +25,6 @@ from .errors import (
 )
 from .fhir.client import FhirConnection
 from .graph import RevisionGraph
-from .history import History
 from .loader import MigrationLoader
 from .recorder import StateRecorder
 from .script import MigrationScript

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UndoConflictError, UndoError
 from .events import Progress, RecordsIgnored
-from .journal import Write, bundle_error
 from .provenance import Recorded, Target, bound_creates, recorded_by
 from .state import RECORD_IDENTIFIER, STATE_SYSTEM
+from .writes import Write, bundle_error
 
 if TYPE_CHECKING:
     from .protocols import ScriptContext
@@ -84,8 +84,7 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
     name = ctx.script.name if ctx.script is not None else "this migration"
     revision = ctx.revision or "?"
     applied = ctx.applied
-    writer = ctx.journal.writer
-    if writer is None:
+    if not ctx.journal.mode.records:
         raise UndoError(name, revision, "PROVENANCE is off, so this run cannot record (or revert) writes.")
     if applied is None:
         raise UndoError(name, revision, "it is not recorded as applied.")
@@ -112,10 +111,6 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
         raise UndoConflictError(name, revision, conflicts[:SHOWN], len(conflicts))
     blocked = {ref for ref, _ in conflicts}
     todo = [r for r in todo if r.ref not in blocked and not r.own]
-    if ctx.dry_run:
-        for item in todo:
-            ctx.show_write(*_describe(item))
-        return len(todo)
     reverted = 0
     size = ctx.settings.bundle_size
     for start in range(0, len(todo), size):
@@ -300,8 +295,3 @@ def _previous_contents(ctx: ScriptContext, items: list[Revert]) -> dict[str, dic
         contents[item.ref] = resource
     return contents
 
-
-def _describe(item: Revert) -> tuple[str, str, Any]:
-    if item.first == "CREATE":
-        return "DELETE", item.ref, None
-    return "PUT", item.ref, None
