@@ -50,10 +50,10 @@ setup(
             "ruff>=0.5",
             "mypy>=1.8",  # make lint: the package type-checks
             "types-requests",
-            "carebundle>=0.5,<1",  # tests/test_bench_smoke.py runs the benchmark on a tiny N
-            "build>=1.0",  # tests/test_packaging.py builds the sdist and wheel
+            "carebundle>=0.5,<1",  # tests/server/test_bench_smoke.py runs the benchmark on a tiny N
+            "build>=1.0",  # tests/system/test_packaging.py builds the sdist and wheel
             "tox>=4",  # tox.ini: the suite against each supported Django
-            # tests/test_admin_tasks.py runs its database backend and db_worker; from 0.12 they
+            # tests/server/test_admin_tasks.py runs its database backend and db_worker; from 0.12 they
             # are a separate package that needs Django 5.2, and tox also tests Django 4.2.
             "django-tasks>=0.10,<0.12",
         ],

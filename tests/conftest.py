@@ -29,20 +29,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.server)
 
 
-@pytest.fixture(autouse=True)
-def unit_isolation(request, monkeypatch):
-    """The unit tests (tests/test_unit_*.py) run against a scripted connection: any socket they
-    open fails the test, and the lock polls every 20 ms so waiting for a lease costs no time."""
-    if not request.module.__name__.rpartition(".")[2].startswith("test_unit_"):
-        return
-    from django_fhir_migrations.engine.lock import MigrationLock
-
-    from .support.fake_connection import forbid_network
-
-    forbid_network(monkeypatch)
-    monkeypatch.setattr(MigrationLock, "poll_interval", 0.02)
-
-
 @pytest.fixture(scope="session")
 def fhir_base_url():
     """Any FHIR server given by FHIR_BASE_URL; otherwise the local test server, started here:

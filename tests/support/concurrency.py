@@ -1,6 +1,6 @@
 """Many `manage.py fhirmigrate` processes started at the same moment, as replicas deploy.
 
-Used by tests/test_concurrency.py (a short run in `make test`) and by `python -m tests.stress`
+Used by tests/server/test_concurrency.py (a short run in `make test`) and by `python -m tests.stress`
 (many rounds, figures for RELIABILITY.md). Each process is the real Django command, released
 by a shared start time after Django has loaded, so they really hit the server together.
 """

@@ -15,8 +15,8 @@ change the request (drop a header, say) or answer it itself (`exchange.answer(..
 Authorization header) and answers an empty searchset, as a hostile host would after luring a
 client there.
 
-Both log what they saw for the tests to assert on. Used by tests/test_hostile.py, and by
-fault_proxy.py (retries, lost answers, delays) for tests/test_faults.py.
+Both log what they saw for the tests to assert on. Used by tests/server/test_hostile.py, and by
+fault_proxy.py (retries, lost answers, delays) for tests/server/test_faults.py.
 """
 
 from __future__ import annotations
