@@ -70,6 +70,9 @@ class MigrationContext:
         self.journal = attempt.journal if attempt is not None else Journal(
             connection, dry_run=DryRun(self.events, script, connection.base_url) if dry_run else None)
         self.applied = applied  # in a downgrade, the application ctx.undo() reverts
+        # A dry run's later step: the steps before it were not really run, so ctx.undo() does
+        # not judge what they would have restored as changed since (the real run restores first).
+        self.after_unrun_steps = False
         # --retry-failed: ctx.search yields only these resources (type -> ids), nothing else.
         self.only = {t: sorted(ids) for t, ids in only.items()} if only is not None else None
         self.log = script_logger

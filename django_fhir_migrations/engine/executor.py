@@ -184,7 +184,7 @@ class MigrationExecutor:
             self.events.emit(ev.Plan(tuple(plan), direction="downgrade"))
             return Outcome(pending=plan)
         if dry_run:
-            return self._dry_run(plan, "downgrade")
+            return self._dry_run(plan, "downgrade", state)
 
         if not fake:
             self._require_signing_key()
@@ -720,13 +720,17 @@ class MigrationExecutor:
             text = scrub(error_text(exc))
         return MigrationFailedError(script, direction, exc, text=text)
 
-    def _dry_run(self, plan: list[MigrationScript], direction: Direction) -> Outcome:
+    def _dry_run(self, plan: list[MigrationScript], direction: Direction,
+                 state: MigrationState | None = None) -> Outcome:
         self.events.emit(ev.DryRunStart(direction, tuple(plan)))
         session = self.connection.session
-        for script in plan:
+        for step, script in enumerate(plan):
             self.events.emit(ev.DryRunScript(direction, script))
+            applied = state.applied_record(script.revision) if state is not None else None
             ctx = MigrationContext(self.connection, self.settings, dry_run=True, script=script,
-                                   direction=direction, events=self.events, stdout=self.stdout)
+                                   direction=direction, events=self.events, stdout=self.stdout,
+                                   applied=applied)
+            ctx.after_unrun_steps = step > 0
             # Writes made through ctx.server / fhirclient models, or the session itself, are
             # intercepted too: in a dry run no request that changes anything leaves the process.
             session.intercept = ctx.intercept_request

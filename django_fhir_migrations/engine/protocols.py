@@ -28,6 +28,7 @@ class ScriptContext(Protocol):
     script: MigrationScript | None
     attempt: Attempt | None
     applied: AppliedMigration | None
+    after_unrun_steps: bool
 
     @property
     def revision(self) -> str | None: ...

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UndoConflictError, UndoError
 from .events import Progress, RecordsIgnored
+from .journal import Mode
 from .provenance import Recorded, Target, bound_creates, recorded_by
+from .signing import Signer
 from .state import RECORD_IDENTIFIER, STATE_SYSTEM
 from .writes import Write, bundle_error
 
@@ -84,8 +86,10 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
     name = ctx.script.name if ctx.script is not None else "this migration"
     revision = ctx.revision or "?"
     applied = ctx.applied
-    if not ctx.journal.mode.records:
+    if ctx.journal.mode is Mode.PLAIN or not ctx.settings.provenance:
         raise UndoError(name, revision, "PROVENANCE is off, so this run cannot record (or revert) writes.")
+    # A dry run reads the records and checks them as a real undo does; its writes are reported.
+    signer = ctx.journal.writer.signer if ctx.journal.writer is not None else ctx.settings.signer
     if applied is None:
         raise UndoError(name, revision, "it is not recorded as applied.")
     if not applied.provenance:
@@ -94,7 +98,7 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
                                         "applied by an earlier version of the tool or with "
                                         "PROVENANCE off), so what it wrote is not known.")
     ignored = _Ignored()
-    plan = _plan(ctx, applied.attempts, ignored, trust_unsigned=trust_unsigned)
+    plan = _plan(ctx, applied.attempts, ignored, signer, trust_unsigned=trust_unsigned)
     if not plan and ignored.count:
         raise UndoError(name, revision, (
             f"none of the {ignored.count} record(s) of its writes can be verified as this tool's "
@@ -107,9 +111,9 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
     conflicts = _changed_since(ctx, todo, ignored)
     if ignored.count:
         ctx.events.emit(RecordsIgnored(ctx.script, ignored.count, tuple(ignored.labels)))
-    if conflicts and not force:
+    if conflicts and not force and not ctx.after_unrun_steps:
         raise UndoConflictError(name, revision, conflicts[:SHOWN], len(conflicts))
-    blocked = {ref for ref, _ in conflicts}
+    blocked = set() if ctx.after_unrun_steps else {ref for ref, _ in conflicts}
     todo = [r for r in todo if r.ref not in blocked and not r.own]
     reverted = 0
     size = ctx.settings.bundle_size
@@ -127,13 +131,11 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
 # --- plan ---------------------------------------------------------------------------------------
 
 
-def _plan(ctx: ScriptContext, attempts: tuple[str, ...], ignored: _Ignored, *,
+def _plan(ctx: ScriptContext, attempts: tuple[str, ...], ignored: _Ignored, signer: Signer, *,
           trust_unsigned: bool) -> dict[str, Revert]:
-    writer = ctx.journal.writer
-    assert writer is not None
     plan: dict[str, Revert] = {}
     index = {attempt: i for i, attempt in enumerate(attempts)}
-    for record in recorded_by(ctx.connection, attempts, writer.signer):
+    for record in recorded_by(ctx.connection, attempts, signer):
         if not _acceptable(record, trust_unsigned):
             ignored.add(f"{record.label} (" + ("its signature does not verify" if record.signed
                                                else "not signed") + ")")

@@ -52,6 +52,49 @@ ctx.bulk_patch('Patient', [{{'type': 'add', 'path': 'Patient', 'name': 'active',
 SERVER_JOB = ", server_job=True"  # patch bundles are the default
 
 
+def test_a_dry_run_downgrade_reports_what_undo_would_write_and_writes_nothing(fhir_settings, fhir, scripts):
+    seed(fhir, 6)
+    system = fhir.system + "|"
+    scripts.add("gender", upgrade=CHAIN_GENDER.format(system=system), downgrade="ctx.undo()")
+    assert call("fhirmigrate")[0] == 0
+    migrated = by_id(fhir.patients())
+
+    code, out, err = call("fhirdowngrade", "--dry-run", "-v", "2")
+    assert code == 0, err
+    assert out.count("PUT Patient/") == 6, out  # each revert, reported (names, never values)
+    assert all(f"Patient/{pid}" in out for pid in migrated)
+    assert "female" not in out and "unknown" not in out
+    assert by_id(fhir.patients()) == migrated and len(fhir.applied()) == 1  # nothing written
+
+    code, _, err = call("fhirdowngrade")
+    assert code == 0, err
+    assert all(p["gender"] == "unknown" for p in fhir.patients())
+
+
+def test_a_dry_run_of_downgrade_zero_over_a_chain_checks_each_step_as_the_real_run_would(
+        fhir_settings, fhir, scripts):
+    seed(fhir, 5)
+    system = fhir.system + "|"
+    scripts.add("gender", upgrade=CHAIN_GENDER.format(system=system), downgrade="ctx.undo()")
+    scripts.add("append", upgrade=APPEND.format(system=system, new=NEW), downgrade="ctx.undo()")
+    assert call("fhirmigrate")[0] == 0
+    migrated = by_id(fhir.patients())
+    # The second step's resources still hold the first step's change (a dry run does not make
+    # it): that is not a change since, as it would not be in the real run.
+    code, out, err = call("fhirdowngrade", "zero", "--dry-run", "-v", "2")
+    assert code == 0, err
+    assert out.count("PUT Patient/") == 10, out
+    assert by_id(fhir.patients()) == migrated and len(fhir.applied()) == 2
+    # Someone else's change is still found in the first step, and nothing is written.
+    other = copy.deepcopy(next(iter(migrated.values())))
+    other["name"] = [{"family": "Changed"}]
+    reply = fhir.http.put(fhir.url(f"Patient/{other['id']}"), json=other, headers=FHIR_JSON, timeout=30)
+    reply.raise_for_status()
+    code, out, err = call("fhirdowngrade", "zero", "--dry-run")
+    assert code == 1 and "changed since" in err and f"Patient/{other['id']}" in err, err
+    assert len(fhir.applied()) == 2
+
+
 @pytest.mark.parametrize("bulk_path", ["server job", "patch bundles"])
 def test_downgrade_zero_over_three_migrations_on_the_same_patients_restores_every_one(
         bulk_path, fhir_settings, fhir, scripts):

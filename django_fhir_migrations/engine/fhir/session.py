@@ -12,7 +12,7 @@ with a `GuardedSession`, so the rules below hold for `ctx.server` / fhirclient m
 * **Credentials only for BASE_URL's origin** (scheme, host and port). The auth objects check
   this themselves; the session strips an `Authorization` header bound elsewhere as well.
 * **Dry runs intercept every write**: while `intercept` is set, any request that is not a read
-  (GET, HEAD, or a POST `_search`) is handed to it instead of being sent.
+  (GET, HEAD, a POST `_search`, or a batch of GETs) is handed to it instead of being sent.
 * **A run deadline** (MAX_RUN_TIME): once past, requests fail instead of being sent.
 * **No redirect is followed.** A redirect would re-send the request (a transaction full of
   Patients, a token request) to wherever the server says; a server that moved is a
@@ -22,6 +22,7 @@ with a `GuardedSession`, so the rules below hold for `ctx.server` / fhirclient m
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -61,10 +62,31 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def is_read(method: str, url: str) -> bool:
-    """Requests that change nothing on the server: GET/HEAD/OPTIONS and search by POST."""
+READS_BUNDLE_LIMIT = 1_000_000  # bytes: a batch of reads is small (ids and versions only)
+
+
+def is_read(method: str, url: str, body: Any = None) -> bool:
+    """Requests that change nothing on the server: GET/HEAD/OPTIONS, search by POST, and a
+    batch whose every entry is a GET (how several versions are read at once)."""
     method = method.upper()
-    return method in READ_METHODS or (method == "POST" and urlsplit(url).path.rstrip("/").endswith("/_search"))
+    if method in READ_METHODS:
+        return True
+    if method != "POST":
+        return False
+    return urlsplit(url).path.rstrip("/").endswith("/_search") or _batch_of_reads(body)
+
+
+def _batch_of_reads(body: Any) -> bool:
+    if not isinstance(body, (bytes, str)) or not body or len(body) > READS_BUNDLE_LIMIT:
+        return False
+    try:
+        bundle = json.loads(body)
+    except ValueError:
+        return False
+    entries = bundle.get("entry") if isinstance(bundle, dict) and bundle.get("type") == "batch" else None
+    return bool(entries) and isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("request"), dict) and e["request"].get("method") == "GET"
+        and "resource" not in e for e in entries)
 
 
 class DeadlineExceeded(requests.exceptions.Timeout):
@@ -201,7 +223,7 @@ class GuardedSession(requests.Session):
         url = request.url or ""
         if not self.same_origin(url):
             request.headers.pop("Authorization", None)
-        if self.intercept is not None and not is_read(method, url):
+        if self.intercept is not None and not is_read(method, url, request.body):
             return self.intercept(request)
         if self.run_deadline is not None and time.monotonic() > self.run_deadline:
             raise RunDeadlinePassed(f"{method} {url} not sent: the migration's MAX_RUN_TIME has passed",
