@@ -158,21 +158,22 @@ class Journal:
 
     def written_before(self, keys: Iterable[str]) -> set[str]:
         """Which of `keys` ("Type/id") the interrupted attempts already wrote."""
-        if not self.resuming:
-            return set()
-        if self.index is None:
-            assert self.writer is not None
-            self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
-        return self.index.written(keys)
+        index = self._resume_index()
+        return index.written(keys) if index is not None else set()
 
     def written_at(self, versions: Mapping[str, str]) -> set[str]:
         """Which of `versions` ("Type/id" -> version) the interrupted attempts left at that version."""
+        index = self._resume_index()
+        return index.written_at(versions) if index is not None else set()
+
+    def _resume_index(self) -> ResumeIndex | None:
+        """What the interrupted attempts wrote, read once when first asked (None: not resuming)."""
         if not self.resuming:
-            return set()
+            return None
         if self.index is None:
             assert self.writer is not None
             self.index = ResumeIndex(self.connection, self.previous, self.writer.signer)
-        return self.index.written_at(versions)
+        return self.index
 
     # --- what ctx calls ----------------------------------------------------------------------
 
