@@ -88,8 +88,6 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
     applied = ctx.applied
     if ctx.journal.mode is Mode.PLAIN or not ctx.settings.provenance:
         raise UndoError(name, revision, "PROVENANCE is off, so this run cannot record (or revert) writes.")
-    # A dry run reads the records and checks them as a real undo does; its writes are reported.
-    signer = ctx.journal.writer.signer if ctx.journal.writer is not None else ctx.settings.signer
     if applied is None:
         raise UndoError(name, revision, "it is not recorded as applied.")
     if not applied.provenance:
@@ -97,6 +95,8 @@ def undo(ctx: ScriptContext, *, force: bool = False, trust_unsigned: bool = Fals
                                         "with nothing to adopt, adopted from an earlier state, or "
                                         "applied by an earlier version of the tool or with "
                                         "PROVENANCE off), so what it wrote is not known.")
+    # A dry run reads the records and checks them as a real undo does; its writes are reported.
+    signer = ctx.journal.writer.signer if ctx.journal.writer is not None else ctx.settings.signer
     ignored = _Ignored()
     plan = _plan(ctx, applied.attempts, ignored, signer, trust_unsigned=trust_unsigned)
     if not plan and ignored.count:
