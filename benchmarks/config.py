@@ -38,7 +38,7 @@ class Config:
     load_scripts: tuple[int, ...] = (2000, 20000)
     load_rounds: int = 5
     history: int = 2000
-    clinicians: int = 10000  # resources per migration of the clinicians row (0: skipped)
+    clinicians: int = 20000  # resources per migration of the clinicians row (0: skipped)
 
     @property
     def n_throughput(self) -> int:
@@ -75,7 +75,7 @@ class Config:
                    load_scripts=_ints(environ, "BENCH_LOAD_SCRIPTS", (2000, 20000), minimum=2, empty=True),
                    load_rounds=_int(environ, "BENCH_LOAD_ROUNDS", 5, minimum=1),
                    history=_int(environ, "BENCH_HISTORY", 2000, minimum=0),
-                   clinicians=_int(environ, "BENCH_CLINICIANS_N", 10000, minimum=0))
+                   clinicians=_int(environ, "BENCH_CLINICIANS_N", 20000, minimum=0))
 
 
 def _ints(environ: Any, name: str, default: tuple[int, ...], *, minimum: int, maximum: int | None = None,

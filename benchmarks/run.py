@@ -39,7 +39,7 @@ tool_vs_sequential, default: the WORKERS the engine ships), BENCH_PASSES (defaul
 BENCH_PROVENANCE_OFF (default 1: the (p) rows), BENCH_BULK (default 1: the (f) rows),
 BENCH_SERVER_PIDS (the server's pids, for the CPU split of a server not started by tests/hapi).
 BENCH_LOAD_SCRIPTS (default "2000,20000"; empty skips), BENCH_LOAD_ROUNDS (default 5),
-BENCH_HISTORY (default 2000; 0 skips), BENCH_CLINICIANS_N (default 10000; 0 skips).
+BENCH_HISTORY (default 2000; 0 skips), BENCH_CLINICIANS_N (default 20000; 0 skips).
 """
 
 from __future__ import annotations
