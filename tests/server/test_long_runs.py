@@ -194,14 +194,7 @@ def test_cancel_from_another_process_reverts_everything_and_records_nothing(fhir
     finally:
         if process.poll() is None:
             process.kill()
-    assert fhir.applied() == []
-    state = fhir.state()
-    assert not any(e["url"].endswith(("/migration-attempt", "/migration-lock", "/migration-control"))
-                   for e in state.get("extension", []))
-    for patient in fhir.patients():
-        assert appended(patient) == []
-        assert {k: v for k, v in patient.items() if k != "meta"} == \
-            {k: v for k, v in before[patient["id"]].items() if k != "meta"}
+    assert_cancelled(fhir, before)
     kept = fhir.kept_audit_events()  # None on a server that keeps none (Helios)
     assert kept is None or "cancelled" in [e["subtype"][0]["code"] for e in kept if e.get("subtype")]
 
@@ -237,3 +230,16 @@ def test_max_rate_50_over_300_resources_takes_at_least_6_seconds(fhir_settings, 
     assert code == 0, err
     assert time.monotonic() - started >= 300 / 50
     assert all(len(appended(p)) == 1 for p in fhir.patients())
+
+
+def assert_cancelled(fhir, before: dict[str, dict]) -> None:
+    """A cancel left every Patient as it was `before` and nothing in the state: no record, no
+    attempt, lease or control request."""
+    assert fhir.applied() == []
+    state = fhir.state()
+    assert not any(e["url"].endswith(("/migration-attempt", "/migration-lock", "/migration-control"))
+                   for e in state.get("extension", []))
+    for patient in fhir.patients():
+        assert appended(patient) == []
+        assert {k: v for k, v in patient.items() if k != "meta"} == \
+            {k: v for k, v in before[patient["id"]].items() if k != "meta"}

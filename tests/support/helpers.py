@@ -114,6 +114,14 @@ class FhirNamespace:
                                                if e["url"] == "appliedAt"), ""))
         return [e["valueString"] for ext in entries for e in ext["extension"] if e["url"] == "revision"]
 
+    def appliers(self) -> list[str]:
+        """Who applied each migration: the AuditEvents' agent, or where the server keeps none
+        (Helios) the state's appliedBy, its name before the host."""
+        if self.keeps_audit_events:
+            return [e["agent"][0]["who"]["display"] for e in self.audit_events()
+                    if e["subtype"][0]["code"] == "applied"]
+        return [by.split("@", 1)[0] for by in self.applied_by()]
+
     def applied_by(self) -> list[str]:
         """Who applied each migration, as the state records it (appliedBy): what names the
         person where the server keeps no AuditEvents."""
