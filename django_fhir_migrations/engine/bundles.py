@@ -118,8 +118,16 @@ class BundleWriter:
 
     def _add(self, write: Write) -> None:
         self.entries.append(write)
-        if len(self.entries) >= self.size:
+        if len(self.entries) >= self._limit():
             self.flush()
+
+    def _limit(self) -> int:
+        """Entries per bundle now: `size`, or fewer while the throttle shrinks batch bundles
+        for a slow server (a transaction keeps its size: it is what the script wants atomic)."""
+        throttle = self.ctx.journal.throttle
+        if throttle is None or self.kind == "transaction":
+            return self.size
+        return throttle.bundle_size(self.size)
 
     # --- sending -------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from .lock import MigrationLock, Mutation, lease_condition
 from .recorder import StateRecorder
 from .redaction import scrub
 from .script import MigrationScript
-from .state import AppliedMigration, ControlRequest, LockInfo, MigrationState
+from .state import STATE_SYSTEM, AppliedMigration, ControlRequest, LockInfo, MigrationState
 from .throttle import Throttle
 from .undo import undo
 from .writes import Failure
@@ -103,7 +103,7 @@ class MigrationExecutor:
         self.audit_with_record = True  # until the server refuses an AuditEvent in that transaction
         # One per run: the server's normal latency, learnt by the first sends, holds for all.
         self.throttle = Throttle(max_rate=settings.max_rate, adaptive=settings.adaptive_backoff,
-                                 workers=settings.workers,
+                                 workers=settings.workers, bundle_size=settings.bundle_size,
                                  notify=lambda text: events.emit(ev.Throttle(text)))
         connection.observers.append(self.throttle.on_response)
 
@@ -352,8 +352,10 @@ class MigrationExecutor:
     def _run_all(self, graph: RevisionGraph, lock: MigrationLock, plan: list[MigrationScript],
                  direction: Direction, fake: bool, opened: Opening | None = None) -> Outcome:
         """Run the plan; `opened`: the first migration's attempt, recorded with the lease."""
-        state_path = f"Basic/{lock.held.resource_id}"
-        self.throttle.probe = lambda: self.connection.get(state_path)  # a read as clinicians make
+        # The throttle's probe: a search by identifier, as clinicians make (their reads by id
+        # barely slow down while a migration runs; their searches do, measured).
+        probe = {"identifier": f"{STATE_SYSTEM}|{self.settings.state_id}", "_count": "1"}
+        self.throttle.probe = lambda: self.connection.get("Basic", params=probe)
         self.events.emit(ev.RunStart(direction, tuple(plan), self.settings.state_id, fake=fake))
         started = time.monotonic()
         done: list[MigrationScript] = []

@@ -15,6 +15,7 @@ from django_fhir_migrations.engine.events import EventStream
 from django_fhir_migrations.engine.journal import Journal, Mode
 from django_fhir_migrations.engine.provenance import Writer
 from django_fhir_migrations.engine.signing import Signer
+from django_fhir_migrations.engine.throttle import Throttle
 from tests.support.fake_connection import BASE_URL, FakeConnection, each_entry, reply, searchset
 
 WRITER = Writer(attempt="att-1", revision="r1", name="first", person="tester@unit (pid 1)", command="test",
@@ -158,6 +159,22 @@ def test_a_plain_batch_is_one_batch_bundle():
     assert call.json["type"] == "batch" and bundle_writes(connection) == ["PUT Patient/a", "PUT Patient/b"]
     assert batch.written == 2
 
+
+
+def test_a_throttled_batch_sends_smaller_bundles_and_a_transaction_keeps_its_size():
+    connection = FakeConnection()
+    connection.on("POST", r"", each_entry())
+    ctx = ctx_for(connection, Mode.PLAIN)
+    ctx.journal.throttle = Throttle(max_rate=None, adaptive=True, workers=1)
+    ctx.journal.throttle.level = 1  # a slow server: one worker (it has no other), bundles halved
+    with ctx.batch(size=40) as batch:
+        for number in range(50):
+            batch.update(patient(f"b{number}"))
+    with ctx.transaction(size=40) as transaction:  # what the script wants atomic stays together
+        for number in range(50):
+            transaction.update(patient(f"t{number}"))
+    assert [(c.json["type"], len(c.entries)) for c in connection.sent("POST", "")] == [
+        ("batch", 20), ("batch", 20), ("batch", 10), ("transaction", 40), ("transaction", 10)]
 
 # --- dry run: nothing sent, every write reported --------------------------------------------------
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
-from django_fhir_migrations.engine.throttle import BASELINE_SENDS, HEALTHY_SENDS, Throttle
+from django_fhir_migrations.engine import throttle as throttle_module
+from django_fhir_migrations.engine.throttle import (
+    BASELINE_SENDS,
+    HEALTHY_SENDS,
+    MIN_BUNDLE,
+    PROBE_BASELINE,
+    PROBE_CALM,
+    Throttle,
+)
 
 
 def test_max_rate_spreads_sends_over_the_clock_whatever_their_size():
@@ -15,22 +24,35 @@ def test_max_rate_spreads_sends_over_the_clock_whatever_their_size():
     assert time.monotonic() - started >= 0.3  # 300 resources at 1,000 per second
 
 
-def test_a_slow_server_gets_fewer_workers_then_pauses_then_recovers_step_by_step():
+def test_a_slow_server_gets_fewer_workers_then_smaller_bundles_then_pauses_then_recovers():
     said: list[str] = []
-    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, bundle_size=100)
     for _ in range(BASELINE_SENDS):
         throttle.observe(1.0, 100)  # 10 ms per entry: normal
-    assert throttle.workers(2) == 2 and throttle.pause == 0
-    for _ in range(3):
-        throttle.observe(10.0, 100)  # ten times slower
-    assert throttle.workers(2) == 1
+    assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
+
+    def slow_sends() -> None:
+        for _ in range(4):  # ten times slower, past the sends that settle a change
+            throttle.observe(10.0, 100)
+
+    slow_sends()
+    assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 100
     assert said[0] == "server slow: 2 workers → 1 worker"
-    for _ in range(3):
-        throttle.observe(10.0, 100)
+    slow_sends()
+    assert throttle.bundle_size(100) == 50 and throttle.bundle_size(30) == 15
+    assert said[-1] == "server slow: 1 worker → 1 worker, bundles of 50"
+    slow_sends()
+    assert throttle.bundle_size(100) == 25 and throttle.bundle_size(12) == MIN_BUNDLE
+    assert throttle.bundle_size(4) == 4 and throttle.pause == 0
+    slow_sends()
+    # A pause is a share of the time a send takes (the moving average of the last ones).
     assert throttle.pause > 0 and "between sends" in said[-1]
-    for _ in range(HEALTHY_SENDS * 3):
+    first_pause = throttle.pause
+    slow_sends()
+    assert throttle.pause > first_pause
+    for _ in range(HEALTHY_SENDS * 10):
         throttle.observe(1.0, 100)
-    assert throttle.workers(2) == 2 and throttle.pause == 0
+    assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
     assert said[-1] == "server well again: 1 worker → 2 workers"
 
 
@@ -49,19 +71,97 @@ def test_without_the_back_off_nothing_changes():
     for _ in range(20):
         throttle.observe(100.0, 1)
     throttle.busy()
-    assert throttle.workers(2) == 2 and throttle.pause == 0
+    assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
 
 
-def test_reads_of_other_users_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
-    said: list[str] = []
-    probes = iter([0.01, 0.01, 0.01] + [0.2] * 20)
-    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append,
-                        probe=lambda: time.sleep(next(probes)))
-    throttle.admit(5)  # small sends start no probing (a trivial migration costs no request)
-    assert throttle.probe_baseline is None
-    throttle.admit(100)  # the first bundle: three probes in a row are the server's normal
-    assert throttle.probe_baseline is not None and throttle.probe_baseline < 0.1
-    for _ in range(3):
-        throttle._probed_at = 0.0  # as if PROBE_EVERY had passed
+class Probes:
+    """A clinician's search whose time the test sets, counted."""
+
+    def __init__(self, seconds: float = 0.001):
+        self.seconds = seconds
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+        time.sleep(self.seconds)
+
+
+def probed(throttle: Throttle, probes: Probes, seconds: float, times: int) -> None:
+    """`times` probes of `seconds` each, as if PROBE_EVERY had passed before each."""
+    probes.seconds = seconds
+    for _ in range(times):
+        throttle._probed_at = 0.0
         throttle.admit(100)
-    assert throttle.workers(2) == 1 and said[0] == "others' reads slow: 2 workers → 1 worker"
+
+
+def test_others_searches_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
+    said: list[str] = []
+    probes = Probes(0.002)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
+    throttle.admit(5)  # small sends start no probing (a trivial migration costs no request)
+    assert throttle.probe_baseline is None and probes.count == 0
+    throttle.admit(100)  # the first bundle: PROBE_BASELINE probes in a row are the server's normal
+    assert probes.count == PROBE_BASELINE and throttle.probe_baseline is not None
+    probed(throttle, probes, 0.002, 20)  # as fast as idle: nothing changes
+    assert throttle.workers(2) == 2 and not said
+    probed(throttle, probes, 0.05, 1)  # one slow search among ten is not yet a tail
+    assert throttle.workers(2) == 2
+    probed(throttle, probes, 0.05, 1)
+    assert throttle.workers(2) == 1 and said == ["others' searches slow: 2 workers → 1 worker"]
+
+
+def test_a_step_up_waits_for_calm_searches_and_a_step_up_found_too_much_doubles_the_wait():
+    said: list[str] = []
+    probes = Probes(0.002)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(0.1, 100)
+    throttle.admit(100)
+    probed(throttle, probes, 0.05, 2)
+    assert throttle.workers(2) == 1
+
+    def healthy_sends() -> None:
+        for _ in range(HEALTHY_SENDS + 3):
+            throttle.observe(0.1, 100)
+
+    probed(throttle, probes, 0.002, PROBE_CALM - 1)
+    healthy_sends()
+    assert throttle.workers(2) == 1  # its own sends are healthy, but not yet PROBE_CALM calm searches
+    probed(throttle, probes, 0.002, 1)
+    healthy_sends()
+    assert throttle.workers(2) == 2 and said[-1] == "server well again: 1 worker → 2 workers"
+    probed(throttle, probes, 0.05, 2)  # two workers were too much for the others
+    assert throttle.workers(2) == 1
+    probed(throttle, probes, 0.002, PROBE_CALM)
+    healthy_sends()
+    assert throttle.workers(2) == 1  # now it waits twice as long
+    probed(throttle, probes, 0.002, PROBE_CALM)
+    healthy_sends()
+    assert throttle.workers(2) == 2
+
+
+def test_no_bundle_goes_out_while_the_servers_normal_is_measured(monkeypatch):
+    monkeypatch.setattr(throttle_module, "PROBE_BASELINE", 5)
+    probes = Probes(0.02)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, probe=probes)
+    first = threading.Thread(target=throttle.admit, args=(100,))
+    first.start()
+    time.sleep(0.01)  # the first sender is measuring the baseline
+    throttle.admit(100)  # a second sender waits for it
+    assert probes.count == 5 and throttle.probe_baseline is not None
+    first.join()
+
+
+def test_others_searches_alone_stop_at_one_worker_and_half_bundles_a_slow_server_goes_further():
+    said: list[str] = []
+    probes = Probes(0.002)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(0.1, 100)
+    throttle.admit(100)
+    probed(throttle, probes, 0.05, 30)  # the others stay slow however little the run sends
+    assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 50 and throttle.pause == 0
+    assert len(said) == 2  # at least half the throughput is kept for a reason the run cannot see
+    for _ in range(4):
+        throttle.observe(1.0, 100)  # its own sends ten times slower: the server itself is slow
+    assert throttle.bundle_size(100) == 25
