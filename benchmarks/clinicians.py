@@ -138,9 +138,10 @@ def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> tuple[flo
     seconds = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"the migration failed (exit {result.returncode}): {result.stderr[-1500:]}")
-    slowed = [line.strip() for line in result.stdout.splitlines() if "server slow" in line or "well again" in line]
+    slowed = [line.strip() for line in result.stdout.splitlines()
+              if " slow: " in line or "well again: " in line or "(429/503): " in line]
     if slowed:
-        print(f"    back-off: {len(slowed)} change(s), first: {slowed[0]}", flush=True)
+        print(f"    back-off: {len(slowed)} change(s), the last: {slowed[-1]}", flush=True)
     return seconds, state_id, f"urn:bench:clinicians:new:{revision[:8]}"
 
 

@@ -11,7 +11,8 @@ need on top: a PostgreSQL cluster, the full JIT, the run files under .hapi/.
 
 The server runs in the background; its log is `.hapi/hapi-<port>.log` and its pid
 `.hapi/hapi-<port>.pid` at the repository root. HAPI_PORT (default 8080) picks the port, HAPI_XMX the heap (1g),
-HAPI_JIT=full the full JIT compiler (for long runs), HAPI_START_TIMEOUT how long to wait for
+HAPI_JIT=full the full JIT compiler (for long runs), HAPI_GC=g1 the JVM's default collector
+instead of the serial one (for latency), HAPI_START_TIMEOUT how long to wait for
 `/fhir/metadata`. HAPI_DB picks the database: `h2` (default, in memory) or `postgres` (a private
 PostgreSQL cluster started and stopped with the server, see postgres.py; `make bench` uses it).
 """
@@ -106,7 +107,8 @@ def start(timeout: float | None = None) -> bool:
     # Long runs (the benchmark) want the full JIT: HAPI_JIT=full. See tests/hapi/README.md.
     try:
         command = testserver.java_command(JAR, port(), heap=os.environ.get("HAPI_XMX", "1g"),
-                                          full_jit=os.environ.get("HAPI_JIT") == "full")
+                                          full_jit=os.environ.get("HAPI_JIT") == "full",
+                                          serial_gc=os.environ.get("HAPI_GC", "serial") == "serial")
     except testserver.TestServerError as exc:
         raise LauncherError(str(exc)) from None
     env = dict(os.environ)
