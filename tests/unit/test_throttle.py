@@ -86,56 +86,61 @@ class Probes:
         time.sleep(self.seconds)
 
 
-def probed(throttle: Throttle, probes: Probes, seconds: float, times: int) -> None:
-    """`times` probes of `seconds` each, as if PROBE_EVERY had passed before each."""
-    probes.seconds = seconds
+def probed(throttle: Throttle, seconds: float, times: int) -> None:
+    """`times` searches of `seconds` each, as timed after the baseline (their timing is the
+    test's, not the machine's: a loaded machine cannot make a calm one slow)."""
     for _ in range(times):
-        throttle._probed_at = 0.0
-        throttle.admit(100)
+        throttle.observe_probe(seconds)
+
+
+def probing_throttle(said: list[str]) -> Throttle:
+    """Two workers, past the baselines of its own sends and of the others' searches."""
+    probes = Probes(0.01)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(0.1, 100)
+    throttle.admit(100)  # the first bundle: the baseline of the others' searches (10 ms)
+    return throttle
 
 
 def test_others_searches_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
     said: list[str] = []
-    probes = Probes(0.002)
+    probes = Probes(0.01)
     throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
     throttle.admit(5)  # small sends start no probing (a trivial migration costs no request)
     assert throttle.probe_baseline is None and probes.count == 0
     throttle.admit(100)  # the first bundle: PROBE_BASELINE probes in a row are the server's normal
     assert probes.count == PROBE_BASELINE and throttle.probe_baseline is not None
-    probed(throttle, probes, 0.002, 20)  # as fast as idle: nothing changes
+    probed(throttle, 0.01, 20)  # as fast as idle: nothing changes
     assert throttle.workers(2) == 2 and not said
-    probed(throttle, probes, 0.05, 1)  # one slow search among ten is not yet a tail
+    probed(throttle, 0.2, 1)  # one slow search among ten is not yet a tail
     assert throttle.workers(2) == 2
-    probed(throttle, probes, 0.05, 1)
+    probed(throttle, 0.2, 1)
     assert throttle.workers(2) == 1 and said == ["others' searches slow: 2 workers → 1 worker"]
 
 
 def test_a_step_up_waits_for_calm_searches_and_a_step_up_found_too_much_doubles_the_wait():
     said: list[str] = []
-    probes = Probes(0.002)
-    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
-    for _ in range(BASELINE_SENDS):
-        throttle.observe(0.1, 100)
-    throttle.admit(100)
-    probed(throttle, probes, 0.05, 2)
+    throttle = probing_throttle(said)
+    probed(throttle, 0.2, 2)
     assert throttle.workers(2) == 1
 
     def healthy_sends() -> None:
         for _ in range(HEALTHY_SENDS + 3):
             throttle.observe(0.1, 100)
 
-    probed(throttle, probes, 0.002, PROBE_CALM - 1)
+    probed(throttle, 0.01, PROBE_CALM - 1)
     healthy_sends()
     assert throttle.workers(2) == 1  # its own sends are healthy, but not yet PROBE_CALM calm searches
-    probed(throttle, probes, 0.002, 1)
+    probed(throttle, 0.01, 1)
     healthy_sends()
     assert throttle.workers(2) == 2 and said[-1] == "server well again: 1 worker → 2 workers"
-    probed(throttle, probes, 0.05, 2)  # two workers were too much for the others
+    probed(throttle, 0.2, 2)  # two workers were too much for the others
     assert throttle.workers(2) == 1
-    probed(throttle, probes, 0.002, PROBE_CALM)
+    probed(throttle, 0.01, PROBE_CALM)
     healthy_sends()
     assert throttle.workers(2) == 1  # now it waits twice as long
-    probed(throttle, probes, 0.002, PROBE_CALM)
+    probed(throttle, 0.01, PROBE_CALM)
     healthy_sends()
     assert throttle.workers(2) == 2
 
@@ -154,12 +159,8 @@ def test_no_bundle_goes_out_while_the_servers_normal_is_measured(monkeypatch):
 
 def test_others_searches_alone_stop_at_one_worker_and_half_bundles_a_slow_server_goes_further():
     said: list[str] = []
-    probes = Probes(0.002)
-    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
-    for _ in range(BASELINE_SENDS):
-        throttle.observe(0.1, 100)
-    throttle.admit(100)
-    probed(throttle, probes, 0.05, 30)  # the others stay slow however little the run sends
+    throttle = probing_throttle(said)
+    probed(throttle, 0.2, 30)  # the others stay slow however little the run sends
     assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 50 and throttle.pause == 0
     assert len(said) == 2  # at least half the throughput is kept for a reason the run cannot see
     for _ in range(4):
