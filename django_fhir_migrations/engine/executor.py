@@ -103,7 +103,7 @@ class MigrationExecutor:
         self.audit_with_record = True  # until the server refuses an AuditEvent in that transaction
         # One per run: the server's normal latency, learnt by the first sends, holds for all.
         self.throttle = Throttle(max_rate=settings.max_rate, adaptive=settings.adaptive_backoff,
-                                 workers=settings.workers, bundle_size=settings.bundle_size,
+                                 workers=settings.workers,
                                  notify=lambda text: events.emit(ev.Throttle(text)))
         connection.observers.append(self.throttle.on_response)
 

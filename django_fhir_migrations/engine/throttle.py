@@ -80,12 +80,10 @@ Notify = Callable[[str], None]
 
 class Throttle:
     def __init__(self, *, max_rate: float | None, adaptive: bool, workers: int,
-                 notify: Notify | None = None, probe: Callable[[], object] | None = None,
-                 bundle_size: int = 100):
+                 notify: Notify | None = None, probe: Callable[[], object] | None = None):
         self.max_rate = max_rate
         self.adaptive = adaptive
         self.full_workers = max(1, workers)
-        self.full_bundle = max(1, bundle_size)  # BUNDLE_SIZE: only for the events' wording
         self.notify = notify or (lambda text: None)
         # 0: full speed; then one step per worker less, per bundle halving, per pause doubling
         self.level = 0
@@ -101,8 +99,10 @@ class Throttle:
         self._probed_at = 0.0
         self._probe_first: list[float] = []
         self.probe_baseline: float | None = None
-        self._slow_probes: deque[bool] = deque(maxlen=PROBE_CALM_MAX)  # at the current step
+        self._recent_probes: deque[bool] = deque(maxlen=PROBE_WINDOW)  # slow? at this step
+        self._calm_probes = 0  # probes in a row without a slow one, at this step
         self._calm_needed = PROBE_CALM
+        self._probe_gave_up = False  # the baseline could not be measured: no probing this run
         self._stepped_up = False  # the last change was a step up
         self._baseline_measured = threading.Event()
         self._mutex = threading.Lock()
@@ -144,7 +144,8 @@ class Throttle:
     def admit(self, entries: int) -> float:
         """Wait until a send of `entries` may start; returns when its MAX_RATE slot ends (0:
         no limit), for `settle`."""
-        if self.adaptive and self.probe is not None and entries >= PROBE_MIN_ENTRIES:
+        if (self.adaptive and self.probe is not None and not self._probe_gave_up
+                and entries >= PROBE_MIN_ENTRIES):
             self._maybe_probe()
         pause = self.pause
         if pause:
@@ -199,27 +200,21 @@ class Throttle:
 
     def _others_calm(self) -> bool:
         """No probe runs, or the last `_calm_needed` probes at this step were none of them slow."""
-        if self.probe_baseline is None:
-            return True
-        recent = list(self._slow_probes)[-self._calm_needed:]
-        return len(recent) >= self._calm_needed and not any(recent)
+        return self.probe_baseline is None or self._calm_probes >= self._calm_needed
 
     def _maybe_probe(self) -> None:
         """Time a clinician's search, at most every PROBE_EVERY s, by one sender at a time."""
         with self._mutex:
             now = time.monotonic()
             first = self.probe_baseline is None
-            if self._probing or now - self._probed_at < PROBE_EVERY:
-                busy = self._probing and first
-                if not busy:
-                    return
-            else:
-                busy = False
+            due = not self._probing and now - self._probed_at >= PROBE_EVERY
+            if due:
                 self._probing, self._probed_at = True, now
-        if busy:
-            # The baseline is being measured: no bundle goes out until it is, or the server's
-            # normal would be measured under this run's own load.
-            self._baseline_measured.wait(timeout=10 * PROBE_BASELINE)
+        if not due:
+            if first:
+                # The baseline is being measured: no bundle goes out until it is, or the
+                # server's normal would be measured under this run's own load.
+                self._baseline_measured.wait(timeout=10 * PROBE_BASELINE)
             return
         try:
             # The first time: PROBE_BASELINE probes in a row, before the first bundle goes out,
@@ -231,6 +226,9 @@ class Throttle:
         finally:
             self._probing = False
             if first:
+                # A server that refuses the search gives no baseline: stop asking it, rather
+                # than PROBE_BASELINE failing searches every PROBE_EVERY seconds.
+                self._probe_gave_up = self.probe_baseline is None
                 self._baseline_measured.set()
 
     def _time_probe(self) -> float | None:
@@ -249,10 +247,12 @@ class Throttle:
                 if len(self._probe_first) >= PROBE_BASELINE:
                     self.probe_baseline = statistics.median(self._probe_first)
                 return
-            self._slow_probes.append(seconds > PROBE_SLOW * self.probe_baseline)
+            slow = seconds > PROBE_SLOW * self.probe_baseline
+            self._recent_probes.append(slow)
+            self._calm_probes = 0 if slow else self._calm_probes + 1
             if self.level >= self._probe_floor:
                 return  # deeper steps are for a server that is slow itself (see the docstring)
-            if sum(list(self._slow_probes)[-PROBE_WINDOW:]) >= PROBE_SLOW_COUNT:
+            if sum(self._recent_probes) >= PROBE_SLOW_COUNT:
                 if self._stepped_up:  # the step up was too much: wait longer before the next
                     self._calm_needed = min(PROBE_CALM_MAX, self._calm_needed * 2)
                 self._slower("others' searches slow")
@@ -262,9 +262,9 @@ class Throttle:
         if not self.adaptive:
             return
         with self._mutex:
+            self._healthy = 0
             if not self._settling:
                 self._slower("server busy (429/503)")
-            self._healthy = 0
 
     def on_response(self, method: str, url: str, status: int | None) -> None:
         """A connection observer: every answer the run gets, for 429/503."""
@@ -287,14 +287,15 @@ class Throttle:
         self.level += step
         self._healthy = 0
         self._settling = SETTLING_SENDS
-        self._slow_probes.clear()  # the new step is judged by its own probes
+        self._recent_probes.clear()  # the new step is judged by its own probes
+        self._calm_probes = 0
         self.notify(f"{why}: {before} → {self._describe()}")
 
     def _describe(self) -> str:
         workers = self.workers(self.full_workers)
         parts = [f"{workers} worker{'' if workers == 1 else 's'}"]
-        if self._shrink:
-            parts.append(f"bundles of {self.bundle_size(self.full_bundle)}")
+        if self._shrink:  # each block's own size, halved: the wording holds whatever size it asked
+            parts.append({1: "half", 2: "quarter"}.get(self._shrink, f"1/{2 ** self._shrink}") + "-size bundles")
         if self.pause:
             parts.append(f"{self.pause:.2g} s between sends")
         return ", ".join(parts)

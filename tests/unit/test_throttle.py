@@ -26,7 +26,7 @@ def test_max_rate_spreads_sends_over_the_clock_whatever_their_size():
 
 def test_a_slow_server_gets_fewer_workers_then_smaller_bundles_then_pauses_then_recovers():
     said: list[str] = []
-    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, bundle_size=100)
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append)
     for _ in range(BASELINE_SENDS):
         throttle.observe(1.0, 100)  # 10 ms per entry: normal
     assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
@@ -40,7 +40,7 @@ def test_a_slow_server_gets_fewer_workers_then_smaller_bundles_then_pauses_then_
     assert said[0] == "server slow: 2 workers → 1 worker"
     slow_sends()
     assert throttle.bundle_size(100) == 50 and throttle.bundle_size(30) == 15
-    assert said[-1] == "server slow: 1 worker → 1 worker, bundles of 50"
+    assert said[-1] == "server slow: 1 worker → 1 worker, half-size bundles"
     slow_sends()
     assert throttle.bundle_size(100) == 25 and throttle.bundle_size(12) == MIN_BUNDLE
     assert throttle.bundle_size(4) == 4 and throttle.pause == 0
@@ -166,3 +166,19 @@ def test_others_searches_alone_stop_at_one_worker_and_half_bundles_a_slow_server
     for _ in range(4):
         throttle.observe(1.0, 100)  # its own sends ten times slower: the server itself is slow
     assert throttle.bundle_size(100) == 25
+
+
+def test_a_server_that_refuses_the_search_is_not_asked_again_and_again():
+    calls: list[int] = []
+
+    def refused() -> None:
+        calls.append(1)
+        raise RuntimeError("403 Forbidden")
+
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, probe=refused)
+    throttle.admit(100)  # the baseline: every search refused
+    assert throttle.probe_baseline is None and len(calls) == PROBE_BASELINE
+    for _ in range(5):
+        throttle._probed_at = 0.0
+        throttle.admit(100)
+    assert len(calls) == PROBE_BASELINE and throttle.workers(2) == 2
