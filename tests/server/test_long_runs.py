@@ -243,3 +243,54 @@ def assert_cancelled(fhir, before: dict[str, dict]) -> None:
         assert appended(patient) == []
         assert {k: v for k, v in patient.items() if k != "meta"} == \
             {k: v for k, v in before[patient["id"]].items() if k != "meta"}
+
+
+def test_others_searches_slowing_down_step_two_migrations_down_each_resource_changed_once_then_undone(
+        fhir_settings, settings, fhir, scripts, monkeypatch):
+    """The back-off as users meet it: two migrations over the same Patients in one run, the
+    others' searches turning slow once the first bundles go out (a proxy holds them back), the
+    run stepping down to one worker and half-size bundles, every Patient still changed exactly
+    once per migration, and a downgrade to zero undoing both."""
+    from django_fhir_migrations.engine import throttle
+
+    from ..support.hostile import HostileProxy, Rule
+
+    monkeypatch.setattr(throttle, "PROBE_EVERY", 0.0)  # a search before every bundle
+    proxy = HostileProxy(fhir.base_url).start()
+    try:
+        # The tool's search as clinicians make it (the state by identifier, one result): its
+        # baseline is measured at the server's speed, every later one is held back 0.3 s.
+        probe = r"^/Basic\?identifier=.*&_count=1$"
+        sizes: list[int] = []  # Patient updates per bundle, as sent (the Provenance aside)
+
+        def batch_size(exchange) -> None:
+            entries = (exchange.json() or {}).get("entry") or []
+            updates = [e for e in entries if e.get("request", {}).get("url", "").startswith("Patient/")]
+            if updates:
+                sizes.append(len(updates))
+
+        proxy.add(Rule("GET", probe, skip=throttle.PROBE_BASELINE,
+                       before=lambda exchange: setattr(exchange, "delay", 0.3)),
+                  Rule("POST", r"^/?$", before=batch_size))
+        settings.FHIR_MIGRATIONS = dict(fhir_settings, BASE_URL=proxy.base_url, WORKERS=2)
+        seed(fhir, 300)
+        before = {p["id"]: p for p in fhir.patients()}
+        for name in ("first", "second"):
+            scripts.add(name, upgrade=APPEND.format(system=fhir.system + "|", new=NEW), downgrade="ctx.undo()")
+        code, out, err = call("fhirmigrate")
+        assert code == 0, err
+        assert "others' searches slow: 2 workers → 1 worker" in out
+        assert "others' searches slow: 1 worker → 1 worker, half-size bundles" in out
+        assert "quarter-size" not in out  # others' searches alone go no further
+        assert len(proxy.requests("GET", probe)) > throttle.PROBE_BASELINE
+        assert sizes[0] == 50 and 25 in sizes  # the blocks asked for 50
+        for patient in fhir.patients():
+            assert len(appended(patient)) == 2 and patient["meta"]["versionId"] == "3"
+
+        assert call("fhirdowngrade", "zero")[0] == 0
+        assert fhir.applied() == []
+        for patient in fhir.patients():
+            assert {k: v for k, v in patient.items() if k != "meta"} == \
+                {k: v for k, v in before[patient["id"]].items() if k != "meta"}
+    finally:
+        proxy.stop()
