@@ -31,9 +31,15 @@ What counts as slow, two gauges:
   PROBE_CALM probes in a row without a slow one (and its own sends healthy); a step up that is
   soon found too much doubles that wait, so the run settles on the fastest step others can live
   with instead of swinging around it.
-* **Its own sends** and the server's word: the moving average of the time per entry rising
+* **Its own sends** and the server's word: the time per entry of the last SEND_WINDOW sends
+  (their median, so one send stalled by a checkpoint or a collection does not count) rising
   past SLOW times the median of the first BASELINE_SENDS, or a 429/503, steps down too (after a
-  change the next SETTLING_SENDS sends are not judged: a change needs a few sends to show).
+  change the next SETTLING_SENDS sends are not judged: a change needs a few sends to show, and
+  the new step is judged by its own sends, at least SEND_JUDGED of them).
+  A send smaller than those first ones is judged by its whole time, as if it held as many
+  entries: a bundle carries a fixed cost (the request, the commit), so halving it raises the
+  time per entry by up to two though the server is no slower; a half-size bundle is slow only
+  when it takes longer than a full one did.
   Where no probe runs it steps up after HEALTHY_SENDS healthy sends in a row.
 
 Measured on the 2-core test machine (benchmarks/README.md, the clinicians row): fewer workers
@@ -57,7 +63,9 @@ SLOW = 3.0  # a moving average this many times the baseline is "slow"
 WELL = 1.5  # below this many times the baseline is "healthy"
 HEALTHY_SENDS = 10
 SETTLING_SENDS = 3  # after a change, sends not judged: the change needs time to show
-SMOOTHING = 0.3  # weight of the newest latency in the moving average
+SMOOTHING = 0.3  # weight of the newest send in the moving average of a send's time (pauses)
+SEND_WINDOW = 5  # the last sends at the current step whose median is judged ...
+SEND_JUDGED = 3  # ... once there are this many
 SHRINK_STEPS = 2  # after one worker: batch bundles halved, then quartered
 MIN_BUNDLE = 10
 PAUSE_SHARE = 0.5  # the first pause: half the time a send takes (sending two thirds of the time)
@@ -88,9 +96,10 @@ class Throttle:
         # 0: full speed; then one step per worker less, per bundle halving, per pause doubling
         self.level = 0
         self._free_at = 0.0  # time.monotonic() when the MAX_RATE clock is free again
-        self._first: list[float] = []
+        self._first: list[tuple[float, int]] = []  # (seconds, entries) of the first sends
         self.baseline: float | None = None  # seconds per entry, when the server was well
-        self._average: float | None = None
+        self._baseline_entries = 1  # the usual size of those sends
+        self._recent_sends: deque[float] = deque(maxlen=SEND_WINDOW)  # seconds per entry, this step
         self._send_seconds: float | None = None  # moving average of a whole send's time
         self._healthy = 0
         self._settling = 0
@@ -174,24 +183,27 @@ class Throttle:
         """A send of `entries` took `seconds`."""
         if not self.adaptive or entries <= 0:
             return
-        latency = seconds / entries
         with self._mutex:
             self._send_seconds = (seconds if self._send_seconds is None
                                   else SMOOTHING * seconds + (1 - SMOOTHING) * self._send_seconds)
             if self.baseline is None:
-                self._first.append(latency)
+                self._first.append((seconds, entries))
                 if len(self._first) >= BASELINE_SENDS:
-                    self.baseline = statistics.median(self._first)
-                    self._average = self.baseline
+                    self.baseline = statistics.median(s / n for s, n in self._first)
+                    self._baseline_entries = int(statistics.median_low(n for _, n in self._first))
                 return
-            assert self._average is not None
-            self._average = SMOOTHING * latency + (1 - SMOOTHING) * self._average
+            # A smaller send is judged by its whole time (see the docstring: a bundle's fixed cost)
+            latency = seconds / max(entries, self._baseline_entries)
             if self._settling:
                 self._settling -= 1
-            elif self._average > SLOW * self.baseline:
+                return
+            self._recent_sends.append(latency)
+            if len(self._recent_sends) < SEND_JUDGED:
+                return
+            typical = statistics.median(self._recent_sends)
+            if typical > SLOW * self.baseline:
                 self._slower("server slow")
-                self._average = self.baseline * WELL  # judge the next sends afresh
-            elif self._average < WELL * self.baseline:
+            elif typical < WELL * self.baseline:
                 self._healthy += 1
                 if self._healthy >= HEALTHY_SENDS and self.level > 0 and self._others_calm():
                     self._faster()
@@ -287,7 +299,8 @@ class Throttle:
         self.level += step
         self._healthy = 0
         self._settling = SETTLING_SENDS
-        self._recent_probes.clear()  # the new step is judged by its own probes
+        self._recent_probes.clear()  # the new step is judged by its own probes and sends
+        self._recent_sends.clear()
         self._calm_probes = 0
         self.notify(f"{why}: {before} → {self._describe()}")
 

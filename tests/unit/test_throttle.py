@@ -32,7 +32,7 @@ def test_a_slow_server_gets_fewer_workers_then_smaller_bundles_then_pauses_then_
     assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
 
     def slow_sends() -> None:
-        for _ in range(4):  # ten times slower, past the sends that settle a change
+        for _ in range(6):  # ten times slower: the sends that settle a change, then three judged
             throttle.observe(10.0, 100)
 
     slow_sends()
@@ -54,6 +54,38 @@ def test_a_slow_server_gets_fewer_workers_then_smaller_bundles_then_pauses_then_
         throttle.observe(1.0, 100)
     assert throttle.workers(2) == 2 and throttle.pause == 0 and throttle.bundle_size(100) == 100
     assert said[-1] == "server well again: 1 worker → 2 workers"
+
+
+def test_a_smaller_bundle_is_slow_only_when_it_takes_longer_than_a_full_one_did():
+    """A bundle's fixed cost (the request, the commit) raises the time per entry of a smaller one
+    though the server is no slower: a quarter-size bundle taking nearly as long as a full one is
+    no reason to step down; one taking several times as long is."""
+    said: list[str] = []
+    throttle = Throttle(max_rate=None, adaptive=True, workers=1, notify=said.append)
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(1.0, 100)  # bundles of 100 in 1 s: the server's normal
+    for _ in range(20):
+        throttle.observe(0.9, 25)  # 36 ms per entry, 3.6 x; the whole send faster than a full one
+    assert said == [] and throttle.bundle_size(100) == 100
+    for _ in range(4):
+        throttle.observe(4.0, 25)  # a quarter of the work, four times the time: slow
+    assert said == ["server slow: 1 worker → 1 worker, half-size bundles"]
+
+
+def test_one_stalled_send_is_no_slow_server():
+    """A checkpoint or a collection stalls one send now and then: the median of the last sends
+    is judged, so it takes more than one to step down."""
+    said: list[str] = []
+    throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append)
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(1.0, 100)
+    for _ in range(30):
+        throttle.observe(1.0, 100)
+        throttle.observe(1.1, 100)
+        throttle.observe(20.0, 100)  # one in three stalled
+    assert said == []
+    throttle.observe(20.0, 100)  # three of the last five: the server is slow
+    assert said == ["server slow: 2 workers → 1 worker"]
 
 
 def test_429_or_503_slows_down_at_once_and_no_latency_is_judged_before_the_baseline():
@@ -163,7 +195,7 @@ def test_others_searches_alone_stop_at_one_worker_and_half_bundles_a_slow_server
     probed(throttle, 0.2, 30)  # the others stay slow however little the run sends
     assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 50 and throttle.pause == 0
     assert len(said) == 2  # at least half the throughput is kept for a reason the run cannot see
-    for _ in range(4):
+    for _ in range(6):  # the sends that settle the last change, then three judged
         throttle.observe(1.0, 100)  # its own sends ten times slower: the server itself is slow
     assert throttle.bundle_size(100) == 25
 
