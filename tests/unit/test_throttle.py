@@ -126,7 +126,8 @@ def probed(throttle: Throttle, seconds: float, times: int) -> None:
 
 
 def probing_throttle(said: list[str]) -> Throttle:
-    """Two workers, past the baselines of its own sends and of the others' searches."""
+    """Two workers, past the baselines of its own sends and of the others' searches (so started
+    gently: one worker, half-size bundles)."""
     probes = Probes(0.01)
     throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
     for _ in range(BASELINE_SENDS):
@@ -135,45 +136,65 @@ def probing_throttle(said: list[str]) -> Throttle:
     return throttle
 
 
-def test_others_searches_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
+def healthy_sends(throttle: Throttle) -> None:
+    for _ in range(HEALTHY_SENDS + 5):  # past the sends that settle a change and fill the window
+        throttle.observe(0.1, 100)
+
+
+def climb(throttle: Throttle, steps: int = 1) -> None:
+    """Calm searches and healthy sends, enough for `steps` steps up."""
+    for _ in range(steps):
+        probed(throttle, 0.01, PROBE_CALM)
+        healthy_sends(throttle)
+
+
+def test_a_run_starts_gently_and_climbs_as_others_searches_show_room():
     said: list[str] = []
     probes = Probes(0.01)
     throttle = Throttle(max_rate=None, adaptive=True, workers=2, notify=said.append, probe=probes)
     throttle.admit(5)  # small sends start no probing (a trivial migration costs no request)
-    assert throttle.probe_baseline is None and probes.count == 0
+    assert throttle.probe_baseline is None and probes.count == 0 and throttle.workers(2) == 2
     throttle.admit(100)  # the first bundle: PROBE_BASELINE probes in a row are the server's normal
     assert probes.count == PROBE_BASELINE and throttle.probe_baseline is not None
+    assert said == ["a live server, starting gently: 2 workers → 1 worker, half-size bundles"]
+    assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 50
+    for _ in range(BASELINE_SENDS):
+        throttle.observe(0.05, 50)
+    climb(throttle)
+    assert said[-1] == "server well again: 1 worker, half-size bundles → 1 worker"
+    climb(throttle)
+    assert said[-1] == "server well again: 1 worker → 2 workers"
+    assert throttle.workers(2) == 2 and throttle.bundle_size(100) == 100
+
+
+def test_others_searches_getting_slow_slow_the_run_down_even_when_its_own_sends_are_not():
+    said: list[str] = []
+    throttle = probing_throttle(said)
+    climb(throttle, 2)
+    assert throttle.workers(2) == 2
     probed(throttle, 0.01, 20)  # as fast as idle: nothing changes
-    assert throttle.workers(2) == 2 and not said
     probed(throttle, 0.2, 1)  # one slow search among ten is not yet a tail
     assert throttle.workers(2) == 2
     probed(throttle, 0.2, 1)
-    assert throttle.workers(2) == 1 and said == ["others' searches slow: 2 workers → 1 worker"]
+    assert throttle.workers(2) == 1 and said[-1] == "others' searches slow: 2 workers → 1 worker"
 
 
 def test_a_step_up_waits_for_calm_searches_and_a_step_up_found_too_much_doubles_the_wait():
     said: list[str] = []
     throttle = probing_throttle(said)
-    probed(throttle, 0.2, 2)
-    assert throttle.workers(2) == 1
-
-    def healthy_sends() -> None:
-        for _ in range(HEALTHY_SENDS + 3):
-            throttle.observe(0.1, 100)
-
+    climb(throttle)
+    assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 100
     probed(throttle, 0.01, PROBE_CALM - 1)
-    healthy_sends()
+    healthy_sends(throttle)
     assert throttle.workers(2) == 1  # its own sends are healthy, but not yet PROBE_CALM calm searches
     probed(throttle, 0.01, 1)
-    healthy_sends()
+    healthy_sends(throttle)
     assert throttle.workers(2) == 2 and said[-1] == "server well again: 1 worker → 2 workers"
     probed(throttle, 0.2, 2)  # two workers were too much for the others
     assert throttle.workers(2) == 1
-    probed(throttle, 0.01, PROBE_CALM)
-    healthy_sends()
+    climb(throttle)
     assert throttle.workers(2) == 1  # now it waits twice as long
-    probed(throttle, 0.01, PROBE_CALM)
-    healthy_sends()
+    climb(throttle)
     assert throttle.workers(2) == 2
 
 
@@ -192,9 +213,12 @@ def test_no_bundle_goes_out_while_the_servers_normal_is_measured(monkeypatch):
 def test_others_searches_alone_stop_at_one_worker_and_half_bundles_a_slow_server_goes_further():
     said: list[str] = []
     throttle = probing_throttle(said)
+    climb(throttle, 2)
     probed(throttle, 0.2, 30)  # the others stay slow however little the run sends
     assert throttle.workers(2) == 1 and throttle.bundle_size(100) == 50 and throttle.pause == 0
-    assert len(said) == 2  # at least half the throughput is kept for a reason the run cannot see
+    assert said[-2:] == ["others' searches slow: 2 workers → 1 worker",
+                         "others' searches slow: 1 worker → 1 worker, half-size bundles"]
+    # no further: at least half the throughput is kept for a reason the run cannot see
     for _ in range(6):  # the sends that settle the last change, then three judged
         throttle.observe(1.0, 100)  # its own sends ten times slower: the server itself is slow
     assert throttle.bundle_size(100) == 25
