@@ -148,7 +148,8 @@ def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> tuple[flo
     if result.returncode != 0:
         raise RuntimeError(f"the migration failed (exit {result.returncode}): {result.stderr[-1500:]}")
     slowed = [line.strip() for line in result.stdout.splitlines()
-              if " slow: " in line or "well again: " in line or "(429/503): " in line]
+              if " slow: " in line or "well again: " in line or "(429/503): " in line
+              or "starting gently: " in line]
     if slowed:
         print(f"    back-off: {len(slowed)} change(s), the last: {slowed[-1]}", flush=True)
     return seconds, state_id, f"urn:bench:clinicians:new:{revision[:8]}"
