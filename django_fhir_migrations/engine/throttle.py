@@ -25,14 +25,14 @@ What counts as slow, two gauges:
   are the server's normal (their median); a probe over PROBE_SLOW times that is a slow one.
   The run steps down when PROBE_SLOW_COUNT of the last PROBE_WINDOW probes at its current step
   were slow, a tail statistic: what a clinician notices is the slow request, not the average
-  one. A run whose probe works **starts gently**: once the normal is measured it sends at that
-  step (one worker, half-size bundles) and climbs only as others' searches show room (the step
+  one. A run whose probe works **starts gently**: once the normal is measured it sends at the
+  lowest step others' searches may bring it to (below) and climbs only as others' searches show room (the step
   up rule below), so a live server never meets its full speed before the run knows it can take
-  it: the first seconds at full speed were the clinicians' worst (on the 2-core test machine
-  stepping down took one to two seconds, a few per cent of a short run's requests, just what a
-  p95 counts). Others' searches alone bring the run down to one worker and bundles halved
-  PROBE_SHRINK_STEPS times, no further: that keeps at least about half the throughput, and a
-  search can be slow for reasons the run does not cause. It steps back up only after
+  it: stepping down from full speed takes two slow probes per step, seconds at the load that
+  hurts others most; learning that there is room costs only throughput. Others' searches
+  alone bring the run down to one worker and bundles halved PROBE_SHRINK_STEPS times, no
+  further: that keeps at least about half the throughput, and a search can be slow for reasons
+  the run does not cause. It steps back up only after
   PROBE_CALM probes in a row without a slow one (and its own sends healthy); a step up that is
   soon found too much doubles that wait, so the run settles on the fastest step others can live
   with instead of swinging around it.
