@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -42,16 +42,18 @@ CLINICIAN_PATIENTS = 200
 IDLE_SECONDS = float(os.environ.get("BENCH_CLINICIANS_IDLE", "15"))  # the idle measurement
 START_SECONDS = 10.0  # a run's start (the process, the first pages, the first bundles), shown apart
 SIGNING_KEY = "benchmark-only-signing-key"
+BACK_OFF_EVENTS = (" slow: ", "well again: ", "(429/503): ", "starting gently: ")  # engine/throttle.py's
 
 
 @dataclass(frozen=True)
 class Latencies:
     seconds: list[float]
-    at: list[float] | None = None  # when each request started, seconds after the clinicians did
+    at: list[float] = field(default_factory=list)  # when each started, s after the clinicians did
 
     def within(self, start: float, end: float) -> Latencies:
-        """The requests that started between `start` and `end` seconds in."""
-        return Latencies([s for s, t in zip(self.seconds, self.at or [], strict=True) if start <= t < end])
+        """The requests that started between `start` and `end` seconds in (one run's only: pooled
+        latencies keep no start times, and zip's strict check says so)."""
+        return Latencies([s for s, t in zip(self.seconds, self.at, strict=True) if start <= t < end])
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.seconds)
@@ -147,9 +149,7 @@ def migrate(base_url: str, workdir: Path, tag: str, adaptive: bool) -> tuple[flo
     seconds = time.monotonic() - started
     if result.returncode != 0:
         raise RuntimeError(f"the migration failed (exit {result.returncode}): {result.stderr[-1500:]}")
-    slowed = [line.strip() for line in result.stdout.splitlines()
-              if " slow: " in line or "well again: " in line or "(429/503): " in line
-              or "starting gently: " in line]
+    slowed = [line.strip() for line in result.stdout.splitlines() if any(e in line for e in BACK_OFF_EVENTS)]
     if slowed:
         print(f"    back-off: {len(slowed)} change(s), the last: {slowed[-1]}", flush=True)
     return seconds, state_id, f"urn:bench:clinicians:new:{revision[:8]}"

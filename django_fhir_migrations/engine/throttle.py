@@ -25,17 +25,17 @@ What counts as slow, two gauges:
   are the server's normal (their median); a probe over PROBE_SLOW times that is a slow one.
   The run steps down when PROBE_SLOW_COUNT of the last PROBE_WINDOW probes at its current step
   were slow, a tail statistic: what a clinician notices is the slow request, not the average
-  one. A run whose probe works **starts gently**: once the normal is measured it sends at the
-  lowest step others' searches may bring it to (below) and climbs only as others' searches show room (the step
-  up rule below), so a live server never meets its full speed before the run knows it can take
-  it: stepping down from full speed takes two slow probes per step, seconds at the load that
-  hurts others most; learning that there is room costs only throughput. Others' searches
-  alone bring the run down to one worker and bundles halved PROBE_SHRINK_STEPS times, no
-  further: that keeps at least about half the throughput, and a search can be slow for reasons
-  the run does not cause. It steps back up only after
+  one. Others' searches alone bring the run down to one worker and bundles halved
+  PROBE_SHRINK_STEPS times, no further: that keeps at least about half the throughput, and a
+  search can be slow for reasons the run does not cause. It steps back up only after
   PROBE_CALM probes in a row without a slow one (and its own sends healthy); a step up that is
   soon found too much doubles that wait, so the run settles on the fastest step others can live
   with instead of swinging around it.
+  A run whose probe works **starts gently**: once the normal is measured it goes straight to
+  that lowest step and climbs by the step-up rule, so a live server never meets the run's full
+  speed before the run knows it can take it. Stepping down from full speed takes two slow
+  probes per step, seconds at the load that hurts others most; learning that there is room
+  costs only throughput.
 * **Its own sends** and the server's word: the time per entry of the last SEND_WINDOW sends
   (their median, so one send stalled by a checkpoint or a collection does not count) rising
   past SLOW times the median of the first BASELINE_SENDS, or a 429/503, steps down too (after a
@@ -64,7 +64,7 @@ from collections import deque
 from collections.abc import Callable
 
 BASELINE_SENDS = 5
-SLOW = 3.0  # a moving average this many times the baseline is "slow"
+SLOW = 3.0  # the last sends' median time per entry this many times the baseline is "slow"
 WELL = 1.5  # below this many times the baseline is "healthy"
 HEALTHY_SENDS = 10
 SETTLING_SENDS = 3  # after a change, sends not judged: the change needs time to show
